@@ -1,0 +1,212 @@
+"""One forward pass that keeps the autograd graph and every chain activation.
+
+Hooks exist only inside ``capture_forward``; they are removed in ``finally`` even
+when the model raises. Rectifiers (ReLU, ReLU6, hardtanh(0, t)), whether modules or
+functional calls, are routed through one autograd function whose backward reads a
+per-forward ``BackwardRule`` switch, so one forward pass serves the true gradient,
+guided backprop and the linearised receptive-field pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from .errors import LayerError, ModelError, did_you_mean
+
+BACKWARD_MODES = ("gradient", "guided", "linear")
+
+
+class BackwardRule:
+    """Which rectifier backward to use; owned by one forward pass, guarded by its lock.
+
+    - gradient: the true derivative, delta * 1[lower < x < upper];
+    - guided: guided backprop, additionally keeping only delta > 0;
+    - linear: every rectifier open (delta passes unchanged), for receptive-field geometry.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "gradient"
+        self.lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def use(self, mode: str) -> Iterator[None]:
+        if mode not in BACKWARD_MODES:
+            raise ValueError(f"unknown backward mode {mode!r}")
+        with self.lock:
+            previous = self.mode
+            self.mode = mode
+            try:
+                yield
+            finally:
+                self.mode = previous
+
+
+class _Rectifier(torch.autograd.Function):
+    """clamp(x, lower, upper) whose backward follows the forward pass's BackwardRule."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lower: float, upper: float | None, rule: BackwardRule) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.bounds = (lower, upper)
+        ctx.rule = rule
+        return x.clamp(min=lower) if upper is None else x.clamp(min=lower, max=upper)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        mode = ctx.rule.mode
+        if mode == "linear":
+            return grad, None, None, None
+        (x,) = ctx.saved_tensors
+        lower, upper = ctx.bounds
+        open_ = x > lower if upper is None else (x > lower) & (x < upper)
+        grad = grad * open_
+        if mode == "guided":
+            grad = grad.clamp(min=0)
+        return grad, None, None, None
+
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
+_HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_, F.relu6}
+
+
+def _rectifier_bounds(func, args, kwargs) -> tuple[float, float | None] | None:
+    """(lower, upper) if this call is a ReLU-family rectifier, else None."""
+    if func in _RELU_FUNCS:
+        return 0.0, None
+    if func is F.relu6:
+        return 0.0, 6.0
+    if func in _HARDTANH_FUNCS:
+        lower = float(kwargs.get("min_val", args[1] if len(args) > 1 else -1.0))
+        upper = float(kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
+        return (lower, upper) if lower == 0.0 else None
+    return None
+
+
+class _RectifierGates(TorchFunctionMode):
+    """Routes every ReLU-family call (module or functional) through ``_Rectifier``.
+
+    In-place variants are computed out of place; their return value carries the result.
+    """
+
+    def __init__(self, rule: BackwardRule) -> None:
+        super().__init__()
+        self.rule = rule
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        bounds = _rectifier_bounds(func, args, kwargs) if args else None
+        x = args[0] if args else None
+        if bounds is not None and isinstance(x, torch.Tensor) and x.requires_grad:
+            self.count += 1
+            return _Rectifier.apply(x, bounds[0], bounds[1], self.rule)
+        return func(*args, **kwargs)
+
+
+@dataclass
+class ForwardRecord:
+    """Everything one forward pass leaves behind for the backward passes that follow."""
+
+    input: torch.Tensor
+    output: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    rule: BackwardRule
+    rectifier_count: int
+    module_types: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    """Map layer names to modules, with a close-name hint for typos."""
+    named = dict(model.named_modules())
+    resolved: dict[str, nn.Module] = {}
+    for name in layers:
+        if name not in named or name == "":
+            hint = did_you_mean(name, [n for n in named if n])
+            raise LayerError(
+                f"model has no layer named {name!r}",
+                hint or "run `featuretree layers` (or featuretree.list_layers) to see the names",
+            )
+        resolved[name] = named[name]
+    return resolved
+
+
+@contextlib.contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> ForwardRecord:
+    """Run ``model(x)`` once, keeping the graph and the outputs of ``layers`` (input side first)."""
+    modules = resolve_modules(model, layers)
+    activations: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output):
+            if name in activations:
+                raise LayerError(
+                    f"layer {name!r} runs more than once in one forward pass (a reused module)",
+                    "pick a layer that is called once, e.g. its parent block",
+                )
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor",
+                    "pick a layer whose output is a single tensor",
+                )
+            activations[name] = output
+            order.append(name)
+            # Hand a copy downstream so in-place ops later cannot modify the saved activation.
+            return output.clone()
+
+        return hook
+
+    rule = BackwardRule()
+    gates = _RectifierGates(rule)
+    x = x.detach().clone().requires_grad_(True)
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    with _hooks(handles), torch.enable_grad(), gates:
+        output = model(x)
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(
+            f"the model returns {type(output).__name__}, not a tensor of logits",
+            "wrap it so forward() returns one [N, classes] tensor",
+        )
+    missing = [name for name in layers if name not in activations]
+    if missing:
+        raise LayerError(
+            f"layer {missing[0]!r} did not run in the forward pass",
+            "choose layers that the model's forward() actually calls",
+        )
+    if order != list(layers):
+        raise LayerError(
+            f"layers must be listed input side first; the model runs them as {', '.join(order)}",
+            "reorder --layers",
+        )
+    for name, act in activations.items():
+        if act.dim() not in (2, 4) or act.shape[0] != 1:
+            raise LayerError(
+                f"layer {name!r} has output shape {list(act.shape)}; a chain layer needs [1, C, H, W] or [1, C]",
+                "pick convolutional or linear layers",
+            )
+        if not act.requires_grad:
+            raise LayerError(f"layer {name!r} output does not depend on the input", "pick a layer inside the network")
+    return ForwardRecord(
+        input=x,
+        output=output,
+        activations=activations,
+        rule=rule,
+        rectifier_count=gates.count,
+        module_types={name: type(modules[name]).__name__ for name in layers},
+    )

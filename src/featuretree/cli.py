@@ -1,0 +1,220 @@
+"""The ``featuretree`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import FeatureTreeError, ModelError, OptionError
+
+PROG = "featuretree"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def load_explainer(model: str, layers: str | None, device: str):
+    """``--model`` is a zoo name or ``path/to/file.py:function`` / ``package.module:function``.
+
+    The function returns a ZooModel, or an nn.Module (then ``--layers`` is required).
+    """
+    from torch import nn
+
+    from .engine import Explainer
+    from .zoo import MODELS, ZooModel, load_model
+
+    layer_list = [part.strip() for part in layers.split(",") if part.strip()] if layers else None
+    if ":" in model and model not in MODELS:
+        source, _, func_name = model.rpartition(":")
+        if source.endswith(".py"):
+            path = Path(source)
+            if not path.is_file():
+                raise ModelError(f"model file {path} not found", "give --model path/to/file.py:function")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            try:
+                module = importlib.import_module(source)
+            except ImportError as err:
+                raise ModelError(f"cannot import {source!r} ({err})", "give --model package.module:function") from None
+        factory = getattr(module, func_name, None)
+        if factory is None:
+            raise ModelError(f"{source} has no function {func_name!r}", "name a function that returns the model")
+        built = factory()
+        if isinstance(built, ZooModel):
+            return Explainer(
+                built.module,
+                layer_list or built.default_layers,
+                preprocess=built.preprocess,
+                class_names=built.class_names,
+                name=built.name,
+                device=device,
+            )
+        if isinstance(built, nn.Module):
+            if not layer_list:
+                raise OptionError(
+                    "a custom nn.Module needs a layer chain",
+                    "pass --layers name1,name2,... (input side first; see `featuretree layers --model ...`)",
+                )
+            return Explainer(built, layer_list, name=model, device=device)
+        raise ModelError(f"{model} returned {type(built).__name__}", "return a torch.nn.Module or featuretree.ZooModel")
+    zoo = load_model(model)
+    return Explainer(
+        zoo.module, layer_list or zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names, name=zoo.name, device=device
+    )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="zoo model (efficientnet_lite0, toy_squares) or path/to/file.py:function returning an nn.Module or ZooModel (default: %(default)s)",
+    )
+    p.add_argument(
+        "--layers", help="comma-separated chain of layer names, input side first (default: the model's chain; see `featuretree layers`)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Explain a CNN's prediction on one image as a tree of units.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ex = sub.add_parser(
+        "explain",
+        help="explain one photo: writes tree.json, PNGs and tree.html",
+        description="Explain one photo. Children of a node are the units of the chain layer below it ranked by gradient x activation, with the gradient flowing from the root and masked at every node on the path.",
+    )
+    ex.add_argument(
+        "photo", nargs="?", help="image file (jpg, png, webp, bmp, tiff...); default: the bundled sample photo 'chelsea' (a cat)"
+    )
+    ex.add_argument("--out", help="output folder (default: featuretree-out/<photo name>)")
+    ex.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    ex.add_argument("--k", type=_positive_int, default=5, help="children kept per node (default: %(default)s)")
+    ex.add_argument("--depth", type=_positive_int, default=3, help="levels below the root (default: %(default)s)")
+    ex.add_argument(
+        "--rule",
+        default="gradient",
+        help="backward rule for scores and heatmaps: gradient (true gradient) or guided (the original's guided backprop) (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--seed-mode",
+        default="sum",
+        help="root objective: sum of the unit's map (the blog) or max (its largest pixel, the original code) (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--negatives",
+        type=_positive_int,
+        default=0,
+        help="also list this many strongest negative contributors per node (default: %(default)s)",
+    )
+    ex.add_argument("--resize", help="pad (keep aspect, letterbox; default), crop (keep aspect, centre crop) or squash (ignore aspect)")
+    ex.add_argument("--no-html", action="store_true", help="skip tree.html")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _add_model_args(ex)
+
+    ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
+    ly.add_argument("--chain", action="store_true", help="show only the chain layers")
+    _add_model_args(ly)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .export import ensure_writable
+    from .images import load_image
+    from .samples import sample_path
+
+    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    out = Path(args.out) if args.out else Path("featuretree-out") / photo.stem
+    ensure_writable(out)
+    image = load_image(photo)
+    if args.k < 1:
+        raise OptionError(f"--k must be at least 1, got {args.k}", "use --k 1 or more")
+    explainer = load_explainer(args.model, args.layers, args.device)
+    if args.resize:
+        explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=args.resize)
+    start = time.perf_counter()
+    analysis = explainer.analyze(image)
+    analysis.image.source = str(photo)
+    tree = analysis.tree(
+        root=args.root,
+        k=args.k,
+        depth=args.depth,
+        rule=args.rule,
+        seed_mode=args.seed_mode,
+        negatives=args.negatives,
+        progress=not args.quiet,
+    )
+    tree.save(out, html=not args.no_html)
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        top = tree.top_classes[0]
+        print(f"{photo.name}: {top['name']} (class {top['index']}, p={top['probability']:.2f}); {len(tree)} nodes in {elapsed:.1f}s")
+        print(format_tree(tree))
+    print(out / ("tree.html" if not args.no_html else "tree.json"))
+    return 0
+
+
+def format_tree(tree, max_lines: int = 40) -> str:
+    lines = []
+    for node in tree.walk():
+        if len(lines) >= max_lines:
+            lines.append("  ...")
+            break
+        label = f" {node.label}" if node.label else ""
+        if node.score is None:
+            lines.append(f"{node.layer}:{node.unit}{label}")
+        else:
+            lines.append(f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%")
+    return "\n".join(lines)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .inspect import format_layers, list_layers
+
+    explainer = load_explainer(args.model, args.layers, args.device)
+    rows = list_layers(explainer.model, explainer.preprocess.size, explainer.layers, explainer.device)
+    print(format_layers(rows, chain_only=args.chain))
+    return 0
+
+
+COMMANDS = {"explain": cmd_explain, "layers": cmd_layers}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except FeatureTreeError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,503 @@
+"""The explanation engine: units, path-conditioned gradients, child scores and node evidence.
+
+Vocabulary
+- chain: ordered layer names, input side first; the last is usually the logits.
+- unit: (layer, channel). A path is a tuple of units from the root down.
+- delta(path): the gradient of the root objective at the path's last layer, where the
+  flow was masked at every node on the path to that node's channel. A child c of node N
+  scores s_c = sum_{h,w} a_c * g_c with g = d(delta(path) . a_N) / d a_child.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import ByteLRU
+from .capture import ForwardRecord, capture_forward, resolve_modules
+from .errors import ImageInputError, LayerError, ModelError, OptionError, UnitError, did_you_mean
+from .images import DEFAULT_MAX_PIXELS, PreparedImage, Preprocess, prepare_image
+
+if TYPE_CHECKING:
+    from .tree import FeatureTree
+
+RULES: tuple[str, ...] = ("gradient", "guided")
+SEED_MODES: tuple[str, ...] = ("sum", "max")
+DEFAULT_CACHE_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    layer: str
+    channel: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.channel}"
+
+    @classmethod
+    def parse(cls, text: str) -> Unit:
+        layer, sep, channel = text.rpartition(":")
+        if not sep or not layer or not channel.strip().lstrip("-").isdigit():
+            raise UnitError(f"cannot read unit {text!r}", "write it as LAYER:CHANNEL, e.g. _blocks.15:7")
+        return cls(layer, int(channel))
+
+
+Path = tuple[Unit, ...]
+
+
+def path_id(path: Sequence[Unit]) -> str:
+    return "/".join(str(u) for u in path)
+
+
+def parse_path(text: str) -> Path:
+    if not text:
+        raise UnitError("empty path", "give at least the root unit, LAYER:CHANNEL")
+    return tuple(Unit.parse(part) for part in text.split("/"))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    shape: tuple[int, ...]  # without the batch dimension
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    name: str
+    probability: float
+    logit: float
+
+
+@dataclass(frozen=True)
+class ScoredUnit:
+    unit: Unit
+    score: float  # signed first-order contribution to the root objective through the path
+    share: float  # score / parent's total positive contribution
+
+
+@dataclass(frozen=True)
+class Expansion:
+    path: Path
+    child_layer: str | None
+    children: tuple[ScoredUnit, ...]
+    negatives: tuple[ScoredUnit, ...]
+    total_positive: float
+    total_negative: float
+    coverage: float  # share of total_positive covered by the shown children
+    leaf_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeEvidence:
+    """Input-space evidence for one node; arrays are float32 numpy, HxW or 3xHxW."""
+
+    guided: np.ndarray  # path-conditioned guided backprop at the input, pixel units
+    heat: np.ndarray  # gradient x input summed over colour channels (scoring rule)
+    location: tuple[int, int] | None  # (row, col) of strongest evidence in the node's own map
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) in input pixels
+    path_gain: float  # product of the original's auto_1 multipliers along the path
+    activation_sum: float
+    activation_max: float
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise OptionError(f"unknown {what} {value!r}", f"use one of {', '.join(choices)}")
+
+
+class Explainer:
+    """A model plus the ordered layer chain whose units make up the tree."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        *,
+        preprocess: Preprocess | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str = "custom",
+        device: str | torch.device = "cpu",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        if isinstance(layers, str):
+            layers = [part for part in layers.split(",") if part]
+        layers = list(layers)
+        if not layers:
+            raise LayerError("the layer chain is empty", "give at least one layer name")
+        duplicated = sorted({n for n in layers if layers.count(n) > 1})
+        if duplicated:
+            raise LayerError(f"layer {duplicated[0]!r} appears twice in the chain", "list each layer once")
+        resolve_modules(model, layers)
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.layers = layers
+        self.preprocess = preprocess or Preprocess()
+        self.class_names = list(class_names) if class_names is not None else None
+        self.name = name
+        self.cache_bytes = cache_bytes
+
+    @classmethod
+    def from_zoo(cls, name: str = "efficientnet_lite0", device: str = "cpu", layers: Sequence[str] | None = None, **kw) -> Explainer:
+        from .zoo import load_model
+
+        zoo = load_model(name)
+        return cls(
+            zoo.module,
+            layers or zoo.default_layers,
+            preprocess=zoo.preprocess,
+            class_names=zoo.class_names,
+            name=zoo.name,
+            device=device,
+            **kw,
+        )
+
+    def analyze(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Analysis:
+        """Prepare ``image`` and run the single forward pass every later query reuses."""
+        prepared = prepare_image(image, self.preprocess, max_pixels)
+        return Analysis(self, prepared)
+
+    def explain(self, image, **options) -> FeatureTree:
+        """Build a tree for ``image``; options as in ``Analysis.tree``."""
+        return self.analyze(image).tree(**options)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device {device!r}", "use cpu, cuda, cuda:0 or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError("--device mps was asked for but MPS is not available", "use --device cpu")
+    return dev
+
+
+class Analysis:
+    """One image through one model: a single forward pass, then backward queries on demand.
+
+    Path-conditioned gradients are memoised (LRU bounded by bytes), so expanding a child
+    costs one backward step from its parent's layer. Safe to share between threads: all
+    backward passes run under the forward pass's lock.
+    """
+
+    def __init__(self, explainer: Explainer, image: PreparedImage) -> None:
+        self.explainer = explainer
+        self.image = image
+        x = image.tensor.to(explainer.device)
+        if x.shape[-2:] != (explainer.preprocess.size, explainer.preprocess.size) and image.source != "<tensor>":
+            raise ImageInputError("prepared image has the wrong size", "report this as a bug")
+        self.record: ForwardRecord = capture_forward(explainer.model, x, explainer.layers)
+        self.layers = explainer.layers
+        self._index = {name: i for i, name in enumerate(self.layers)}
+        self.chain = [
+            LayerInfo(name, self.record.module_types[name], tuple(self.record.activations[name].shape[1:])) for name in self.layers
+        ]
+        logits = self.record.output.detach()
+        if logits.dim() != 2 or logits.shape[0] != 1:
+            raise ModelError(
+                f"the model output has shape {list(logits.shape)}; expected [1, classes]",
+                "wrap the model so forward() returns class logits",
+            )
+        self.logits = logits[0].float().cpu()
+        self.probabilities = self.logits.softmax(0)
+        self._memo: ByteLRU[torch.Tensor] = ByteLRU(explainer.cache_bytes)
+
+    # ----- units and roots -------------------------------------------------
+    @property
+    def logits_layer(self) -> str | None:
+        """The chain layer that is the model output (if the chain ends at the logits)."""
+        last = self.layers[-1]
+        act = self.record.activations[last]
+        if act.dim() == 2 and act.shape == self.record.output.shape and torch.equal(act.detach(), self.record.output.detach()):
+            return last
+        return None
+
+    def class_name(self, index: int) -> str:
+        names = self.explainer.class_names
+        return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
+
+    def top_classes(self, n: int = 5) -> list[ClassScore]:
+        n = max(1, min(n, self.logits.numel()))
+        probs, idx = self.probabilities.topk(n)
+        return [ClassScore(int(i), self.class_name(int(i)), float(p), float(self.logits[i])) for p, i in zip(probs, idx)]
+
+    def layer_info(self, name: str) -> LayerInfo:
+        if name not in self._index:
+            hint = did_you_mean(name, self.layers)
+            raise LayerError(
+                f"layer {name!r} is not in the chain ({', '.join(self.layers)})",
+                hint or "add it with --layers (input side first)",
+            )
+        return self.chain[self._index[name]]
+
+    def resolve_root(self, root: str | Unit | None = None) -> Unit:
+        """``None`` -> the top class logit; ``class:N`` / ``class:NAME``; ``LAYER:CHANNEL``; or a Unit."""
+        if root is None or root == "":
+            layer = self.logits_layer
+            if layer is None:
+                # Without a logits layer in the chain, default to the strongest unit of the top layer.
+                top = self.layers[-1]
+                act = self.record.activations[top].detach()[0]
+                strength = act.flatten(1).amax(1) if act.dim() == 3 else act
+                return Unit(top, int(strength.argmax()))
+            return Unit(layer, int(self.logits.argmax()))
+        if isinstance(root, Unit):
+            unit = root
+        elif root.startswith("class:"):
+            unit = self._class_unit(root[len("class:") :].strip())
+        else:
+            unit = Unit.parse(root)
+        info = self.layer_info(unit.layer)
+        if not 0 <= unit.channel < info.channels:
+            raise UnitError(
+                f"unit {unit.channel} is out of range for layer {unit.layer!r}",
+                f"it has channels 0..{info.channels - 1}",
+            )
+        return unit
+
+    def _class_unit(self, text: str) -> Unit:
+        layer = self.logits_layer
+        if layer is None:
+            raise UnitError(
+                "class roots need the logits layer at the top of the chain",
+                "end --layers with the model's output layer, or give the root as LAYER:CHANNEL",
+            )
+        n = self.logits.numel()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not 0 <= index < n:
+                raise UnitError(f"class {index} is out of range", f"the model has classes 0..{n - 1}")
+            return Unit(layer, index)
+        names = [s.lower() for s in (self.explainer.class_names or [])]
+        if text.lower() in names:
+            return Unit(layer, names.index(text.lower()))
+        hint = did_you_mean(text, list(self.explainer.class_names or []))
+        raise UnitError(f"unknown class {text!r}", hint or "give the class index, e.g. class:285")
+
+    def validate_path(self, path: Sequence[Unit]) -> Path:
+        """Check that each unit sits one chain layer below its parent and is in range."""
+        path = tuple(path)
+        if not path:
+            raise UnitError("empty path", "give at least the root unit")
+        self.resolve_root(path[0])
+        for parent, child in zip(path, path[1:]):
+            expected = self._index[parent.layer] - 1
+            if expected < 0 or child.layer not in self._index or self._index[child.layer] != expected:
+                below = self.layers[expected] if expected >= 0 else "nothing (first layer)"
+                raise UnitError(
+                    f"{child} cannot follow {parent}: the layer below {parent.layer!r} is {below}",
+                    "each step of a path goes one chain layer down",
+                )
+            info = self.chain[expected]
+            if not 0 <= child.channel < info.channels:
+                raise UnitError(f"unit {child} is out of range", f"layer {child.layer!r} has channels 0..{info.channels - 1}")
+        return path
+
+    # ----- gradients -------------------------------------------------------
+    def activation(self, layer: str) -> torch.Tensor:
+        return self.record.activations[layer].detach()
+
+    def seed(self, unit: Unit, seed_mode: str = "sum") -> torch.Tensor:
+        """Gradient that defines the root objective: sum of the unit's map, or its max pixel."""
+        _check_choice(seed_mode, SEED_MODES, "seed mode")
+        act = self.activation(unit.layer)
+        seed = torch.zeros_like(act)
+        if act.dim() == 2 or seed_mode == "sum":
+            seed[0, unit.channel] = 1.0
+        else:
+            fmap = act[0, unit.channel]
+            flat = int(fmap.argmax())
+            seed[0, unit.channel].view(-1)[flat] = 1.0
+        return seed
+
+    def _backward(self, upper: str, lower: str | None, grad_output: torch.Tensor, rule: str) -> torch.Tensor:
+        """Vector-Jacobian product from layer ``upper`` down to ``lower`` (None = the input)."""
+        target = self.record.input if lower is None else self.record.activations[lower]
+        with self.record.rule.use(rule):
+            (grad,) = torch.autograd.grad(self.record.activations[upper], target, grad_output, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(target) if grad is None else grad.detach()
+
+    def delta(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
+        """Path-conditioned gradient at the last unit's layer, masked to its channel."""
+        _check_choice(rule, RULES, "rule")
+        path = tuple(path)
+        if len(path) == 1:
+            return self.seed(path[0], seed_mode)
+        below = self.layer_gradient(path[:-1], rule, seed_mode)
+        masked = torch.zeros_like(below)
+        masked[:, path[-1].channel] = below[:, path[-1].channel]
+        return masked
+
+    def layer_gradient(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
+        """Gradient at the chain layer below the path's last unit (memoised)."""
+        path = tuple(path)
+        key = ("layer", rule, seed_mode, path)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        index = self._index[path[-1].layer]
+        if index == 0:
+            raise UnitError(f"{path[-1]} is in the first chain layer; there is no layer below it", "expand a deeper node")
+        grad = self._backward(path[-1].layer, self.layers[index - 1], self.delta(path, rule, seed_mode), rule)
+        self._memo.put(key, grad)
+        return grad
+
+    def contributions(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
+        """Per-channel gradient x activation of the layer below the path's end, shape [C] float64."""
+        path = self.validate_path(path)
+        index = self._index[path[-1].layer]
+        if index == 0:
+            raise UnitError(f"{path[-1]} is in the first chain layer; there is no layer below it", "expand a deeper node")
+        act = self.activation(self.layers[index - 1])
+        grad = self.layer_gradient(path, rule, seed_mode)
+        prod = (act.double() * grad.double())[0]
+        return prod.flatten(1).sum(1) if prod.dim() == 3 else prod
+
+    def expand(
+        self,
+        path: Sequence[Unit],
+        k: int = 5,
+        rule: str = "gradient",
+        seed_mode: str = "sum",
+        negatives: int = 0,
+    ) -> Expansion:
+        """Rank the units of the layer below ``path[-1]`` by their contribution through the path."""
+        if k < 1:
+            raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
+        _check_choice(rule, RULES, "rule")
+        path = self.validate_path(path)
+        index = self._index[path[-1].layer]
+        if index == 0:
+            return Expansion(path, None, (), (), 0.0, 0.0, 0.0, "first layer of the chain: nothing below to expand")
+        scores = self.contributions(path, rule, seed_mode).cpu()
+        positive = scores.clamp(min=0)
+        total_pos = float(positive.sum())
+        total_neg = float(scores.clamp(max=0).sum())
+        child_layer = self.layers[index - 1]
+
+        def pick(values: torch.Tensor, count: int, sign: float) -> tuple[ScoredUnit, ...]:
+            count = min(count, values.numel())
+            if count <= 0:
+                return ()
+            top_vals, top_idx = (sign * values).topk(count)
+            picked = []
+            for v, i in zip(top_vals.tolist(), top_idx.tolist()):
+                if v <= 0 or not math.isfinite(v):  # zero or non-finite scores are never children
+                    break
+                denom = total_pos if sign > 0 else -total_neg
+                picked.append(ScoredUnit(Unit(child_layer, int(i)), sign * v, (sign * v) / denom if denom else 0.0))
+            return tuple(picked)
+
+        children = pick(scores, k, 1.0)
+        negs = pick(scores, negatives, -1.0)
+        coverage = sum(c.share for c in children)
+        reason = None if children else "no unit below contributes positively through this path (zero gradient)"
+        return Expansion(path, child_layer, children, negs, total_pos, total_neg, coverage, reason)
+
+    def input_gradient(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
+        """Path-conditioned gradient at the input tensor, [3, H, W]."""
+        path = tuple(path)
+        return self._backward(path[-1].layer, None, self.delta(path, rule, seed_mode), rule)[0]
+
+    def path_gain(self, path: Sequence[Unit], seed_mode: str = "sum") -> float:
+        """The original's auto_1 rescaling: product over the path of |G|_1 / |G[u]|_1 (guided)."""
+        gain = 1.0
+        for j in range(1, len(path)):
+            grad = self.layer_gradient(path[:j], "guided", seed_mode)
+            kept = float(grad[:, path[j].channel].abs().sum())
+            whole = float(grad.abs().sum())
+            if kept > 0:
+                gain *= whole / kept
+        return gain
+
+    def evidence(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> NodeEvidence:
+        """Everything the node pictures need, computed with three backward passes to the input."""
+        path = self.validate_path(path)
+        unit = path[-1]
+        act = self.activation(unit.layer)[0, unit.channel]
+        std = torch.tensor(self.explainer.preprocess.std, device=act.device).view(3, 1, 1)
+        guided = self.input_gradient(path, "guided", seed_mode) / std  # d objective / d pixel (0..1 units)
+        grad = guided * std if rule == "guided" else self.input_gradient(path, rule, seed_mode)
+        heat = (grad * self.record.input.detach()[0]).sum(0)
+        location = None
+        size = self.record.input.shape[-2:]
+        box = (0, 0, int(size[1]), int(size[0]))
+        if act.dim() == 2:
+            contribution = act * self.delta(path, rule, seed_mode)[0, unit.channel]
+            if float(contribution.abs().max()) == 0.0:
+                contribution = act
+            flat = int(contribution.argmax()) if float(contribution.max()) > 0 else int(contribution.abs().argmax())
+            location = (flat // act.shape[1], flat % act.shape[1])
+            box = self._evidence_box(unit, location, act.shape)
+        return NodeEvidence(
+            guided=guided.float().cpu().numpy(),
+            heat=heat.float().cpu().numpy(),
+            location=location,
+            box=box,
+            path_gain=self.path_gain(path, seed_mode),
+            activation_sum=float(act.sum()),
+            activation_max=float(act.max()),
+        )
+
+    def _evidence_box(self, unit: Unit, location: tuple[int, int], shape: Sequence[int]) -> tuple[int, int, int, int]:
+        """Receptive field of one position: the central 90% of its input-gradient mass, with every
+        rectifier open so that saturated or dead units still show where they look."""
+        seed = torch.zeros_like(self.activation(unit.layer))
+        seed[0, unit.channel, location[0], location[1]] = 1.0
+        grad = self._backward(unit.layer, None, seed, "linear")[0].abs().sum(0).double().cpu()
+        height, width = grad.shape
+        if float(grad.sum()) == 0.0:
+            # Dead gradient: fall back to the position's footprint under a uniform stride.
+            sy, sx = height / shape[0], width / shape[1]
+            return (
+                int(location[1] * sx),
+                int(location[0] * sy),
+                int(math.ceil((location[1] + 1) * sx)),
+                int(math.ceil((location[0] + 1) * sy)),
+            )
+
+        def interval(marginal: torch.Tensor) -> tuple[int, int]:
+            cdf = marginal.cumsum(0) / marginal.sum()
+            lo = int(torch.searchsorted(cdf, torch.tensor(0.05, dtype=cdf.dtype)))
+            hi = int(torch.searchsorted(cdf, torch.tensor(0.95, dtype=cdf.dtype)))
+            return lo, min(hi + 1, marginal.numel())
+
+        top, bottom = interval(grad.sum(1))
+        left, right = interval(grad.sum(0))
+        return (left, top, right, bottom)
+
+    # ----- whole trees -----------------------------------------------------
+    def tree(
+        self,
+        root: str | Unit | None = None,
+        k: int = 5,
+        depth: int = 3,
+        rule: str = "gradient",
+        seed_mode: str = "sum",
+        negatives: int = 0,
+        images: bool = True,
+        progress: bool = False,
+    ) -> FeatureTree:
+        """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each."""
+        from .tree import build_tree
+
+        return build_tree(
+            self, root, k=k, depth=depth, rule=rule, seed_mode=seed_mode, negatives=negatives, images=images, progress=progress
+        )

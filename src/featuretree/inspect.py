@@ -1,0 +1,60 @@
+"""Listing a model's layers: named_modules names, types and output shapes for one input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    type: str
+    shape: tuple[int, ...] | None  # output shape without batch; None if not a tensor or not run
+    calls: int
+    in_chain: bool
+
+
+def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), device: str | torch.device = "cpu") -> list[LayerRow]:
+    """Run one blank input through ``model`` and report every named module's output shape."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            shapes[name] = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    chain_set = set(chain)
+    return [
+        LayerRow(name, type(module).__name__, shapes.get(name), calls.get(name, 0), name in chain_set)
+        for name, module in model.named_modules()
+        if name
+    ]
+
+
+def format_layers(rows: Sequence[LayerRow], chain_only: bool = False) -> str:
+    lines = [f"{'':2}{'name':<32} {'type':<18} {'output shape':<18} note"]
+    for row in rows:
+        if chain_only and not row.in_chain:
+            continue
+        shape = "x".join(str(s) for s in row.shape) if row.shape else "-"
+        note = f"called {row.calls} times (reused)" if row.calls > 1 else ("not run" if row.calls == 0 else "")
+        lines.append(f"{'*' if row.in_chain else '':2}{row.name:<32} {row.type:<18} {shape:<18} {note}".rstrip())
+    lines.append("* = in the default chain (input side first; the tree goes down it from the root)")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+// Renders a featuretree tree.json (version 1) as rows of node cards, root at the top.
+// Used by the self-contained HTML export; no dependencies, works from file://.
+(function () {
+  "use strict";
+  const VIEWS = [
+    ["guided", "guided backprop"],
+    ["guided_original", "original look"],
+    ["heatmap", "heatmap"],
+    ["rf_crop", "receptive field"],
+    ["rf_box", "box on photo"],
+  ];
+  const CARD = 168, GAP = 14, ROW = 262, LEFT = 34;
+
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function fmt(x, digits) {
+    if (x === null || x === undefined) return "";
+    const a = Math.abs(x);
+    if (a !== 0 && (a < 1e-3 || a >= 1e4)) return x.toExponential(2);
+    return x.toFixed(digits === undefined ? 3 : digits);
+  }
+
+  function render(root, tree, images) {
+    let view = "guided";
+    const collapsed = new Set();
+    root.innerHTML = "";
+    const head = el("header", { class: "ft-head" });
+    const photo = el("img", { class: "photo", alt: "model input" });
+    photo.src = images["photo"] || "";
+    head.appendChild(photo);
+    const info = el("div");
+    const top = tree.top_classes[0];
+    info.appendChild(el("h1", {}, `Why ${top ? "“" + top.name + "”" : "this"}? ${tree.model.name} on ${tree.image.source}`));
+    const table = el("table", { class: "top5" });
+    for (const c of tree.top_classes) {
+      const tr = el("tr");
+      tr.appendChild(el("td", {}, `${c.index}`));
+      tr.appendChild(el("td", {}, c.name));
+      const td = el("td");
+      const bar = el("span", { class: "bar" });
+      bar.style.width = Math.max(2, Math.round(120 * c.probability)) + "px";
+      td.appendChild(bar);
+      td.appendChild(document.createTextNode(" " + (100 * c.probability).toFixed(1) + "%"));
+      tr.appendChild(td);
+      table.appendChild(tr);
+    }
+    info.appendChild(table);
+    const s = tree.settings;
+    info.appendChild(el("div", { class: "meta" },
+      `root ${tree.root.id}${tree.root.label ? " (" + tree.root.label + ")" : ""} · k=${s.k} · depth=${s.depth} · rule=${s.rule} · seed=${s.seed_mode}. ` +
+      "Score = gradient × activation of the unit, conditioned on the path from the root; share = score / parent's total positive contribution. Click a picture to collapse or expand; hover to zoom."));
+    const controls = el("div", { class: "controls" });
+    for (const [key, label] of VIEWS) {
+      const b = el("button", { type: "button", "aria-pressed": String(key === view), "data-view": key }, label);
+      b.addEventListener("click", () => { view = key; for (const x of controls.children) x.setAttribute("aria-pressed", String(x === b)); draw(); });
+      controls.appendChild(b);
+    }
+    info.appendChild(controls);
+    head.appendChild(info);
+    root.appendChild(head);
+    const stage = el("div", { class: "ft-stage" });
+    root.appendChild(stage);
+
+    function visible(node) { return collapsed.has(node.id) ? [] : node.children; }
+
+    function layout() {
+      const placed = [];
+      let cursor = 0;
+      (function place(node, depth) {
+        const kids = visible(node);
+        let x;
+        if (!kids.length) { x = cursor; cursor += 1; }
+        else { const xs = kids.map((c) => place(c, depth + 1)); x = (xs[0] + xs[xs.length - 1]) / 2; }
+        placed.push({ node, depth, x });
+        return x;
+      })(tree.root, 0);
+      return { placed, width: Math.max(1, cursor) };
+    }
+
+    function draw() {
+      stage.innerHTML = "";
+      const { placed, width } = layout();
+      const depthMax = Math.max(...placed.map((p) => p.depth));
+      const canvas = el("div", { class: "ft-canvas" });
+      const W = LEFT + width * (CARD + GAP) + GAP, H = (depthMax + 1) * ROW;
+      canvas.style.width = W + "px";
+      canvas.style.height = H + "px";
+      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      svg.setAttribute("width", W);
+      svg.setAttribute("height", H);
+      canvas.appendChild(svg);
+      const pos = new Map();
+      for (const p of placed) pos.set(p.node.id, { left: LEFT + GAP + p.x * (CARD + GAP), top: p.depth * ROW + 6 });
+      const rows = new Map();
+      for (const p of placed) rows.set(p.depth, p.node.layer);
+      for (const [d, layer] of rows) {
+        const lab = el("div", { class: "ft-row-label" }, layer);
+        lab.style.top = d * ROW + 10 + "px";
+        canvas.appendChild(lab);
+      }
+      for (const p of placed) {
+        const a = pos.get(p.node.id);
+        for (const c of visible(p.node)) {
+          const b = pos.get(c.id);
+          const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+          const x1 = a.left + CARD / 2, y1 = a.top + 236, x2 = b.left + CARD / 2, y2 = b.top;
+          path.setAttribute("d", `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`);
+          path.setAttribute("fill", "none");
+          path.setAttribute("stroke", "#d9480f");
+          path.setAttribute("stroke-opacity", "0.55");
+          path.setAttribute("stroke-width", String(Math.max(1, Math.min(14, 28 * Math.max(0, c.share || 0)))));
+          svg.appendChild(path);
+        }
+      }
+      for (const p of placed) canvas.appendChild(card(p.node, pos.get(p.node.id)));
+      stage.appendChild(canvas);
+    }
+
+    function card(node, at) {
+      const box = el("div", { class: "ft-card" + (collapsed.has(node.id) ? " collapsed" : ""), "data-node": node.id });
+      box.style.left = at.left + "px";
+      box.style.top = at.top + "px";
+      const title = el("div", { class: "title" });
+      title.appendChild(el("span", { class: "unit", title: node.id }, `${node.layer}:${node.unit}`));
+      if (node.share !== null && node.share !== undefined) title.appendChild(el("span", {}, (100 * node.share).toFixed(1) + "%"));
+      box.appendChild(title);
+      box.appendChild(el("div", { class: "label" }, node.label || " "));
+      const stats = node.score === null || node.score === undefined
+        ? `act ${fmt(node.activation_sum)} (max ${fmt(node.activation_max, 2)})`
+        : `score ${fmt(node.score)} · act max ${fmt(node.activation_max, 2)}`;
+      box.appendChild(el("div", { class: "stats" }, stats));
+      const src = images[node.images[view]];
+      if (!src && (view === "rf_crop" || view === "rf_box") && node.box && images.photo) {
+        box.appendChild(boxView(node, view === "rf_crop"));
+      } else if (src) {
+        const img = el("img", { class: "view", alt: `${view} of ${node.id}`, loading: "lazy" });
+        img.src = src;
+        img.addEventListener("click", () => {
+          if (!node.children.length) return;
+          if (collapsed.has(node.id)) collapsed.delete(node.id); else collapsed.add(node.id);
+          draw();
+        });
+        box.appendChild(img);
+      }
+      if (node.children.length && collapsed.has(node.id)) box.appendChild(el("div", { class: "toggle" }, `+${node.children.length} hidden`));
+      else if (node.expanded && node.coverage !== null) box.appendChild(el("div", { class: "stats" }, `children cover ${(100 * node.coverage).toFixed(0)}%`));
+      else if (node.leaf_reason) box.appendChild(el("div", { class: "leaf" }, node.leaf_reason));
+      return box;
+    }
+
+    // Receptive-field views drawn from the photo: a zoomed crop, or the photo with the box on it.
+    function boxView(node, crop) {
+      const size = tree.image.size[0], view = 154;
+      const [l, t, r, b] = node.box;
+      const wrap = el("div", { class: "view boxview", title: `receptive field ${l},${t} to ${r},${b}` });
+      wrap.style.cssText = `position:relative;width:${view}px;height:${view}px;overflow:hidden;margin-top:4px;border-radius:4px;background:#808080`;
+      const img = el("img", { alt: `receptive field of ${node.id}` });
+      img.src = images.photo;
+      if (crop) {
+        const scale = view / Math.max(r - l, b - t, 1);
+        img.style.cssText = `position:absolute;max-width:none;width:${size * scale}px;left:${-l * scale}px;top:${-t * scale}px`;
+        wrap.appendChild(img);
+      } else {
+        const scale = view / size;
+        img.style.cssText = "position:absolute;left:0;top:0;width:100%;height:100%";
+        wrap.appendChild(img);
+        const frame = el("div");
+        frame.style.cssText = `position:absolute;border:2px solid #ffd600;left:${l * scale}px;top:${t * scale}px;width:${(r - l) * scale}px;height:${(b - t) * scale}px;box-sizing:border-box`;
+        wrap.appendChild(frame);
+      }
+      return wrap;
+    }
+
+    draw();
+  }
+
+  window.FeatureTreeView = { render };
+})();

