@@ -31,8 +31,14 @@ def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder", "choose a folder path for --out")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {out} (no write permission on {parent})", "choose a writable --out folder")
+    if not parent.is_dir():
+        raise OutputError(f"cannot create {out}: {parent} is a file, not a folder", "choose another --out folder")
+    try:  # A real write, since permission bits say little for root or read-only mounts.
+        fd, probe = tempfile.mkstemp(prefix=".featuretree-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"cannot write to {out} ({err.strerror} in {parent})", "choose a writable --out folder") from None
     return out
 
 

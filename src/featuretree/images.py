@@ -99,7 +99,9 @@ class Preprocess:
             raise OptionError(f"input size {self.size} is too small", "use at least 8 pixels")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)  # JSON-native, so trees round-trip
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocess:
@@ -170,7 +172,8 @@ def prepare_image(
                 f"tensor input must have shape [1, 3, H, W] or [3, H, W], got {list(image.shape)}",
                 "pass one normalised RGB image",
             )
-        x = x.float()
+        if not x.is_floating_point():
+            x = x.float()
         return PreparedImage(x, preprocess.to_picture(x), "<tensor>", (x.shape[-1], x.shape[-2]))
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3):

@@ -1,0 +1,77 @@
+"""The real pretrained EfficientNet-Lite0 on real photos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import featuretree as ft
+from featuretree.images import Preprocess
+from featuretree.samples import sample_path
+from featuretree.zoo import EFFICIENTNET_LITE0_LAYERS
+
+pytestmark = pytest.mark.slow
+
+
+def test_chelsea_is_an_egyptian_cat(chelsea_analysis):
+    top = chelsea_analysis.top_classes(5)
+    assert top[0].index == 285 and top[0].name == "Egyptian cat"
+    assert top[0].probability == pytest.approx(0.76, abs=0.02)
+    assert {c.index for c in top[1:3]} == {281, 282}  # tabby, tiger cat
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_other_resize_modes_agree_on_the_class(lite0, resize):
+    explainer = ft.Explainer(lite0.model, lite0.layers, preprocess=Preprocess(resize=resize), class_names=lite0.class_names)
+    top = explainer.analyze(sample_path("chelsea")).top_classes(1)[0]
+    assert top.index == 285
+    if resize == "squash":  # the reference figure quoted for this model (aspect ignored)
+        assert top.probability == pytest.approx(0.76, abs=0.01)
+
+
+def test_coffee_is_espresso(lite0):
+    assert lite0.analyze(sample_path("coffee")).top_classes(1)[0].index == 967
+
+
+def test_chain_shapes_cover_every_resolution(chelsea_analysis):
+    shapes = {c.name: c.shape for c in chelsea_analysis.chain}
+    assert list(shapes) == EFFICIENTNET_LITE0_LAYERS
+    assert {s[1] for s in shapes.values() if len(s) == 3} == {112, 56, 28, 14, 7}
+    assert shapes["_fc"] == (1000,)
+
+
+def test_tree_is_deterministic_and_well_formed(lite0):
+    trees = [lite0.analyze(sample_path("chelsea")).tree(depth=2, k=3) for _ in range(2)]
+    assert trees[0].to_dict() == trees[1].to_dict()
+    tree = trees[0]
+    assert tree.root.id == "_fc:285" and tree.root.label == "Egyptian cat"
+    assert len(tree) == 1 + 3 + 9
+    for node in tree.walk():
+        if node.children:
+            scores = [c.score for c in node.children]
+            assert scores == sorted(scores, reverse=True) and scores[-1] > 0
+            assert node.coverage == pytest.approx(sum(c.share for c in node.children))
+        for name in ("guided", "heat"):
+            arr = getattr(tree.evidence[node.id], name)
+            assert arr.std() > 0, (node.id, name)
+
+
+def test_top5_roots_share_one_forward_pass(chelsea_analysis):
+    calls = {"n": 0}
+    handle = chelsea_analysis.explainer.model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        roots = [f"class:{c.index}" for c in chelsea_analysis.top_classes(5)]
+        trees = [chelsea_analysis.tree(root=r, depth=1, k=3, images=False) for r in roots]
+    finally:
+        handle.remove()
+    assert calls["n"] == 0
+    assert [t.root.unit for t in trees] == [int(r.split(":")[1]) for r in roots]
+
+
+def test_heatmap_identity_sums_to_the_first_order_contribution(chelsea_analysis):
+    """Summed over pixels, gradient x input of the root equals d(logit)/dx . x (linearity check)."""
+    ev = chelsea_analysis.evidence((ft.Unit("_fc", 285),))
+    grad = chelsea_analysis.input_gradient((ft.Unit("_fc", 285),))
+    x = chelsea_analysis.record.input.detach()[0]
+    assert ev.heat.sum() == pytest.approx(float((grad * x).sum()), rel=1e-4)
+    assert torch.isfinite(grad).all()
