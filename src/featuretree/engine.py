@@ -11,6 +11,7 @@ Vocabulary
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -134,6 +135,7 @@ class Explainer:
         name: str = "custom",
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        batch_backward: bool | None = None,
     ) -> None:
         if isinstance(layers, str):
             layers = [part for part in layers.split(",") if part]
@@ -151,6 +153,10 @@ class Explainer:
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name
         self.cache_bytes = cache_bytes
+        # Batched (vmapped) backward passes pay off on accelerators; on CPU a plain loop is faster.
+        self.batch_backward = self.device.type != "cpu" if batch_backward is None else batch_backward
+        # Capture hooks sit on the shared modules during a forward pass: one forward at a time.
+        self.forward_lock = threading.Lock()
 
     @classmethod
     def from_zoo(cls, name: str = "efficientnet_lite0", device: str = "cpu", layers: Sequence[str] | None = None, **kw) -> Explainer:
@@ -189,6 +195,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _uses_channels_last(model: nn.Module) -> bool:
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 class Analysis:
     """One image through one model: a single forward pass, then backward queries on demand.
 
@@ -201,9 +212,12 @@ class Analysis:
         self.explainer = explainer
         self.image = image
         x = image.tensor.to(explainer.device)
+        if _uses_channels_last(explainer.model):
+            x = x.contiguous(memory_format=torch.channels_last)
         if x.shape[-2:] != (explainer.preprocess.size, explainer.preprocess.size) and image.source != "<tensor>":
             raise ImageInputError("prepared image has the wrong size", "report this as a bug")
-        self.record: ForwardRecord = capture_forward(explainer.model, x, explainer.layers)
+        with explainer.forward_lock:
+            self.record: ForwardRecord = capture_forward(explainer.model, x, explainer.layers)
         self.layers = explainer.layers
         self._index = {name: i for i, name in enumerate(self.layers)}
         self.chain = [
@@ -427,44 +441,110 @@ class Analysis:
                 gain *= whole / kept
         return gain
 
+    def _backward_many(self, upper: str, lower: str | None, grad_outputs: list[torch.Tensor], rule: str) -> list[torch.Tensor]:
+        """One vector-Jacobian product per grad_output through the shared graph.
+
+        Batched into one ``autograd.grad(is_grads_batched=True)`` call when the explainer batches
+        (default on accelerators); a loop otherwise, which is faster on CPU (benchmarks/bench_speed.py).
+        """
+        if len(grad_outputs) > 1 and self.explainer.batch_backward:
+            target = self.record.input if lower is None else self.record.activations[lower]
+            with self.record.rule.use(rule):
+                (grads,) = torch.autograd.grad(
+                    self.record.activations[upper],
+                    target,
+                    torch.stack(grad_outputs),
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            if grads is None:
+                return [torch.zeros_like(target) for _ in grad_outputs]
+            return list(grads.detach())
+        return [self._backward(upper, lower, g, rule) for g in grad_outputs]
+
     def evidence(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> NodeEvidence:
-        """Everything the node pictures need, computed with three backward passes to the input."""
-        path = self.validate_path(path)
+        """Everything one node's pictures need (see ``evidence_many``)."""
+        return self.evidence_many([path], rule, seed_mode)[0]
+
+    def evidence_many(self, paths: Sequence[Sequence[Unit]], rule: str = "gradient", seed_mode: str = "sum") -> list[NodeEvidence]:
+        """Node evidence for many paths; nodes in the same layer (siblings, a tree level) share batched
+        backward passes: guided backprop to the input, the rule's gradient to the input, and the
+        receptive fields of their strongest positions (cached per layer and position)."""
+        _check_choice(rule, RULES, "rule")
+        paths = [self.validate_path(p) for p in paths]
+        results: dict[int, NodeEvidence] = {}
+        groups: dict[str, list[int]] = {}
+        for i, path in enumerate(paths):
+            groups.setdefault(path[-1].layer, []).append(i)
+        std = torch.tensor(self.explainer.preprocess.std, device=self.record.input.device).view(3, 1, 1)
+        x = self.record.input.detach()[0]
+        for layer, members in groups.items():
+            guided = self._backward_many(layer, None, [self.delta(paths[i], "guided", seed_mode) for i in members], "guided")
+            if rule == "guided":
+                grads = guided
+            else:
+                grads = self._backward_many(layer, None, [self.delta(paths[i], rule, seed_mode) for i in members], rule)
+            locations = [self._strongest_position(paths[i], rule, seed_mode) for i in members]
+            boxes = self._receptive_fields(layer, locations)
+            for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
+                act = self.activation(layer)[0, paths[i][-1].channel]
+                results[i] = NodeEvidence(
+                    guided=(g_guided[0] / std).float().cpu().numpy(),  # d objective / d pixel (0..1 units)
+                    heat=(g_rule[0] * x).sum(0).float().cpu().numpy(),
+                    location=location,
+                    box=box,
+                    path_gain=self.path_gain(paths[i], seed_mode),
+                    activation_sum=float(act.sum()),
+                    activation_max=float(act.max()),
+                )
+        return [results[i] for i in range(len(paths))]
+
+    def _strongest_position(self, path: Path, rule: str, seed_mode: str) -> tuple[int, int] | None:
+        """(row, col) where the node's own path-conditioned contribution a * delta peaks."""
         unit = path[-1]
         act = self.activation(unit.layer)[0, unit.channel]
-        std = torch.tensor(self.explainer.preprocess.std, device=act.device).view(3, 1, 1)
-        guided = self.input_gradient(path, "guided", seed_mode) / std  # d objective / d pixel (0..1 units)
-        grad = guided * std if rule == "guided" else self.input_gradient(path, rule, seed_mode)
-        heat = (grad * self.record.input.detach()[0]).sum(0)
-        location = None
-        size = self.record.input.shape[-2:]
-        box = (0, 0, int(size[1]), int(size[0]))
-        if act.dim() == 2:
-            contribution = act * self.delta(path, rule, seed_mode)[0, unit.channel]
-            if float(contribution.abs().max()) == 0.0:
-                contribution = act
-            flat = int(contribution.argmax()) if float(contribution.max()) > 0 else int(contribution.abs().argmax())
-            location = (flat // act.shape[1], flat % act.shape[1])
-            box = self._evidence_box(unit, location, act.shape)
-        return NodeEvidence(
-            guided=guided.float().cpu().numpy(),
-            heat=heat.float().cpu().numpy(),
-            location=location,
-            box=box,
-            path_gain=self.path_gain(path, seed_mode),
-            activation_sum=float(act.sum()),
-            activation_max=float(act.max()),
-        )
+        if act.dim() != 2:
+            return None
+        contribution = act * self.delta(path, rule, seed_mode)[0, unit.channel]
+        if float(contribution.abs().max()) == 0.0:
+            contribution = act
+        flat = int(contribution.argmax()) if float(contribution.max()) > 0 else int(contribution.abs().argmax())
+        return (flat // act.shape[1], flat % act.shape[1])
 
-    def _evidence_box(self, unit: Unit, location: tuple[int, int], shape: Sequence[int]) -> tuple[int, int, int, int]:
-        """Receptive field of one position: the central 90% of its input-gradient mass, with every
-        rectifier open so that saturated or dead units still show where they look."""
-        seed = torch.zeros_like(self.activation(unit.layer))
-        seed[0, unit.channel, location[0], location[1]] = 1.0
-        grad = self._backward(unit.layer, None, seed, "linear")[0].abs().sum(0).double().cpu()
-        height, width = grad.shape
-        if float(grad.sum()) == 0.0:
-            # Dead gradient: fall back to the position's footprint under a uniform stride.
+    def _receptive_fields(self, layer: str, locations: list[tuple[int, int] | None]) -> list[tuple[int, int, int, int]]:
+        """Receptive field of each position: the central 90% of the input-gradient mass of all the
+        layer's channels there, with every rectifier open (so saturated or dead units still show
+        where they look). It depends on the layer and position only, so it is cached per pair."""
+        height, width = (int(s) for s in self.record.input.shape[-2:])
+        boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        todo = []
+        for loc in locations:
+            if loc is None or loc in boxes:
+                continue
+            cached = self._memo.get(("rf", layer, loc))
+            if cached is not None:
+                boxes[loc] = cached
+            else:
+                boxes[loc] = (0, 0, 0, 0)
+                todo.append(loc)
+        if todo:
+            seeds = []
+            for row, col in todo:
+                seed = torch.zeros_like(self.activation(layer))
+                seed[0, :, row, col] = 1.0
+                seeds.append(seed)
+            shape = self.activation(layer).shape[-2:]
+            for loc, grad in zip(todo, self._backward_many(layer, None, seeds, "linear")):
+                boxes[loc] = self._mass_box(grad[0].abs().sum(0).double().cpu(), loc, shape)
+                self._memo.put(("rf", layer, loc), boxes[loc])
+        return [(0, 0, width, height) if loc is None else boxes[loc] for loc in locations]
+
+    @staticmethod
+    def _mass_box(mass: torch.Tensor, location: tuple[int, int], shape: Sequence[int]) -> tuple[int, int, int, int]:
+        height, width = mass.shape
+        if float(mass.sum()) == 0.0:
+            # No gradient at all: fall back to the position's footprint under a uniform stride.
             sy, sx = height / shape[0], width / shape[1]
             return (
                 int(location[1] * sx),
@@ -479,8 +559,8 @@ class Analysis:
             hi = int(torch.searchsorted(cdf, torch.tensor(0.95, dtype=cdf.dtype)))
             return lo, min(hi + 1, marginal.numel())
 
-        top, bottom = interval(grad.sum(1))
-        left, right = interval(grad.sum(0))
+        top, bottom = interval(mass.sum(1))
+        left, right = interval(mass.sum(0))
         return (left, top, right, bottom)
 
     # ----- whole trees -----------------------------------------------------

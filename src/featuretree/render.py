@@ -56,18 +56,40 @@ def original_tree_gain(root: NodeEvidence) -> float:
     return 0.5 / scale if scale > 0 else 0.0
 
 
+def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a 2-D map (separable, reflect padding), for display only."""
+    import torch
+    from torch.nn import functional as F
+
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel /= kernel.sum()
+    x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x[0, 0].numpy()
+
+
 def heatmap_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
-    """Gradient x input over a dimmed grayscale photo: red where it raises the objective, blue where it lowers it."""
-    heat = evidence.heat.astype(np.float32)
-    scale = robust_scale(heat)
+    """Gradient x input over a dimmed grayscale photo.
+
+    Pixel-level gradient x input alternates sign from pixel to pixel, so a blurred signed map
+    mostly cancels. Opacity shows the blurred magnitude |g * x| (sigma = 1/64 of the image side,
+    where the evidence is); the hue shows the blurred sign: red where the pixels raise the
+    node's objective, blue where they lower it.
+    """
+    sigma = max(1.0, picture.width / 64)
+    magnitude = smooth(np.abs(evidence.heat), sigma)
+    signed = smooth(evidence.heat, sigma)
+    scale = robust_scale(magnitude)
     base = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255.0
-    base = np.repeat(0.35 + 0.4 * base, 3, axis=2)
+    base = np.repeat(0.3 + 0.45 * base, 3, axis=2)
     if scale == 0.0:
         return _to_image(base)
-    signed = np.clip(heat / scale, -1.0, 1.0)
-    alpha = np.abs(signed)[..., None] ** 0.7
-    red = np.array([0.86, 0.1, 0.08], dtype=np.float32)
-    blue = np.array([0.1, 0.35, 0.95], dtype=np.float32)
+    alpha = np.clip(magnitude / scale, 0.0, 1.0)[..., None] ** 1.5 * 0.9
+    red = np.array([0.93, 0.16, 0.05], dtype=np.float32)
+    blue = np.array([0.1, 0.4, 1.0], dtype=np.float32)
     colour = np.where(signed[..., None] >= 0, red, blue)
     return _to_image(base * (1 - alpha) + colour * alpha)
 

@@ -151,13 +151,11 @@ def _node_for(analysis: Analysis, path: tuple[Unit, ...], score: float | None, s
     )
 
 
-def fill_evidence(analysis: Analysis, node: Node, path: tuple[Unit, ...], rule: str, seed_mode: str) -> NodeEvidence:
-    evidence = analysis.evidence(path, rule, seed_mode)
+def fill_evidence(node: Node, evidence: NodeEvidence) -> None:
     node.activation_sum = evidence.activation_sum
     node.activation_max = evidence.activation_max
     node.location = list(evidence.location) if evidence.location else None
     node.box = list(evidence.box)
-    return evidence
 
 
 def apply_expansion(node: Node, expansion) -> None:
@@ -222,10 +220,13 @@ def build_tree(
     with tqdm(total=total, desc="explaining", unit="node", disable=not progress, leave=False) as bar:
         while frontier:
             next_frontier = []
+            # One level of a tree is one layer: its nodes share batched backward passes.
+            if images:
+                for (node, _), evidence in zip(frontier, analysis.evidence_many([p for _, p in frontier], rule, seed_mode)):
+                    tree.evidence[node.id] = evidence
+                    fill_evidence(node, evidence)
             for node, path in frontier:
-                if images:
-                    tree.evidence[node.id] = fill_evidence(analysis, node, path, rule, seed_mode)
-                else:
+                if not images:
                     act = analysis.activation(path[-1].layer)[0, path[-1].channel]
                     node.activation_sum, node.activation_max = float(act.sum()), float(act.max())
                 if node.depth < depth:

@@ -119,7 +119,14 @@
       }
       for (const p of placed) canvas.appendChild(card(p.node, pos.get(p.node.id)));
       stage.appendChild(canvas);
+      if (first) {
+        // Start with the root in view: centre it horizontally.
+        const rootAt = pos.get(tree.root.id);
+        stage.scrollLeft = Math.max(0, rootAt.left + CARD / 2 - stage.clientWidth / 2);
+        first = false;
+      }
     }
+    let first = true;
 
     function card(node, at) {
       const box = el("div", { class: "ft-card" + (collapsed.has(node.id) ? " collapsed" : ""), "data-node": node.id });
@@ -131,9 +138,9 @@
       box.appendChild(title);
       box.appendChild(el("div", { class: "label" }, node.label || " "));
       const stats = node.score === null || node.score === undefined
-        ? `act ${fmt(node.activation_sum)} (max ${fmt(node.activation_max, 2)})`
-        : `score ${fmt(node.score)} · act max ${fmt(node.activation_max, 2)}`;
-      box.appendChild(el("div", { class: "stats" }, stats));
+        ? `activation ${fmt(node.activation_sum)}`
+        : `score ${fmt(node.score)} · max act ${fmt(node.activation_max, 1)}`;
+      box.appendChild(el("div", { class: "stats", title: `score ${node.score}, activation sum ${node.activation_sum}, max ${node.activation_max}` }, stats));
       const src = images[node.images[view]];
       if (!src && (view === "rf_crop" || view === "rf_box") && node.box && images.photo) {
         box.appendChild(boxView(node, view === "rf_crop"));

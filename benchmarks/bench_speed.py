@@ -1,0 +1,172 @@
+"""Speed of featuretree on EfficientNet-Lite0 at 224 px, all figures measured in one run.
+
+    python benchmarks/bench_speed.py [--photos chelsea coffee rocket] [--repeats 3] [--device cpu]
+
+Reports medians (and p95 for expansions) of:
+- one expansion: k=5 children ranked, with all their node pictures, on a warm analysis;
+- a full depth-3, k=5 tree (156 nodes) with all node evidence, and with PNG rendering;
+- the naive way (the 2015 original): a fresh forward pass and a replay from the root per node;
+- the floor: the exact autograd calls the engine made, replayed bare on the same graph;
+- batched (vmap) sibling backward passes against the default loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+import featuretree as ft
+from featuretree.engine import Analysis
+from featuretree.export import render_images
+from featuretree.samples import sample_path
+
+
+def median_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values)
+
+
+def p95_ms(values: list[float]) -> float:
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def expand_with_pictures(analysis: Analysis, path, k: int):
+    expansion = analysis.expand(path, k)
+    analysis.evidence_many([path + (c.unit,) for c in expansion.children])
+    return expansion
+
+
+def expansion_latencies(explainer: ft.Explainer, photo, k: int = 5) -> list[float]:
+    """Expand the root, then each of its children, then each grandchild: one warm analysis."""
+    analysis = explainer.analyze(photo)
+    root = (analysis.resolve_root(None),)
+    latencies = []
+    frontier = [root]
+    for _ in range(3):
+        next_frontier = []
+        for path in frontier:
+            elapsed, expansion = timed(expand_with_pictures, analysis, path, k)
+            latencies.append(elapsed)
+            next_frontier += [path + (c.unit,) for c in expansion.children[:2]]
+        frontier = next_frontier
+    return latencies
+
+
+def full_tree(explainer: ft.Explainer, photo):
+    return explainer.analyze(photo).tree(depth=3, k=5)
+
+
+def naive_tree(explainer: ft.Explainer, photo, depth: int = 3, k: int = 5) -> int:
+    """The original's way: every node request runs a fresh forward and replays its path from the root."""
+    prepared = explainer.analyze(photo).image
+    count = 0
+    frontier = [None]
+    for level in range(depth + 1):
+        next_frontier = []
+        for path in frontier:
+            analysis = Analysis(explainer, prepared)  # fresh forward pass, empty memo
+            path = path or (analysis.resolve_root(None),)
+            analysis.evidence(path)
+            count += 1
+            if level < depth:
+                fresh = Analysis(explainer, prepared)
+                next_frontier += [path + (c.unit,) for c in fresh.expand(path, k).children]
+        frontier = next_frontier
+    return count
+
+
+class RecordingAnalysis(Analysis):
+    """An Analysis that logs every backward call, so the floor can replay exactly those."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls: list[tuple] = []
+        super().__init__(*args, **kwargs)
+
+    def _backward(self, upper, lower, grad_output, rule):
+        self.calls.append((upper, lower, grad_output, rule, False))
+        return super()._backward(upper, lower, grad_output, rule)
+
+    def _backward_many(self, upper, lower, grad_outputs, rule):
+        if len(grad_outputs) > 1 and self.explainer.batch_backward:
+            self.calls.append((upper, lower, torch.stack(grad_outputs), rule, True))
+        return super()._backward_many(upper, lower, grad_outputs, rule)
+
+
+def floor_time(analysis: RecordingAnalysis) -> float:
+    """Replay the recorded autograd calls on the same graph without any engine code around them."""
+    record = analysis.record
+    start = time.perf_counter()
+    for upper, lower, grad_output, rule, batched in analysis.calls:
+        target = record.input if lower is None else record.activations[lower]
+        with record.rule.use(rule):
+            torch.autograd.grad(
+                record.activations[upper], target, grad_output, retain_graph=True, allow_unused=True, is_grads_batched=batched
+            )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", nargs="+", default=["chelsea", "coffee", "rocket"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+
+    explainer = ft.Explainer.from_zoo("efficientnet_lite0", device=args.device)
+    photos = [sample_path(name) for name in args.photos]
+    explainer.analyze(photos[0]).tree(depth=1)  # warm-up
+
+    forward, expansions, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], []
+    for photo in photos:
+        for _ in range(args.repeats):
+            forward.append(timed(explainer.analyze, photo)[0])
+            expansions += expansion_latencies(explainer, photo)
+            analysis = RecordingAnalysis(explainer, explainer.analyze(photo).image)
+            elapsed, tree = timed(analysis.tree, depth=3, k=5)
+            trees.append(elapsed)
+            rendered.append(elapsed + timed(render_images, tree)[0])
+            floors.append(floor_time(analysis))
+        batched = ft.Explainer(explainer.model, explainer.layers, preprocess=explainer.preprocess, batch_backward=True, device=args.device)
+        batched_trees.append(timed(full_tree, batched, photo)[0])
+        if not args.skip_naive:
+            naive.append(timed(naive_tree, explainer, photo)[0])
+
+    assert len(tree) == 156, len(tree)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, photos: {', '.join(args.photos)}, repeats {args.repeats}"
+    )
+    print("| measure | median | note |")
+    print("|---|---|---|")
+    print(f"| forward pass (analyze) | {median_ms(forward):.0f} ms | once per image |")
+    print(
+        f"| one expansion, k=5 with all pictures | {median_ms(expansions):.0f} ms (p95 {p95_ms(expansions):.0f} ms) | {len(expansions)} expansions, warm analysis |"
+    )
+    print(f"| depth-3, k=5 tree (156 nodes), evidence | {median_ms(trees) / 1000:.2f} s | |")
+    print(f"| same, plus rendering 780 PNGs | {median_ms(rendered) / 1000:.2f} s | |")
+    print(
+        f"| floor: the same autograd calls, bare | {median_ms(floors) / 1000:.2f} s | engine overhead x{statistics.median(trees) / statistics.median(floors):.2f} |"
+    )
+    print(
+        f"| batched (vmap) sibling passes | {median_ms(batched_trees) / 1000:.2f} s | x{statistics.median(batched_trees) / statistics.median(trees):.2f} of the loop |"
+    )
+    if naive:
+        print(
+            f"| naive: fresh forward + replay per node | {median_ms(naive) / 1000:.2f} s | engine is x{statistics.median(naive) / statistics.median(trees):.1f} faster |"
+        )
+    print(f"| peak resident memory | {peak_mb:.0f} MB | whole benchmark process |")
+
+
+if __name__ == "__main__":
+    main()
