@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 RULES: tuple[str, ...] = ("gradient", "guided")
 SEED_MODES: tuple[str, ...] = ("sum", "max")
 DEFAULT_CACHE_BYTES = 512 * 2**20
+EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box")
 
 
 @dataclass(frozen=True, order=True)
@@ -108,10 +109,10 @@ class Expansion:
 class NodeEvidence:
     """Input-space evidence for one node; arrays are float32 numpy, HxW or 3xHxW."""
 
-    guided: np.ndarray  # path-conditioned guided backprop at the input, pixel units
-    heat: np.ndarray  # gradient x input summed over colour channels (scoring rule)
+    guided: np.ndarray | None  # path-conditioned guided backprop at the input, pixel units
+    heat: np.ndarray | None  # gradient x input summed over colour channels (scoring rule)
     location: tuple[int, int] | None  # (row, col) of strongest evidence in the node's own map
-    box: tuple[int, int, int, int]  # (left, top, right, bottom) in input pixels
+    box: tuple[int, int, int, int] | None  # (left, top, right, bottom) in input pixels
     path_gain: float  # product of the original's auto_1 multipliers along the path
     activation_sum: float
     activation_max: float
@@ -463,15 +464,29 @@ class Analysis:
             return list(grads.detach())
         return [self._backward(upper, lower, g, rule) for g in grad_outputs]
 
-    def evidence(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> NodeEvidence:
+    def evidence(
+        self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum", kinds: Sequence[str] = EVIDENCE_KINDS
+    ) -> NodeEvidence:
         """Everything one node's pictures need (see ``evidence_many``)."""
-        return self.evidence_many([path], rule, seed_mode)[0]
+        return self.evidence_many([path], rule, seed_mode, kinds)[0]
 
-    def evidence_many(self, paths: Sequence[Sequence[Unit]], rule: str = "gradient", seed_mode: str = "sum") -> list[NodeEvidence]:
+    def evidence_many(
+        self,
+        paths: Sequence[Sequence[Unit]],
+        rule: str = "gradient",
+        seed_mode: str = "sum",
+        kinds: Sequence[str] = EVIDENCE_KINDS,
+    ) -> list[NodeEvidence]:
         """Node evidence for many paths; nodes in the same layer (siblings, a tree level) share batched
         backward passes: guided backprop to the input, the rule's gradient to the input, and the
-        receptive fields of their strongest positions (cached per layer and position)."""
+        receptive fields of their strongest positions (cached per layer and position).
+
+        ``kinds`` picks what to compute ("guided", "heat", "box"): an explorer showing one view
+        pays for one backward pass per node, not three.
+        """
         _check_choice(rule, RULES, "rule")
+        for kind in kinds:
+            _check_choice(kind, EVIDENCE_KINDS, "evidence kind")
         paths = [self.validate_path(p) for p in paths]
         results: dict[int, NodeEvidence] = {}
         groups: dict[str, list[int]] = {}
@@ -480,18 +495,25 @@ class Analysis:
         std = torch.tensor(self.explainer.preprocess.std, device=self.record.input.device).view(3, 1, 1)
         x = self.record.input.detach()[0]
         for layer, members in groups.items():
-            guided = self._backward_many(layer, None, [self.delta(paths[i], "guided", seed_mode) for i in members], "guided")
-            if rule == "guided":
-                grads = guided
-            else:
-                grads = self._backward_many(layer, None, [self.delta(paths[i], rule, seed_mode) for i in members], rule)
+            none: list[torch.Tensor | None] = [None] * len(members)
+            guided = none
+            if "guided" in kinds or ("heat" in kinds and rule == "guided"):
+                guided = self._backward_many(layer, None, [self.delta(paths[i], "guided", seed_mode) for i in members], "guided")
+            grads = none
+            if "heat" in kinds:
+                grads = (
+                    guided
+                    if rule == "guided"
+                    else self._backward_many(layer, None, [self.delta(paths[i], rule, seed_mode) for i in members], rule)
+                )
             locations = [self._strongest_position(paths[i], rule, seed_mode) for i in members]
-            boxes = self._receptive_fields(layer, locations)
+            boxes = self._receptive_fields(layer, locations) if "box" in kinds else [None] * len(members)
             for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
                 act = self.activation(layer)[0, paths[i][-1].channel]
                 results[i] = NodeEvidence(
-                    guided=(g_guided[0] / std).float().cpu().numpy(),  # d objective / d pixel (0..1 units)
-                    heat=(g_rule[0] * x).sum(0).float().cpu().numpy(),
+                    # d objective / d pixel (0..1 units)
+                    guided=(g_guided[0] / std).float().cpu().numpy() if "guided" in kinds else None,
+                    heat=(g_rule[0] * x).sum(0).float().cpu().numpy() if g_rule is not None else None,
                     location=location,
                     box=box,
                     path_gain=self.path_gain(paths[i], seed_mode),

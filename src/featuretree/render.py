@@ -52,6 +52,8 @@ def guided_image(
 
 def original_tree_gain(root: NodeEvidence) -> float:
     """Gain that makes the root's guided image use half the display range (then fixed for the tree)."""
+    if root.guided is None:
+        return 0.0
     scale = robust_scale(root.guided)
     return 0.5 / scale if scale > 0 else 0.0
 
@@ -116,11 +118,14 @@ def crop_image(evidence: NodeEvidence, picture: Image.Image, size: int | None = 
 
 
 def node_images(evidence: NodeEvidence, picture: Image.Image, mean, tree_gain: float) -> dict[str, Image.Image]:
-    """Every picture of one node, keyed by the names used in tree.json."""
-    return {
-        "guided": guided_image(evidence, "robust"),
-        "guided_original": guided_image(evidence, "original", mean, tree_gain),
-        "heatmap": heatmap_image(evidence, picture),
-        "rf_crop": crop_image(evidence, picture),
-        "rf_box": box_image(evidence, picture),
-    }
+    """Every picture of one node that its evidence allows, keyed by the names used in tree.json."""
+    images: dict[str, Image.Image] = {}
+    if evidence.guided is not None:
+        images["guided"] = guided_image(evidence, "robust")
+        images["guided_original"] = guided_image(evidence, "original", mean, tree_gain)
+    if evidence.heat is not None:
+        images["heatmap"] = heatmap_image(evidence, picture)
+    if evidence.box is not None:
+        images["rf_crop"] = crop_image(evidence, picture)
+        images["rf_box"] = box_image(evidence, picture)
+    return images

@@ -155,7 +155,7 @@ def fill_evidence(node: Node, evidence: NodeEvidence) -> None:
     node.activation_sum = evidence.activation_sum
     node.activation_max = evidence.activation_max
     node.location = list(evidence.location) if evidence.location else None
-    node.box = list(evidence.box)
+    node.box = list(evidence.box) if evidence.box else None
 
 
 def apply_expansion(node: Node, expansion) -> None:
