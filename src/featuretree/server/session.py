@@ -120,6 +120,7 @@ class Workspace:
         self._loader = loader or (lambda name, dev: Explainer.from_zoo(name, device=dev))
         self._explainers: dict[str, Explainer] = {}
         self._explainer_lock = threading.Lock()
+        self._forward_locks: dict[str, threading.Lock] = {}
         self.uploads: ByteLRU[bytes] = ByteLRU(self.limits.upload_cache_bytes, bytes_len)
         self.analyses: ByteLRU[Analysis] = ByteLRU(self.limits.analysis_cache_bytes, analysis_bytes)
         self.evidence_cache: ByteLRU[NodeEvidence] = ByteLRU(self.limits.evidence_cache_bytes, evidence_bytes)
@@ -142,6 +143,7 @@ class Workspace:
                     raise ModelError(f"model {model!r} could not be loaded", "check the server's --model option") from None
                 explainer.cache_bytes = self.limits.memo_bytes
                 self._explainers[model] = explainer
+                self._forward_locks[model] = threading.Lock()
             return self._explainers[model]
 
     # ----- images ----------------------------------------------------------
@@ -192,7 +194,10 @@ class Workspace:
                 if found is not None:
                     return found
                 picture, name = self.load_picture(image)
-                analysis = explainer.analyze(picture)
+                # Forward hooks live on the shared model while it runs, so two forward
+                # passes through one model must not overlap (backward passes may).
+                with self._forward_locks[model]:
+                    analysis = explainer.analyze(picture)
                 analysis.image.source = name
                 self.forward_passes += 1
                 self.analyses.put(key, analysis)
