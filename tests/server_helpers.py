@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from PIL import Image, ImageDraw
+
+from featuretree.server.run import serve_in_thread
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,25 +28,6 @@ def square_png(size: int = 64, margin: int = 16) -> bytes:
     return buf.getvalue()
 
 
-@contextmanager
-def live_server(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 (a free port) in a background thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+def live_server(app):
+    """A real uvicorn server on 127.0.0.1 in a background thread; yields the base URL."""
+    return serve_in_thread(app)

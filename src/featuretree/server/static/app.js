@@ -129,12 +129,15 @@ function requestChildren(path) {
 
 function ensureOpenLoaded() {
   // Fetch children of every expanded node that is visible; redraw as each arrives.
+  let started = false;
   for (const node of visibleNodes()) {
-    if (state.open.has(node.id)) {
+    if (state.open.has(node.id) && !children.has(childKey(node.id))) {
       const entry = requestChildren(node.id);
-      if (entry.status === "loading") entry.promise.then(() => { draw(); ensureOpenLoaded(); });
+      started = true;
+      entry.promise.then(() => { draw(); ensureOpenLoaded(); });
     }
   }
+  if (started) draw(); // show the loading state
 }
 
 // ----- the visible tree ----------------------------------------------------------------
@@ -177,11 +180,13 @@ function sizes() {
 
 function draw() {
   const canvas = $("canvas");
+  hideZoom(); // the cards are rebuilt, so the hovered one is gone
   canvas.replaceChildren();
   writeUrl();
   const root = rootNode();
   if (!analysis) return;
   if (!root) {
+    document.body.dataset.busy = "false";
     canvas.append(el("div", { class: "empty" },
       "No root. Pick one of the top-5 classes on the left, or type a unit such as ",
       el("code", {}, `${analysis.chain[analysis.chain.length - 2]?.name || analysis.chain[0].name}:0`), "."));
@@ -243,7 +248,8 @@ function draw() {
   canvas.append(svg);
   for (const { node } of placed) canvas.append(card(node, pos.get(node.id)));
 
-  const busy = [...state.open].filter((p) => children.get(childKey(p))?.status === "loading").length;
+  const busy = visibleNodes().filter((n) => children.get(childKey(n.id))?.status === "loading" && state.open.has(n.id)).length;
+  document.body.dataset.busy = String(busy > 0);
   status(busy ? `computing children of ${busy} node${busy > 1 ? "s" : ""}…`
     : `${placed.length} node${placed.length > 1 ? "s" : ""} · root ${root.id}${root.label ? ` (${root.label})` : ""} · click a picture to expand or collapse`);
 }
@@ -306,10 +312,14 @@ function toggle(path) {
     draw();
     ensureOpenLoaded();
     document.querySelector(`.card[data-node="${CSS.escape(path)}"]`)?.scrollIntoView({ block: "nearest", inline: "center" });
-    // Time until every child's picture is decoded and on screen.
-    const imgs = [...document.querySelectorAll(".card[data-node] .pic img")]
+    // Time until every child card is drawn with its picture loaded (re-checked each frame,
+    // since a redraw may replace the img elements).
+    const childImgs = () => [...document.querySelectorAll(".card[data-node] .pic img")]
       .filter((i) => parentOf(i.closest(".card").dataset.node) === path);
-    await Promise.all(imgs.map((i) => i.decode().catch(() => null)));
+    while (state.open.has(path) && !childImgs().every((i) => i.complete)) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const imgs = childImgs();
     window.ftTimings.push({ path, ms: performance.now() - t0, children: imgs.length });
   });
 }
