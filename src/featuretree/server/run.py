@@ -52,10 +52,10 @@ def serve(args: argparse.Namespace) -> int:
         loader = None
     else:
         models = (args.model,)
-        load_explainer(args.model, args.layers, args.device)  # fail now, not on the first request
+        loaded = load_explainer(args.model, args.layers, args.device)  # fail now, not on the first request
 
         def loader(name: str, device: str):
-            return load_explainer(args.model, args.layers, device)
+            return loaded
 
     unknown = [m for m in models if m not in MODELS and loader is None]
     if unknown:

@@ -320,7 +320,7 @@ function toggle(path) {
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     const imgs = childImgs();
-    window.ftTimings.push({ path, ms: performance.now() - t0, children: imgs.length });
+    window.ftTimings.push({ path, ms: performance.now() - t0, children: imgs.length, loaded: imgs.filter((i) => i.naturalWidth > 0).length });
   });
 }
 
