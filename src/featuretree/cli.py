@@ -127,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
     ly.add_argument("--chain", action="store_true", help="show only the chain layers")
     _add_model_args(ly)
+
+    sv = sub.add_parser(
+        "serve",
+        help="start the interactive explorer in the browser (http://127.0.0.1:8765)",
+        description="Start the interactive explorer: a local web page where you pick a photo and a root and expand the tree by clicking.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; loopback only)")
+    sv.add_argument("--port", type=_positive_int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    sv.add_argument(
+        "--allow-remote", action="store_true", help="allow binding to a non-loopback --host (anyone who can reach it can use the server)"
+    )
+    sv.add_argument("--image", default="chelsea", help="photo shown first: a bundled sample name (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default: %(default)s)")
+    sv.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    _add_model_args(sv)
+    sv.set_defaults(model=None)
     return parser
 
 
@@ -197,7 +213,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"explain": cmd_explain, "layers": cmd_layers}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.run import serve
+
+    return serve(args)
+
+
+COMMANDS = {"explain": cmd_explain, "layers": cmd_layers, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

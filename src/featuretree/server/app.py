@@ -1,0 +1,407 @@
+"""The explorer's HTTP API (FastAPI) and page.
+
+``create_app`` builds a fresh app whose whole state hangs off ``app.state.workspace``.
+All compute endpoints are plain ``def`` functions, so FastAPI runs them in its thread
+pool; the engine serialises backward passes per analysis, and every cache is locked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from ..engine import RULES, SEED_MODES, Analysis, Unit, path_id
+from ..errors import FeatureTreeError, UnitError
+from ..samples import available_samples
+from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
+from .view import build_view_tree
+
+Rule = Literal["gradient", "guided"]
+SeedMode = Literal["sum", "max"]
+View = Literal["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
+assert tuple(Rule.__args__) == RULES and tuple(SeedMode.__args__) == SEED_MODES and tuple(View.__args__) == VIEWS  # type: ignore[attr-defined]
+
+ModelQ = Annotated[str, Query(min_length=1, max_length=200, description="model name, see /api/info")]
+ImageQ = Annotated[str, Query(min_length=1, max_length=200, description="a sample name or the id returned by POST /api/images")]
+PathQ = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=4000,
+        description="node path, root first: LAYER:CH/LAYER:CH/... ; the root may also be class:N",
+    ),
+]
+KQ = Annotated[int, Query(ge=1, le=64, description="children kept per node")]
+RuleQ = Annotated[Rule, Query(description="backward rule for scores: gradient or guided")]
+SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's map or its max pixel")]
+
+PNG_CACHE = "public, max-age=86400, immutable"
+STATIC_FILES = ("index.html", "app.js", "style.css")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    models: tuple[str, ...] = ("efficientnet_lite0", "toy_squares")
+    default_model: str | None = None
+    default_image: str = "chelsea"
+    device: str = "cpu"
+    limits: Limits = field(default_factory=Limits)
+
+
+# ----- response models (documented in the OpenAPI schema) ---------------------
+class ErrorOut(BaseModel):
+    error: str
+    problem: str
+    fix: str | None = None
+
+
+class SampleOut(BaseModel):
+    name: str
+    file: str
+    thumbnail: str
+
+
+class InfoOut(BaseModel):
+    models: list[str]
+    default_model: str
+    default_image: str
+    samples: list[SampleOut]
+    views: list[str]
+    rules: list[str]
+    seed_modes: list[str]
+    max_upload_bytes: int
+
+
+class UploadOut(BaseModel):
+    image: str
+    width: int
+    height: int
+    bytes: int
+
+
+class ClassOut(BaseModel):
+    index: int
+    name: str
+    probability: float
+    logit: float
+    unit: str | None
+
+
+class LayerOut(BaseModel):
+    name: str
+    type: str
+    shape: list[int]
+
+
+class AnalysisOut(BaseModel):
+    model: str
+    image: str
+    source: str
+    original_size: list[int]
+    size: list[int]
+    top_classes: list[ClassOut]
+    chain: list[LayerOut]
+    default_root: str
+    logits_layer: str | None
+
+
+class NodeOut(BaseModel):
+    id: str
+    path: list[str]
+    layer: str
+    unit: int
+    label: str | None
+    activation_sum: float
+    activation_max: float
+    location: list[int] | None
+    box: list[int]
+    expandable: bool
+
+
+class ChildOut(BaseModel):
+    id: str
+    layer: str
+    unit: int
+    label: str | None
+    score: float
+    share: float
+
+
+class ChildrenOut(BaseModel):
+    id: str
+    child_layer: str | None
+    children: list[ChildOut]
+    coverage: float
+    total_positive: float
+    total_negative: float
+    leaf_reason: str | None
+
+
+ERRORS = {
+    400: {"model": ErrorOut, "description": "bad input (malformed path, unit out of range, unreadable image)"},
+    404: {"model": ErrorOut, "description": "unknown model, image or file"},
+}
+
+
+def _status_for(err: FeatureTreeError) -> int:
+    if isinstance(err, NotFoundError):
+        return 404
+    if isinstance(err, TooLargeError):
+        return 413
+    return 400
+
+
+def _error_json(status: int, problem: str, fix: str | None) -> JSONResponse:
+    text = problem if not fix else f"{problem}; {fix}"
+    return JSONResponse({"error": text, "problem": problem, "fix": fix}, status_code=status)
+
+
+def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
+    """Build the explorer app. ``loader(name, device) -> Explainer`` overrides the zoo (e.g. a custom model)."""
+    settings = settings or ServerSettings()
+    if not settings.models:
+        raise FeatureTreeError("the server needs at least one model", "pass --model")
+    default_model = settings.default_model or settings.models[0]
+    workspace = Workspace(settings.models, settings.device, settings.limits, loader)
+    app = FastAPI(
+        title="featuretree explorer",
+        version="1",
+        description="Explain a CNN's prediction on one image as a tree of units. Children are computed on demand; "
+        "one forward pass per (model, image) is cached and reused by every request.",
+    )
+    app.state.workspace = workspace
+    app.state.settings = settings
+
+    @app.exception_handler(FeatureTreeError)
+    async def _feature_tree_error(request: Request, err: FeatureTreeError) -> JSONResponse:
+        return _error_json(_status_for(err), err.problem, err.fix)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        problem = f"invalid {where or 'request'}: {first.get('msg', 'bad value')}"
+        return _error_json(422, problem, "see /docs for the accepted values")
+
+    # ----- page and static files ----------------------------------------------------
+    static_root = resources.files("featuretree.server").joinpath("static")
+    static_cache: dict[str, bytes] = {}
+
+    def static_bytes(name: str) -> bytes:
+        if name not in static_cache:
+            static_cache[name] = static_root.joinpath(name).read_bytes()
+        return static_cache[name]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> Response:
+        return Response(static_bytes("index.html"), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC_FILES:  # a fixed list: no path from the request ever reaches the file system
+            raise NotFoundError(f"no static file {name[:80]!r}", "the page needs only index.html, app.js and style.css")
+        kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
+        data = static_bytes(name)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
+        return Response(data, media_type=f"{kind}; charset=utf-8", headers={"Cache-Control": "no-cache", "ETag": etag})
+
+    # ----- API ----------------------------------------------------------------------
+    @app.get("/api/info", response_model=InfoOut, summary="Models, sample photos and options this server offers")
+    def info() -> InfoOut:
+        samples = [SampleOut(name=n, file=p.name, thumbnail=f"/api/samples/{n}.png") for n, p in available_samples().items()]
+        return InfoOut(
+            models=list(settings.models),
+            default_model=default_model,
+            default_image=settings.default_image,
+            samples=samples,
+            views=list(VIEWS),
+            rules=list(RULES),
+            seed_modes=list(SEED_MODES),
+            max_upload_bytes=settings.limits.max_upload_bytes,
+        )
+
+    @app.get(
+        "/api/samples/{name}.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 404: ERRORS[404]},
+        summary="Thumbnail of a bundled sample photo",
+    )
+    def sample_thumbnail(name: str) -> Response:
+        return Response(workspace.sample_thumb(name), media_type="image/png", headers={"Cache-Control": PNG_CACHE})
+
+    @app.post(
+        "/api/images",
+        response_model=UploadOut,
+        responses={400: ERRORS[400], 413: {"model": ErrorOut, "description": "file over the size limit"}},
+        summary="Upload a photo (multipart field 'file'); returns its image id",
+    )
+    def upload(file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or TIFF")]) -> UploadOut:
+        limit = settings.limits.max_upload_bytes
+        data = file.file.read(limit + 1)
+        if len(data) > limit:
+            raise TooLargeError(
+                f"the upload is over the limit of {limit / 2**20:.0f} MB",
+                "upload a smaller image, or start the server with a larger --max-upload-mb",
+            )
+        digest, picture = workspace.add_upload(data)
+        return UploadOut(image=digest, width=picture.width, height=picture.height, bytes=len(data))
+
+    def parse_node_path(analysis: Analysis, text: str) -> tuple[Unit, ...]:
+        parts = text.split("/")
+        if any(not p.strip() for p in parts):
+            raise UnitError(f"malformed path {text[:80]!r}", "write it as LAYER:CH/LAYER:CH/..., root first")
+        root = analysis.resolve_root(parts[0].strip())
+        return analysis.validate_path((root, *(Unit.parse(p.strip()) for p in parts[1:])))
+
+    def label_of(analysis: Analysis, unit: Unit) -> str | None:
+        return analysis.class_name(unit.channel) if unit.layer == analysis.logits_layer else None
+
+    @app.get("/api/analysis", response_model=AnalysisOut, responses=ERRORS, summary="Top-5 classes, layer chain and default root")
+    def analysis_info(model: ModelQ, image: ImageQ) -> AnalysisOut:
+        an = workspace.analysis(model, image)
+        logits = an.logits_layer
+        return AnalysisOut(
+            model=model,
+            image=image,
+            source=an.image.source,
+            original_size=list(an.image.original_size),
+            size=[an.image.picture.width, an.image.picture.height],
+            top_classes=[ClassOut(**asdict(c), unit=f"{logits}:{c.index}" if logits else None) for c in an.top_classes(5)],
+            chain=[LayerOut(name=c.name, type=c.type, shape=list(c.shape)) for c in an.chain],
+            default_root=str(an.resolve_root(None)),
+            logits_layer=logits,
+        )
+
+    @app.get(
+        "/api/photo.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+        summary="The picture the model sees (after resizing)",
+    )
+    def photo(model: ModelQ, image: ImageQ) -> Response:
+        return Response(workspace.photo_png(model, image), media_type="image/png", headers={"Cache-Control": PNG_CACHE})
+
+    @app.get("/api/node", response_model=NodeOut, responses=ERRORS, summary="One node: activation, evidence location and box")
+    def node(model: ModelQ, image: ImageQ, path: PathQ, rule: RuleQ = "gradient", seed_mode: SeedQ = "sum") -> NodeOut:
+        an = workspace.analysis(model, image)
+        units = parse_node_path(an, path)
+        ev = workspace.evidence(model, image, units, rule, seed_mode)
+        unit = units[-1]
+        return NodeOut(
+            id=path_id(units),
+            path=[str(u) for u in units],
+            layer=unit.layer,
+            unit=unit.channel,
+            label=label_of(an, unit),
+            activation_sum=ev.activation_sum,
+            activation_max=ev.activation_max,
+            location=list(ev.location) if ev.location else None,
+            box=list(ev.box),
+            expandable=an.layers.index(unit.layer) > 0,
+        )
+
+    @app.get("/api/children", response_model=ChildrenOut, responses=ERRORS, summary="Expand a node: its top-k children with scores")
+    def children(model: ModelQ, image: ImageQ, path: PathQ, k: KQ = 5, rule: RuleQ = "gradient", seed_mode: SeedQ = "sum") -> ChildrenOut:
+        an = workspace.analysis(model, image)
+        units = parse_node_path(an, path)
+        ex = an.expand(units, k, rule, seed_mode)
+        return ChildrenOut(
+            id=path_id(units),
+            child_layer=ex.child_layer,
+            children=[
+                ChildOut(
+                    id=path_id((*units, c.unit)),
+                    layer=c.unit.layer,
+                    unit=c.unit.channel,
+                    label=label_of(an, c.unit),
+                    score=c.score,
+                    share=c.share,
+                )
+                for c in ex.children
+            ],
+            coverage=ex.coverage,
+            total_positive=ex.total_positive,
+            total_negative=ex.total_negative,
+            leaf_reason=ex.leaf_reason,
+        )
+
+    @app.get(
+        "/api/picture.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+        summary="One picture of a node: guided backprop, original look, heatmap, receptive-field crop or box",
+    )
+    def picture(
+        request: Request,
+        model: ModelQ,
+        image: ImageQ,
+        path: PathQ,
+        view: Annotated[View, Query(description="which picture")] = "guided",
+        rule: RuleQ = "gradient",
+        seed_mode: SeedQ = "sum",
+    ) -> Response:
+        an = workspace.analysis(model, image)
+        units = parse_node_path(an, path)
+        data = workspace.picture_png(model, image, units, view, rule, seed_mode)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
+        headers = {"Cache-Control": PNG_CACHE, "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
+
+    @app.get(
+        "/api/export",
+        responses={200: {"content": {"application/json": {}, "text/html": {}}}, **ERRORS},
+        summary="The current view (root, expanded and removed nodes) as tree.json or one self-contained HTML file",
+    )
+    def export(
+        model: ModelQ,
+        image: ImageQ,
+        root: PathQ,
+        open: Annotated[list[str], Query(max_length=2000, description="expanded node paths")] = [],  # noqa: B006
+        removed: Annotated[list[str], Query(max_length=2000, description="removed node paths")] = [],  # noqa: B006
+        k: KQ = 5,
+        rule: RuleQ = "gradient",
+        seed_mode: SeedQ = "sum",
+        format: Literal["json", "html"] = "json",
+    ) -> Response:
+        an = workspace.analysis(model, image)
+        root_units = parse_node_path(an, root)
+        if len(root_units) != 1:
+            raise UnitError("the export root must be one unit", "give root as LAYER:CH or class:N")
+
+        def parse_many(texts: list[str]) -> set[tuple[Unit, ...]]:
+            out = set()
+            for text in texts:
+                if len(text) > 4000:
+                    raise UnitError("a node path is too long", "paths have one unit per chain layer")
+                out.add(parse_node_path(an, text))
+            return out
+
+        tree = build_view_tree(workspace, model, image, root_units, parse_many(open), parse_many(removed), k, rule, seed_mode)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", an.image.source.rsplit(".", 1)[0])[:60] or "image"
+        if format == "json":
+            body = json.dumps(tree.to_dict(), indent=1)
+            return Response(
+                body,
+                media_type="application/json",
+                headers={"Content-Disposition": f'attachment; filename="featuretree-{stem}.json"'},
+            )
+        from ..export import render_html
+
+        return Response(
+            render_html(tree),
+            media_type="text/html; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="featuretree-{stem}.html"'},
+        )
+
+    return app

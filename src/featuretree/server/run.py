@@ -1,0 +1,104 @@
+"""``featuretree serve``: check the options, build the app and run it under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import OptionError
+from ..samples import SAMPLES
+from ..zoo import MODELS
+from .session import Limits
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    if not is_loopback(host) and not allow_remote:
+        raise OptionError(
+            f"--host {host} would expose the explorer beyond this computer",
+            "use --host 127.0.0.1, or add --allow-remote if you really mean it",
+        )
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise OptionError("the explorer needs FastAPI and uvicorn", "pip install 'featuretree[web]'") from None
+    from ..cli import load_explainer
+    from .app import ServerSettings, create_app
+
+    check_bind(args.host, args.allow_remote)
+    if args.image not in SAMPLES:
+        raise OptionError(f"unknown sample {args.image!r}", f"use one of {', '.join(SAMPLES)}; upload other photos in the page")
+    if not args.max_upload_mb > 0:
+        raise OptionError(f"--max-upload-mb must be positive, got {args.max_upload_mb}", "use e.g. --max-upload-mb 20")
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20))
+    if args.model is None:
+        models = ("efficientnet_lite0", "toy_squares")
+        loader = None
+    else:
+        models = (args.model,)
+        loaded = load_explainer(args.model, args.layers, args.device)  # fail now, not on the first request
+
+        def loader(name: str, device: str):
+            return loaded
+
+    unknown = [m for m in models if m not in MODELS and loader is None]
+    if unknown:
+        raise OptionError(f"unknown model {unknown[0]!r}", f"use one of {', '.join(MODELS)}")
+    app = create_app(ServerSettings(models=models, default_image=args.image, device=args.device, limits=limits), loader=loader)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as err:
+        raise OptionError(f"cannot listen on {args.host}:{args.port} ({err.strerror})", "pick another --port, or --port 0") from None
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}/"
+    print(f"featuretree explorer on {url}  (Ctrl+C to stop)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    config = uvicorn.Config(app, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free port in a background thread; yields the base URL (tests, benchmarks)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

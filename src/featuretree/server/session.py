@@ -1,0 +1,270 @@
+"""Server-side state: loaded models, uploaded photos, analyses and rendered pictures.
+
+Everything lives on one ``Workspace`` object owned by the app (no module-level state).
+Each cache is an LRU bounded by bytes, so a long session cannot exhaust memory:
+- uploads: the raw file bytes, keyed by their SHA-256;
+- analyses: one ``Analysis`` (one forward pass, reused by every expansion) per
+  (model, image id, device);
+- evidence: per-node input-space evidence, keyed by (model, image, device, path, rule, seed mode);
+- pictures: encoded PNGs of node views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from ..cache import ByteLRU, tensor_bytes
+from ..engine import Analysis, Explainer, NodeEvidence, Unit
+from ..errors import FeatureTreeError, ImageInputError, ModelError, did_you_mean
+from ..images import to_rgb
+from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain
+from ..samples import SAMPLES, sample_path
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
+VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
+
+
+class TooLargeError(ImageInputError):
+    """An upload over the configured byte limit (HTTP 413)."""
+
+
+class NotFoundError(FeatureTreeError):
+    """An id (model, image, file) the server does not know (HTTP 404)."""
+
+
+def analysis_bytes(value: object) -> int:
+    """Approximate memory held by an Analysis: its recorded activations plus its gradient memo."""
+    if isinstance(value, Analysis):
+        acts = sum(tensor_bytes(t) for t in value.record.activations.values())
+        return acts + tensor_bytes(value.record.input) + value._memo.bytes + 64 * 1024
+    return tensor_bytes(value)
+
+
+def evidence_bytes(value: object) -> int:
+    if isinstance(value, NodeEvidence):
+        return int(value.guided.nbytes + value.heat.nbytes) + 256
+    return 64
+
+
+def bytes_len(value: object) -> int:
+    return len(value) if isinstance(value, (bytes, bytearray)) else 64
+
+
+def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode uploaded bytes into upright RGB, refusing non-images, corrupt files and decompression bombs.
+
+    The pixel count is checked from the header before any pixel is decoded, so a small
+    file that claims a huge canvas costs nothing.
+    """
+    if not data:
+        raise ImageInputError("the upload is empty", "choose a JPEG, PNG, WebP, BMP or TIFF file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageInputError(
+            f"the image is too large to decode safely (over {max_pixels:,} pixels; possible decompression bomb)",
+            "downscale the image first",
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageInputError("the upload is not an image that Pillow can read", "upload a JPEG, PNG, WebP, BMP or TIFF") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageInputError(f"the image is corrupt ({err})", "re-export or re-download the image") from None
+    width, height = img.size
+    if width * height > max_pixels or width <= 0 or height <= 0:
+        raise ImageInputError(
+            f"the image is {width}x{height} pixels, over the limit of {max_pixels:,} (possible decompression bomb)",
+            "downscale the image first",
+        )
+    try:
+        img.load()
+        return to_rgb(img)
+    except Image.DecompressionBombError:
+        raise ImageInputError(
+            "the image is too large to decode safely (possible decompression bomb)", "downscale the image first"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageInputError(f"the image is corrupt or truncated ({err})", "re-export or re-download the image") from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 64_000_000
+    upload_cache_bytes: int = 256 * 2**20
+    analysis_cache_bytes: int = 1024 * 2**20
+    evidence_cache_bytes: int = 256 * 2**20
+    picture_cache_bytes: int = 128 * 2**20
+    memo_bytes: int = 128 * 2**20  # per-analysis gradient memo
+
+
+class Workspace:
+    """All mutable server state; one per app."""
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        device: str = "cpu",
+        limits: Limits | None = None,
+        loader: Callable[[str, str], Explainer] | None = None,
+    ) -> None:
+        self.models = list(models)
+        self.device = device
+        self.limits = limits or Limits()
+        self._loader = loader or (lambda name, dev: Explainer.from_zoo(name, device=dev))
+        self._explainers: dict[str, Explainer] = {}
+        self._explainer_lock = threading.Lock()
+        self._forward_locks: dict[str, threading.Lock] = {}
+        self.uploads: ByteLRU[bytes] = ByteLRU(self.limits.upload_cache_bytes, bytes_len)
+        self.analyses: ByteLRU[Analysis] = ByteLRU(self.limits.analysis_cache_bytes, analysis_bytes)
+        self.evidence_cache: ByteLRU[NodeEvidence] = ByteLRU(self.limits.evidence_cache_bytes, evidence_bytes)
+        self.pictures: ByteLRU[bytes] = ByteLRU(self.limits.picture_cache_bytes, bytes_len)
+        # One lock per key being built, so two tabs asking for the same analysis run one forward pass.
+        self._building: dict[Hashable, threading.Lock] = {}
+        self._building_lock = threading.Lock()
+        self.forward_passes = 0
+
+    # ----- models ----------------------------------------------------------
+    def explainer(self, model: str) -> Explainer:
+        if model not in self.models:
+            hint = did_you_mean(model, self.models)
+            raise NotFoundError(f"unknown model {model!r}", hint or f"this server offers {', '.join(self.models)}")
+        with self._explainer_lock:
+            if model not in self._explainers:
+                try:
+                    explainer = self._loader(model, self.device)
+                except KeyError:
+                    raise ModelError(f"model {model!r} could not be loaded", "check the server's --model option") from None
+                explainer.cache_bytes = self.limits.memo_bytes
+                self._explainers[model] = explainer
+                self._forward_locks[model] = threading.Lock()
+            return self._explainers[model]
+
+    # ----- images ----------------------------------------------------------
+    def add_upload(self, data: bytes) -> tuple[str, Image.Image]:
+        if len(data) > self.limits.max_upload_bytes:
+            raise TooLargeError(
+                f"the upload is {len(data) / 2**20:.1f} MB, over the limit of {self.limits.max_upload_bytes / 2**20:.0f} MB",
+                "upload a smaller image, or start the server with a larger --max-upload-mb",
+            )
+        picture = decode_upload(data, self.limits.max_pixels)
+        digest = hashlib.sha256(data).hexdigest()
+        self.uploads.put(digest, data)
+        return digest, picture
+
+    def load_picture(self, image: str) -> tuple[Image.Image, str]:
+        """The RGB photo for an image id (a sample name or an upload digest) and its display name."""
+        if image in SAMPLES:
+            path = sample_path(image)
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(img), path.name
+        if UPLOAD_ID.match(image):
+            data = self.uploads.get(image)
+            if data is not None:
+                return decode_upload(data, self.limits.max_pixels), f"upload-{image[:12]}"
+            raise NotFoundError(f"uploaded image {image[:12]}... is no longer on the server", "upload the photo again")
+        raise NotFoundError(f"unknown image {image[:80]!r}", f"use a sample ({', '.join(SAMPLES)}) or the id returned by an upload")
+
+    # ----- analyses --------------------------------------------------------
+    def _key_lock(self, key: Hashable) -> threading.Lock:
+        with self._building_lock:
+            lock = self._building.get(key)
+            if lock is None:
+                lock = self._building[key] = threading.Lock()
+            return lock
+
+    def analysis(self, model: str, image: str) -> Analysis:
+        """The cached single-forward-pass Analysis of ``image`` under ``model`` (built once)."""
+        explainer = self.explainer(model)
+        key = (model, image, str(explainer.device))
+        found = self.analyses.get(key)
+        if found is not None:
+            return found
+        lock = self._key_lock(key)
+        try:
+            with lock:
+                found = self.analyses.get(key)
+                if found is not None:
+                    return found
+                picture, name = self.load_picture(image)
+                # Forward hooks live on the shared model while it runs, so two forward
+                # passes through one model must not overlap (backward passes may).
+                with self._forward_locks[model]:
+                    analysis = explainer.analyze(picture)
+                analysis.image.source = name
+                self.forward_passes += 1
+                self.analyses.put(key, analysis)
+                return analysis
+        finally:
+            with self._building_lock:
+                if self._building.get(key) is lock and not lock.locked():
+                    del self._building[key]
+
+    def evidence(self, model: str, image: str, path: tuple[Unit, ...], rule: str, seed_mode: str) -> NodeEvidence:
+        analysis = self.analysis(model, image)
+        key = (model, image, str(analysis.explainer.device), path, rule, seed_mode)
+        found = self.evidence_cache.get(key)
+        if found is None:
+            found = analysis.evidence(path, rule, seed_mode)
+            self.evidence_cache.put(key, found)
+        return found
+
+    def picture_png(self, model: str, image: str, path: tuple[Unit, ...], view: str, rule: str, seed_mode: str) -> bytes:
+        analysis = self.analysis(model, image)
+        key = ("png", model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
+        found = self.pictures.get(key)
+        if found is not None:
+            return found
+        evidence = self.evidence(model, image, path, rule, seed_mode)
+        picture = analysis.image.picture
+        if view == "guided":
+            img = guided_image(evidence, "robust")
+        elif view == "guided_original":
+            root = self.evidence(model, image, path[:1], rule, seed_mode)
+            img = guided_image(evidence, "original", analysis.explainer.preprocess.mean, original_tree_gain(root))
+        elif view == "heatmap":
+            img = heatmap_image(evidence, picture)
+        elif view == "rf_crop":
+            img = crop_image(evidence, picture)
+        else:
+            img = box_image(evidence, picture)
+        data = png_bytes(img)
+        self.pictures.put(key, data)
+        return data
+
+    def photo_png(self, model: str, image: str) -> bytes:
+        analysis = self.analysis(model, image)
+        key = ("photo", model, image, str(analysis.explainer.device))
+        found = self.pictures.get(key)
+        if found is None:
+            found = png_bytes(analysis.image.picture)
+            self.pictures.put(key, found)
+        return found
+
+    def sample_thumb(self, name: str, size: int = 160) -> bytes:
+        if name not in SAMPLES:
+            raise NotFoundError(f"unknown sample {name[:80]!r}", f"use one of {', '.join(SAMPLES)}")
+        key = ("thumb", name, size)
+        found = self.pictures.get(key)
+        if found is None:
+            picture, _ = self.load_picture(name)
+            picture.thumbnail((size, size))
+            found = png_bytes(picture)
+            self.pictures.put(key, found)
+        return found
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+__all__ = ["VIEWS", "Limits", "NotFoundError", "TooLargeError", "Workspace", "decode_upload", "png_bytes"]

@@ -1,0 +1,33 @@
+"""Shared helpers for the explorer tests: real photos, a real uvicorn server in a thread."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageDraw
+
+from featuretree.server.run import serve_in_thread
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def square_png(size: int = 64, margin: int = 16) -> bytes:
+    """A white square on black: the toy model's 'square' class, with a known tree."""
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    ImageDraw.Draw(img).rectangle([margin, margin, size - margin - 1, size - margin - 1], fill=(255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def live_server(app):
+    """A real uvicorn server on 127.0.0.1 in a background thread; yields the base URL."""
+    return serve_in_thread(app)

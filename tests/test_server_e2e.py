@@ -1,0 +1,238 @@
+"""End-to-end tests of the explorer: real uvicorn on 127.0.0.1, real headless Chromium (Playwright).
+
+Screenshots go to test-artifacts/ (gitignored); look at them after a run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from featuretree.server import ServerSettings, create_app
+from server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT = 120_000
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    with live_server(create_app(ServerSettings(models=("toy_squares", "efficientnet_lite0")))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(TIMEOUT)
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+def card(page, node_id: str):
+    return page.locator(f'.card[data-node="{node_id}"]')
+
+
+def cards(page) -> list[str]:
+    return page.eval_on_selector_all(".card", "els => els.map(e => e.dataset.node).sort()")
+
+
+def wait_idle(page) -> None:
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_selector("body[data-busy=false]", state="attached")
+    page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+
+
+def open_page(page, base_url: str, query: str) -> None:
+    page.goto(f"{base_url}/?{query}")
+    wait_idle(page)
+
+
+def no_overlap(page) -> None:
+    boxes = page.eval_on_selector_all(
+        ".card", "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })"
+    )
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"cards overlap: {a} {b}"
+
+
+def upload_square(page) -> None:
+    page.set_input_files("#file", files=[{"name": "square.png", "mimeType": "image/png", "buffer": square_png()}])
+    page.wait_for_function("new URLSearchParams(location.search).get('image')?.length === 64")
+    wait_idle(page)
+
+
+def test_e2e_toy_page_expand_hover_remove_reroot_reload(page, base_url):
+    open_page(page, base_url, "model=toy_squares")
+    upload_square(page)
+    # Top-5 text and the default tree: root 'square' expanded to the four corners.
+    top5 = page.locator("#top5").inner_text()
+    assert top5.splitlines()[0].strip() == "square"
+    assert "line" in top5
+    corners = [f"classifier:0/corners:{i}" for i in range(4)]
+    assert cards(page) == sorted(["classifier:0", *corners])
+    no_overlap(page)
+    shot(page, "toy-01-default")
+
+    # Expand a child: loading state, then its two edges.
+    card(page, corners[1]).locator(".pic").click()
+    wait_idle(page)
+    assert sorted(c for c in cards(page) if c.startswith(corners[1] + "/")) == [f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"]
+    no_overlap(page)
+
+    # Hover zoom shows a large copy of the same picture.
+    target = card(page, f"{corners[1]}/edges:1")
+    target.locator(".pic").hover()
+    zoom = page.locator("#zoom")
+    zoom.wait_for(state="visible")
+    assert zoom.bounding_box()["width"] > 2 * target.locator(".pic").bounding_box()["width"]
+    assert zoom.locator("img").evaluate("i => i.src") == target.locator("img").evaluate("i => i.src")
+    shot(page, "toy-02-expanded-hover")
+    page.mouse.move(5, 5)
+    zoom.wait_for(state="hidden")
+
+    # Switch picture kind, change k: the tree is recomputed without reloading.
+    page.click('#views button[data-view="heatmap"]')
+    assert "view=heatmap" in page.url and "view%3Dheatmap" not in page.url
+    page.fill("#k", "2")
+    page.press("#k", "Enter")
+    page.wait_for_function("document.querySelectorAll('.card').length === 5")
+    wait_idle(page)
+    assert cards(page) == sorted(["classifier:0", corners[0], corners[1], f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"])
+
+    # Remove a node; the URL records it; reload restores exactly the same tree.
+    card(page, corners[0]).locator('button[data-action="remove"]').click()
+    assert corners[0] not in cards(page)
+    before = cards(page)
+    url = page.url
+    page.reload()
+    wait_idle(page)
+    assert cards(page) == before and page.url == url
+    shot(page, "toy-03-removed-reloaded")
+
+    # Keys: h hides the photo panel, b hides the buttons.
+    page.keyboard.press("h")
+    assert not page.locator("#panel").is_visible()
+    page.keyboard.press("b")
+    assert not card(page, "classifier:0").locator(".buttons button").first.is_visible()
+    shot(page, "toy-04-no-panel-no-buttons")
+    page.keyboard.press("h")
+    page.keyboard.press("b")
+
+    # Re-root at a corner: it becomes the root with its edges below.
+    card(page, corners[1]).locator('button[data-action="reroot"]').click()
+    wait_idle(page)
+    assert cards(page) == ["corners:1", "corners:1/edges:1", "corners:1/edges:2"]
+    assert "root=corners%3A1" in page.url
+
+    # Remove the root: no crash, a hint to pick a new one; then pick from the top-5.
+    card(page, "corners:1").locator('button[data-action="remove"]').click()
+    assert cards(page) == []
+    assert "No root" in page.locator("#canvas").inner_text()
+    page.locator("#top5 button", has_text="line").click()
+    wait_idle(page)
+    assert cards(page)[0] == "classifier:1"
+
+    # A typed root, and a bad one that gives a clear message.
+    page.fill("#root-input", "corners:2")
+    page.press("#root-input", "Enter")
+    wait_idle(page)
+    assert "corners:2" in cards(page)
+    page.fill("#root-input", "corners:99")
+    page.press("#root-input", "Enter")
+    page.locator("#toast").wait_for(state="visible")
+    assert "out of range" in page.locator("#toast").inner_text()
+
+
+def test_e2e_gallery_upload_errors_and_export_html(page, base_url, tmp_path):
+    open_page(page, base_url, "model=toy_squares&image=coffee")
+    assert page.locator('#gallery button[data-sample="coffee"]').get_attribute("aria-pressed") == "true"
+    page.click('#gallery button[data-sample="rocket"]')
+    page.wait_for_function("location.search.includes('image=rocket')")
+    wait_idle(page)
+    # A non-image upload: a clear message, the page keeps working.
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello, not a photo"}])
+    page.locator("#toast").wait_for(state="visible")
+    assert "not an image" in page.locator("#toast").inner_text()
+    # Drag and drop a real photo onto the page.
+    data = list(square_png())
+    page.evaluate(
+        """bytes => { const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], 'dropped.png', { type: 'image/png' }));
+        window.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true })); }""",
+        data,
+    )
+    page.wait_for_function("new URLSearchParams(location.search).get('image')?.length === 64")
+    wait_idle(page)
+    assert page.locator("#top5").inner_text().splitlines()[0].strip() == "square"
+    card(page, "classifier:0/corners:0").locator(".pic").click()
+    wait_idle(page)
+    shown = cards(page)
+
+    with page.expect_download() as download_info:
+        page.click("#export-html")
+    saved = tmp_path / "export.html"
+    download_info.value.save_as(saved)
+    assert saved.stat().st_size > 10_000
+    exported = page.context.new_page()
+    exported.goto(saved.as_uri())
+    exported.wait_for_selector(".ft-card")
+    assert sorted(exported.eval_on_selector_all(".ft-card", "els => els.map(e => e.dataset.node)")) == shown
+    exported.screenshot(path=str(ARTIFACTS / "toy-05-exported-html.png"))
+    with page.expect_download() as json_info:
+        page.click("#export-json")
+    import json
+
+    tree = json.loads(Path(json_info.value.path()).read_text())
+    assert tree["root"]["id"] == "classifier:0" and len(tree["root"]["children"]) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(1280, 800), (3840, 2160)])
+def test_e2e_efficientnet_cat_deep_link(page, base_url, size):
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    open_page(page, base_url, "model=efficientnet_lite0&image=chelsea")
+    assert "Egyptian cat" in page.locator("#top5").inner_text()
+    root = page.eval_on_selector(".card.root", "e => e.dataset.node")
+    assert root == "_fc:285"
+    kids = sorted(c for c in cards(page) if c != root)
+    assert len(kids) == 5
+    child = kids[0]
+    card(page, child).locator(".pic").click()
+    wait_idle(page)
+    grand = [c for c in cards(page) if c.startswith(child + "/")]
+    assert len(grand) == 5
+    no_overlap(page)
+    page.click('#views button[data-view="rf_box"]')
+    wait_idle(page)
+    shot(page, f"cat-{size[0]}x{size[1]}")
+    # The link restores the same tree in a fresh tab.
+    fresh = page.context.new_page()
+    fresh.set_default_timeout(TIMEOUT)
+    fresh.goto(page.url)
+    wait_idle(fresh)
+    assert cards(fresh) == cards(page)
+    fresh.close()
