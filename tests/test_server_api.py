@@ -14,7 +14,8 @@ from PIL import Image
 from featuretree.server import ServerSettings, create_app
 from featuretree.server.session import Limits
 from featuretree.zoo import load_model
-from server_helpers import square_png
+
+from .server_helpers import square_png
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

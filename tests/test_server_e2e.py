@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from featuretree.server import ServerSettings, create_app
-from server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
+
+from .server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -294,7 +294,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     def node(model: ModelQ, image: ImageQ, path: PathQ, rule: RuleQ = "gradient", seed_mode: SeedQ = "sum") -> NodeOut:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
-        ev = workspace.evidence(model, image, units, rule, seed_mode)
+        ev = workspace.evidence(model, image, units, rule, seed_mode, ("box",))
         unit = units[-1]
         return NodeOut(
             id=path_id(units),

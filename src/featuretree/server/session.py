@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from ..cache import ByteLRU, tensor_bytes
-from ..engine import Analysis, Explainer, NodeEvidence, Unit
+from ..engine import EVIDENCE_KINDS, Analysis, Explainer, NodeEvidence, Unit
 from ..errors import FeatureTreeError, ImageInputError, ModelError, did_you_mean
 from ..images import to_rgb
 from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain
@@ -29,6 +29,14 @@ from ..samples import SAMPLES, sample_path
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
+# The evidence each picture view needs (see Analysis.evidence_many).
+VIEW_KINDS: dict[str, tuple[str, ...]] = {
+    "guided": ("guided",),
+    "guided_original": ("guided",),
+    "heatmap": ("heat",),
+    "rf_crop": ("box",),
+    "rf_box": ("box",),
+}
 
 
 class TooLargeError(ImageInputError):
@@ -49,7 +57,7 @@ def analysis_bytes(value: object) -> int:
 
 def evidence_bytes(value: object) -> int:
     if isinstance(value, NodeEvidence):
-        return int(value.guided.nbytes + value.heat.nbytes) + 256
+        return sum(int(a.nbytes) for a in (value.guided, value.heat) if a is not None) + 256
     return 64
 
 
@@ -194,10 +202,9 @@ class Workspace:
                 if found is not None:
                     return found
                 picture, name = self.load_picture(image)
-                # Forward hooks live on the shared model while it runs, so two forward
-                # passes through one model must not overlap (backward passes may).
-                with self._forward_locks[model]:
-                    analysis = explainer.analyze(picture)
+                # Explainer.analyze serialises forward passes through one model (its hooks
+                # are shared); backward passes on different analyses may overlap.
+                analysis = explainer.analyze(picture)
                 analysis.image.source = name
                 self.forward_passes += 1
                 self.analyses.put(key, analysis)
@@ -207,12 +214,15 @@ class Workspace:
                 if self._building.get(key) is lock and not lock.locked():
                     del self._building[key]
 
-    def evidence(self, model: str, image: str, path: tuple[Unit, ...], rule: str, seed_mode: str) -> NodeEvidence:
+    def evidence(
+        self, model: str, image: str, path: tuple[Unit, ...], rule: str, seed_mode: str, kinds: tuple[str, ...] = EVIDENCE_KINDS
+    ) -> NodeEvidence:
+        """Node evidence of the given kinds only: one picture view costs one backward pass."""
         analysis = self.analysis(model, image)
-        key = (model, image, str(analysis.explainer.device), path, rule, seed_mode)
+        key = (model, image, str(analysis.explainer.device), path, rule, seed_mode, kinds)
         found = self.evidence_cache.get(key)
         if found is None:
-            found = analysis.evidence(path, rule, seed_mode)
+            found = analysis.evidence(path, rule, seed_mode, kinds)
             self.evidence_cache.put(key, found)
         return found
 
@@ -222,12 +232,12 @@ class Workspace:
         found = self.pictures.get(key)
         if found is not None:
             return found
-        evidence = self.evidence(model, image, path, rule, seed_mode)
+        evidence = self.evidence(model, image, path, rule, seed_mode, VIEW_KINDS[view])
         picture = analysis.image.picture
         if view == "guided":
             img = guided_image(evidence, "robust")
         elif view == "guided_original":
-            root = self.evidence(model, image, path[:1], rule, seed_mode)
+            root = self.evidence(model, image, path[:1], rule, seed_mode, VIEW_KINDS[view])
             img = guided_image(evidence, "original", analysis.explainer.preprocess.mean, original_tree_gain(root))
         elif view == "heatmap":
             img = heatmap_image(evidence, picture)

@@ -440,10 +440,12 @@ async function submitRoot(event) {
   event.preventDefault();
   const text = $("root-input").value.trim();
   if (!text) return;
+  document.body.dataset.busy = "true"; // until the new root is drawn (draw() recomputes it)
   try {
     const node = await api("/api/node", { model: state.model, image: state.image, path: text, rule: state.rule, seed_mode: state.seed });
     setRoot(node.id);
   } catch (err) {
+    document.body.dataset.busy = "false";
     toast(err.message);
   }
 }
