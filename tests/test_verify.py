@@ -132,3 +132,19 @@ def test_lite0_top5_children_drop_parent_more_than_random():
     assert float(parent[0]) > float(parent[1:].mean())
     assert float(parent[0]) > float(parent[1:].median())
     assert _no_hooks(explainer.model)
+
+
+def test_cli_explain_verify_reports_drops(tmp_path, capsys):
+    from featuretree.cli import main
+
+    photo = tmp_path / "square.png"
+    _square().save(photo)
+    out = tmp_path / "out"
+    assert main(["explain", str(photo), "--model", "toy_squares", "--depth", "1", "--verify", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ablation drop: parent" in text
+    tree = FeatureTree.load(out / "tree.json")
+    drops = [c.verification["parent_drop"] for c in tree.root.children]
+    assert drops == sorted(drops, reverse=True) and drops[0] > 0
+    page = (out / "tree.html").read_text()
+    assert '"parent_drop"' in page and "ft-badge" in page

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--rule",
         default="gradient",
-        help="backward rule for scores and heatmaps: gradient (true gradient) or guided (the original's guided backprop) (default: %(default)s)",
+        help="how children are scored: gradient (gradient x activation), guided (the original's guided backprop), integrated "
+        "(integrated gradients at the child layer, zero baseline) or ablation (measured drop when the child is zeroed; exact, slower) "
+        "(default: %(default)s)",
     )
     ex.add_argument(
         "--seed-mode",
@@ -118,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=0,
         help="also list this many strongest negative contributors per node (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--verify",
+        action="store_true",
+        help="measure every edge by ablation: zero the child's channel and report the drop of the parent's and the root's objective",
     )
     ex.add_argument("--resize", help="pad (keep aspect, letterbox; default), crop (keep aspect, centre crop) or squash (ignore aspect)")
     ex.add_argument("--no-html", action="store_true", help="skip tree.html")
@@ -163,6 +170,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         seed_mode=args.seed_mode,
         negatives=args.negatives,
         progress=not args.quiet,
+        verify=args.verify,
     )
     tree.save(out, html=not args.no_html)
     if not args.quiet:
@@ -184,7 +192,14 @@ def format_tree(tree, max_lines: int = 40) -> str:
         if node.score is None:
             lines.append(f"{node.layer}:{node.unit}{label}")
         else:
-            lines.append(f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%")
+            line = f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%"
+            if node.verification:
+                v = node.verification
+                line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
+            lines.append(line)
+        if node.rest and node.children and len(lines) < max_lines:
+            rest = node.rest
+            lines.append(f"{'  ' * (node.depth + 1)}(rest: {100 * rest['share']:.1f}% of positive, negatives {rest['negative']:.4g})")
     return "\n".join(lines)
 
 
