@@ -148,3 +148,14 @@ def test_cli_explain_verify_reports_drops(tmp_path, capsys):
     assert drops == sorted(drops, reverse=True) and drops[0] > 0
     page = (out / "tree.html").read_text()
     assert '"parent_drop"' in page and "ft-badge" in page
+
+
+def test_rest_is_what_the_shown_children_leave_out(toy):
+    tree = toy.tree(depth=1, k=2, negatives=1, images=False)
+    root = tree.root
+    shown = sum(c.score for c in root.children)
+    assert root.rest["share"] == pytest.approx(1.0 - root.coverage)
+    assert root.rest["score"] == pytest.approx(root.total_positive - shown)
+    # Corners 2 and 3 (weights 2 and 1 of 4+3+2+1) are the rest; the distractor is the negative part.
+    assert root.rest["share"] == pytest.approx(3 / 10, rel=1e-5)
+    assert root.rest["negative"] == pytest.approx(root.negatives[0].score)
