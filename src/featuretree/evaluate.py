@@ -160,7 +160,8 @@ class Evaluation:
 
 
 def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else math.inf
+    """a / b; nan when the baseline drop is not positive (the ratio would mean nothing)."""
+    return a / b if b > 0 else math.nan
 
 
 def _pct(x: object) -> str:
@@ -168,7 +169,7 @@ def _pct(x: object) -> str:
 
 
 def _x(x: object) -> str:
-    return "inf" if not math.isfinite(float(x)) else f"{float(x):.1f}x"  # type: ignore[arg-type]
+    return "n/a" if not math.isfinite(float(x)) else f"{float(x):.1f}x"  # type: ignore[arg-type]
 
 
 def list_images(folder: str | os.PathLike[str], limit: int | None = None) -> list[FsPath]:
