@@ -51,7 +51,7 @@ def test_api_info_lists_models_samples_and_options(client):
     info = client.get("/api/info").json()
     assert info["models"] == [TOY]
     assert {s["name"] for s in info["samples"]} >= {"chelsea", "coffee"}
-    assert info["rules"] == ["gradient", "guided"]
+    assert info["rules"] == ["gradient", "guided", "integrated", "ablation"]
     thumb = client.get(info["samples"][0]["thumbnail"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(thumb.content)).size[0] <= 160

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--rule",
         default="gradient",
-        help="backward rule for scores and heatmaps: gradient (true gradient) or guided (the original's guided backprop) (default: %(default)s)",
+        help="how children are scored: gradient (gradient x activation), guided (the original's guided backprop), integrated "
+        "(integrated gradients at the child layer, zero baseline) or ablation (measured drop when the child is zeroed; exact, slower) "
+        "(default: %(default)s)",
     )
     ex.add_argument(
         "--seed-mode",
@@ -119,10 +121,55 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also list this many strongest negative contributors per node (default: %(default)s)",
     )
+    ex.add_argument(
+        "--verify",
+        action="store_true",
+        help="measure every edge by ablation: zero the child's channel and report the drop of the parent's and the root's objective",
+    )
     ex.add_argument("--resize", help="pad (keep aspect, letterbox; default), crop (keep aspect, centre crop) or squash (ignore aspect)")
     ex.add_argument("--no-html", action="store_true", help="skip tree.html")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     _add_model_args(ex)
+
+    sa = sub.add_parser(
+        "sanity",
+        help="re-explain with the weights randomised layer by layer from the top; report how pictures and children change",
+        description="Model-randomisation sanity check: cascading re-initialisation from the top of the chain. Views that barely change "
+        "do not depend on what the model learned.",
+    )
+    sa.add_argument("photo", nargs="?", help="image file; default: the bundled sample photo 'chelsea'")
+    sa.add_argument("--out", help="output folder for sanity.md/.csv/.png (default: featuretree-out/sanity-<photo name>)")
+    sa.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    sa.add_argument("--k", type=_positive_int, default=3, help="children kept per node (default: %(default)s)")
+    sa.add_argument("--depth", type=_positive_int, default=2, help="levels below the root (default: %(default)s)")
+    sa.add_argument("--rule", default="gradient", help="child-scoring rule, as for explain (default: %(default)s)")
+    sa.add_argument("--steps", type=_positive_int, help="randomise at most this many chain layers (default: all up to the root)")
+    sa.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: %(default)s)")
+    _add_model_args(sa)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="measure how well each scoring rule's children explain their parents over a folder of images",
+        description="For each image: ablation drop of each rule's top-k children vs k random and k most active channels, rank "
+        "correlation of predicted vs measured single-channel effects, and deletion/insertion AUC of node heatmaps vs random order.",
+    )
+    ev.add_argument("images_dir", help="folder of images (jpg, png, ...)")
+    ev.add_argument("--out", help="output folder for evaluate.md/.csv/.png (default: featuretree-out/evaluate)")
+    ev.add_argument("--k", type=_positive_int, default=5, help="children per node (default: %(default)s)")
+    ev.add_argument(
+        "--rules", default="gradient,guided,integrated,ablation", help="comma-separated rules to compare (default: %(default)s)"
+    )
+    ev.add_argument(
+        "--parents",
+        type=_positive_int,
+        default=3,
+        help="nodes of the default tree's first level also used as parents (default: %(default)s)",
+    )
+    ev.add_argument("--random-draws", type=_positive_int, default=10, help="random k-sets per parent (default: %(default)s)")
+    ev.add_argument("--curve-steps", type=_positive_int, default=16, help="points on each deletion/insertion curve (default: %(default)s)")
+    ev.add_argument("--limit", type=_positive_int, help="use at most this many images (sorted by name)")
+    ev.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: %(default)s)")
+    _add_model_args(ev)
 
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
     ly.add_argument("--chain", action="store_true", help="show only the chain layers")
@@ -179,6 +226,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         seed_mode=args.seed_mode,
         negatives=args.negatives,
         progress=not args.quiet,
+        verify=args.verify,
     )
     tree.save(out, html=not args.no_html)
     if not args.quiet:
@@ -200,7 +248,14 @@ def format_tree(tree, max_lines: int = 40) -> str:
         if node.score is None:
             lines.append(f"{node.layer}:{node.unit}{label}")
         else:
-            lines.append(f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%")
+            line = f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%"
+            if node.verification:
+                v = node.verification
+                line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
+            lines.append(line)
+        if node.rest and node.children and len(lines) < max_lines:
+            rest = node.rest
+            lines.append(f"{'  ' * (node.depth + 1)}(rest: {100 * rest['share']:.1f}% of positive, negatives {rest['negative']:.4g})")
     return "\n".join(lines)
 
 
@@ -219,7 +274,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
-COMMANDS = {"explain": cmd_explain, "layers": cmd_layers, "serve": cmd_serve}
+def cmd_sanity(args: argparse.Namespace) -> int:
+    from .export import ensure_writable
+    from .images import load_image
+    from .samples import sample_path
+    from .sanity import sanity_check, save_report
+
+    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    out = Path(args.out) if args.out else Path("featuretree-out") / f"sanity-{photo.stem}"
+    ensure_writable(out)
+    image = load_image(photo)
+    explainer = load_explainer(args.model, args.layers, args.device)
+    report = sanity_check(explainer, image, root=args.root, k=args.k, depth=args.depth, rule=args.rule, seed=args.seed, steps=args.steps)
+    save_report(report, out)
+    print(report.to_markdown())
+    print(out / "sanity.md")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder, save_evaluation
+    from .export import ensure_writable
+
+    out = Path(args.out) if args.out else Path("featuretree-out") / "evaluate"
+    ensure_writable(out)
+    explainer = load_explainer(args.model, args.layers, args.device)
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    result = evaluate_folder(
+        explainer,
+        args.images_dir,
+        k=args.k,
+        rules=rules,
+        parents=args.parents,
+        random_draws=args.random_draws,
+        curve_steps=args.curve_steps,
+        limit=args.limit,
+        seed=args.seed,
+        progress=True,
+    )
+    save_evaluation(result, out)
+    print(result.to_markdown())
+    print(out / "evaluate.md")
+    return 0
+
+
+COMMANDS = {"explain": cmd_explain, "layers": cmd_layers, "serve": cmd_serve, "sanity": cmd_sanity, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,10 @@ from .images import DEFAULT_MAX_PIXELS, PreparedImage, Preprocess, prepare_image
 if TYPE_CHECKING:
     from .tree import FeatureTree
 
-RULES: tuple[str, ...] = ("gradient", "guided")
+RULES: tuple[str, ...] = ("gradient", "guided", "integrated", "ablation")
+# Rules that only change how children are scored (featuretree.attribution); path conditioning and
+# pictures use the true gradient for them.
+SCORING_RULES: dict[str, str] = {"integrated": "gradient", "ablation": "gradient"}
 SEED_MODES: tuple[str, ...] = ("sum", "max")
 DEFAULT_CACHE_BYTES = 512 * 2**20
 EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box")
@@ -362,6 +365,7 @@ class Analysis:
 
     def layer_gradient(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
         """Gradient at the chain layer below the path's last unit (memoised)."""
+        rule = SCORING_RULES.get(rule, rule)
         path = tuple(path)
         key = ("layer", rule, seed_mode, path)
         cached = self._memo.get(key)
@@ -380,6 +384,10 @@ class Analysis:
         index = self._index[path[-1].layer]
         if index == 0:
             raise UnitError(f"{path[-1]} is in the first chain layer; there is no layer below it", "expand a deeper node")
+        if rule in SCORING_RULES:
+            from .attribution import child_scores
+
+            return child_scores(self, path, rule, seed_mode)
         act = self.activation(self.layers[index - 1])
         grad = self.layer_gradient(path, rule, seed_mode)
         prod = (act.double() * grad.double())[0]
@@ -428,6 +436,7 @@ class Analysis:
 
     def input_gradient(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
         """Path-conditioned gradient at the input tensor, [3, H, W]."""
+        rule = SCORING_RULES.get(rule, rule)
         path = tuple(path)
         return self._backward(path[-1].layer, None, self.delta(path, rule, seed_mode), rule)[0]
 
@@ -504,7 +513,10 @@ class Analysis:
                 grads = (
                     guided
                     if rule == "guided"
-                    else self._backward_many(layer, None, [self.delta(paths[i], rule, seed_mode) for i in members], rule)
+                    # integrated / ablation rules picture with the true gradient
+                    else self._backward_many(
+                        layer, None, [self.delta(paths[i], rule, seed_mode) for i in members], SCORING_RULES.get(rule, rule)
+                    )
                 )
             locations = [self._strongest_position(paths[i], rule, seed_mode) for i in members]
             boxes = self._receptive_fields(layer, locations) if "box" in kinds else [None] * len(members)
@@ -596,10 +608,22 @@ class Analysis:
         negatives: int = 0,
         images: bool = True,
         progress: bool = False,
+        verify: bool = False,
     ) -> FeatureTree:
-        """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each."""
+        """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each.
+
+        ``verify=True`` also measures every edge by ablation (see featuretree.verify)."""
         from .tree import build_tree
 
         return build_tree(
-            self, root, k=k, depth=depth, rule=rule, seed_mode=seed_mode, negatives=negatives, images=images, progress=progress
+            self,
+            root,
+            k=k,
+            depth=depth,
+            rule=rule,
+            seed_mode=seed_mode,
+            negatives=negatives,
+            images=images,
+            progress=progress,
+            verify=verify,
         )

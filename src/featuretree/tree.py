@@ -47,6 +47,12 @@ class Node:
     total_positive: float | None = None
     total_negative: float | None = None
     leaf_reason: str | None = None
+    # What the shown children leave out: {"share", "score"} of the positive total, plus "negative".
+    rest: dict[str, float] | None = None
+    # Measured edge from the parent (featuretree.verify): estimate, parent_drop, root_drop, ...
+    verification: dict[str, float] | None = None
+    # All shown children zeroed together (on expanded, verified nodes).
+    verification_all: dict[str, float] | None = None
     images: dict[str, str] = field(default_factory=dict)
     negatives: list[Edge] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
@@ -165,6 +171,13 @@ def apply_expansion(node: Node, expansion) -> None:
     node.total_negative = expansion.total_negative
     node.leaf_reason = expansion.leaf_reason
     node.negatives = [Edge(str(s.unit), s.score, s.share) for s in expansion.negatives]
+    if expansion.child_layer is not None:
+        shown = sum(c.score for c in expansion.children)
+        node.rest = {
+            "share": max(0.0, 1.0 - expansion.coverage),
+            "score": expansion.total_positive - shown,
+            "negative": expansion.total_negative,
+        }
 
 
 def build_tree(
@@ -178,6 +191,7 @@ def build_tree(
     negatives: int = 0,
     images: bool = True,
     progress: bool = False,
+    verify: bool = False,
 ) -> FeatureTree:
     from tqdm.auto import tqdm
 
@@ -239,4 +253,8 @@ def build_tree(
                         next_frontier.append((child, child_path))
                 bar.update(1)
             frontier = next_frontier
+    if verify:
+        from .verify import verify_tree
+
+        verify_tree(analysis, tree)
     return tree

@@ -25,7 +25,7 @@ from ..samples import available_samples
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
 from .view import build_view_tree
 
-Rule = Literal["gradient", "guided"]
+Rule = Literal["gradient", "guided", "integrated", "ablation"]
 SeedMode = Literal["sum", "max"]
 View = Literal["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
 assert tuple(Rule.__args__) == RULES and tuple(SeedMode.__args__) == SEED_MODES and tuple(View.__args__) == VIEWS  # type: ignore[attr-defined]

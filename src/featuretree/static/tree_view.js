@@ -141,6 +141,7 @@
         ? `activation ${fmt(node.activation_sum)}`
         : `score ${fmt(node.score)} · max act ${fmt(node.activation_max, 1)}`;
       box.appendChild(el("div", { class: "stats", title: `score ${node.score}, activation sum ${node.activation_sum}, max ${node.activation_max}` }, stats));
+      if (node.verification) box.appendChild(badge(node.verification));
       const src = images[node.images[view]];
       if (!src && (view === "rf_crop" || view === "rf_box") && node.box && images.photo) {
         box.appendChild(boxView(node, view === "rf_crop"));
@@ -155,9 +156,27 @@
         box.appendChild(img);
       }
       if (node.children.length && collapsed.has(node.id)) box.appendChild(el("div", { class: "toggle" }, `+${node.children.length} hidden`));
-      else if (node.expanded && node.coverage !== null) box.appendChild(el("div", { class: "stats" }, `children cover ${(100 * node.coverage).toFixed(0)}%`));
+      else if (node.expanded && node.coverage !== null) {
+        const rest = node.rest ? ` · rest ${(100 * node.rest.share).toFixed(0)}%` : "";
+        const tip = node.rest ? `not shown: ${fmt(node.rest.score)} of the positive total ${fmt(node.total_positive)}; negative contributors sum to ${fmt(node.rest.negative)}` : "";
+        box.appendChild(el("div", { class: "stats", title: tip }, `children cover ${(100 * node.coverage).toFixed(0)}%${rest}`));
+      }
       else if (node.leaf_reason) box.appendChild(el("div", { class: "leaf" }, node.leaf_reason));
       return box;
+    }
+
+    // Ablation badge: the measured drop of the parent's objective when this unit is zeroed,
+    // as a share of the parent's value, beside the gradient x activation estimate.
+    function badge(v) {
+      const rel = v.parent_value ? v.parent_drop / Math.abs(v.parent_value) : null;
+      const agree = v.estimate ? v.parent_drop / v.estimate : null;
+      const cls = agree === null ? "" : agree > 0.5 && agree < 2 ? " ok" : " off";
+      const text = `ablation drop ${fmt(v.parent_drop)}` + (rel === null ? "" : ` (${(100 * rel).toFixed(0)}%)`);
+      return el("div", {
+        class: "ft-badge" + cls,
+        title: `zeroing this unit: parent objective drops ${fmt(v.parent_drop)} of ${fmt(v.parent_value)}, ` +
+          `root objective drops ${fmt(v.root_drop)} of ${fmt(v.root_value)}; gradient × activation estimated ${fmt(v.estimate)}`,
+      }, text);
     }
 
     // Receptive-field views drawn from the photo: a zoomed crop, or the photo with the box on it.

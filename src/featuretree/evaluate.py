@@ -1,0 +1,390 @@
+"""Evaluation over a folder of images: do the chosen children really matter, and do the heatmaps point at evidence?
+
+Per image, the parents are the root (top class) and the first ``parents`` children of the default
+tree. For each parent N with objective ``J = delta(path) . a_N`` (see featuretree.verify):
+
+- top-k drop: zero the k children each rule picks, jointly, and measure the drop of J (as a share
+  of J); baselines: k random channels (mean over draws) and the k most active channels;
+- rank correlation (Spearman) of each rule's scores with the measured single-channel drops
+  (trivially 1 for ``ablation``, which is that measurement);
+- deletion / insertion curves of N's heatmap (gradient x input through the path): pixels in
+  decreasing heat order are set to the baseline (the preprocessing mean, i.e. zero model input),
+  or restored from it; y = J(x') / J(x); area under the curve against a random pixel order.
+  Lower deletion AUC and higher insertion AUC mean the heatmap found the evidence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path as FsPath
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .capture import resolve_modules
+from .engine import RULES, Analysis, Explainer, Unit, _check_choice, path_id
+from .errors import ImageInputError, OptionError
+from .images import load_image
+from .sanity import spearman
+from .verify import _objective, _watch, ablate
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_RULES = ("gradient", "guided", "integrated", "ablation")
+
+
+@dataclass
+class ChildRow:
+    image: str
+    parent: str
+    pair: str  # "child layer -> parent layer"
+    rule: str
+    k: int
+    parent_value: float
+    drop: float  # share of J removed by zeroing this rule's top-k
+    random_drop: float  # mean over random k-sets
+    active_drop: float  # k most active channels
+    spearman: float  # scores vs measured single-channel drops
+    top: str  # the rule's top-k channels, best first
+
+
+@dataclass
+class CurveRow:
+    image: str
+    node: str
+    layer: str
+    deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+
+
+@dataclass
+class Evaluation:
+    model: str
+    k: int
+    images: list[str]
+    children: list[ChildRow] = field(default_factory=list)
+    curves: list[CurveRow] = field(default_factory=list)
+    mean_curves: dict[str, list[float]] = field(default_factory=dict)  # heat/random deletion/insertion
+
+    def summary(self) -> list[dict[str, object]]:
+        """One row per (layer pair, rule) and per rule overall."""
+        groups: dict[tuple[str, str], list[ChildRow]] = defaultdict(list)
+        for row in self.children:
+            groups[(row.pair, row.rule)].append(row)
+            groups[("all", row.rule)].append(row)
+        out = []
+        for (pair, rule), rows in groups.items():
+            drop = float(np.mean([r.drop for r in rows]))
+            rand = float(np.mean([r.random_drop for r in rows]))
+            active = float(np.mean([r.active_drop for r in rows]))
+            out.append(
+                {
+                    "pair": pair,
+                    "rule": rule,
+                    "parents": len(rows),
+                    "topk_drop": drop,
+                    "random_drop": rand,
+                    "active_drop": active,
+                    "vs_random": _ratio(drop, rand),
+                    "vs_active": _ratio(drop, active),
+                    "spearman": float(np.mean([r.spearman for r in rows])),
+                }
+            )
+        out.sort(key=lambda r: (r["pair"] == "all", str(r["pair"]), RULES.index(str(r["rule"])) if r["rule"] in RULES else 99))
+        return out
+
+    def curve_summary(self) -> list[dict[str, object]]:
+        groups: dict[str, list[CurveRow]] = defaultdict(list)
+        for row in self.curves:
+            groups[row.layer].append(row)
+            groups["all"].append(row)
+        return [
+            {
+                "layer": layer,
+                "nodes": len(rows),
+                "deletion_auc": float(np.mean([r.deletion_auc for r in rows])),
+                "random_deletion_auc": float(np.mean([r.random_deletion_auc for r in rows])),
+                "insertion_auc": float(np.mean([r.insertion_auc for r in rows])),
+                "random_insertion_auc": float(np.mean([r.random_insertion_auc for r in rows])),
+            }
+            for layer, rows in sorted(groups.items(), key=lambda item: (item[0] == "all", item[0]))
+        ]
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"Evaluation of {self.model} on {len(self.images)} image(s), k={self.k}.",
+            "",
+            f"Drop of the parent's objective when its top-{self.k} children are zeroed together (share of the objective), "
+            f"against {self.k} random and the {self.k} most active channels of the same layer; Spearman = rank correlation "
+            "of the rule's scores with measured single-channel drops.",
+            "",
+            "| layer pair | rule | parents | top-k drop | random-k drop | active-k drop | x random | x active | Spearman |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.summary():
+            lines.append(
+                f"| {r['pair']} | {r['rule']} | {r['parents']} | {_pct(r['topk_drop'])} | {_pct(r['random_drop'])} | "
+                f"{_pct(r['active_drop'])} | {_x(r['vs_random'])} | {_x(r['vs_active'])} | {r['spearman']:.2f} |"
+            )
+        lines += [
+            "",
+            "Deletion / insertion of node heatmaps (gradient x input through the path); y = objective / its value on the photo; "
+            "lower deletion and higher insertion AUC are better.",
+            "",
+            "| node layer | nodes | deletion AUC | random deletion | insertion AUC | random insertion |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.curve_summary():
+            lines.append(
+                f"| {r['layer']} | {r['nodes']} | {r['deletion_auc']:.3f} | {r['random_deletion_auc']:.3f} | "
+                f"{r['insertion_auc']:.3f} | {r['random_insertion_auc']:.3f} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        rows = [{"kind": "children", **asdict(r)} for r in self.children] + [{"kind": "curves", **asdict(r)} for r in self.curves]
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b; nan when the baseline drop is not positive (the ratio would mean nothing)."""
+    return a / b if b > 0 else math.nan
+
+
+def _pct(x: object) -> str:
+    return f"{100 * float(x):.1f}%"  # type: ignore[arg-type]
+
+
+def _x(x: object) -> str:
+    return "n/a" if not math.isfinite(float(x)) else f"{float(x):.1f}x"  # type: ignore[arg-type]
+
+
+def list_images(folder: str | os.PathLike[str], limit: int | None = None) -> list[FsPath]:
+    root = FsPath(folder)
+    if not root.is_dir():
+        raise ImageInputError(f"{root} is not a folder", "pass a folder of images to evaluate")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ImageInputError(f"no images in {root}", f"put {', '.join(IMAGE_SUFFIXES)} files there")
+    return files[:limit] if limit else files
+
+
+def evaluate_children(
+    analysis: Analysis,
+    path: Sequence[Unit],
+    k: int,
+    rules: Sequence[str],
+    random_draws: int,
+    generator: torch.Generator,
+    image: str = "",
+) -> list[ChildRow]:
+    """Top-k ablation drop of each rule's children of ``path[-1]`` against random and most-active k-sets."""
+    path = tuple(path)
+    index = analysis.layers.index(path[-1].layer)
+    child_layer = analysis.layers[index - 1]
+    channels = analysis.layer_info(child_layer).channels
+    k = min(k, channels)
+    measured = analysis.contributions(path, "ablation")  # single-channel drops of J
+    scores = {rule: analysis.contributions(path, rule) for rule in rules}
+    tops = {rule: [int(i) for i in s.topk(k).indices] for rule, s in scores.items()}
+    act = analysis.activation(child_layer)[0].double()
+    strength = act.flatten(1).sum(1) if act.dim() == 3 else act
+    active = [int(i) for i in strength.topk(k).indices]
+    randoms = [torch.randperm(channels, generator=generator)[:k].tolist() for _ in range(random_draws)]
+    sets = [tops[r] for r in rules] + [active] + randoms
+    drops, _, value, _ = ablate(analysis, path, sets)
+    scale = abs(value) if value else 1.0
+    rel = (drops / scale).tolist()
+    n = len(rules)
+    random_drop = float(np.mean(rel[n + 1 :])) if random_draws else float("nan")
+    measured_np = measured.numpy()
+    return [
+        ChildRow(
+            image=image,
+            parent=path_id(path),
+            pair=f"{child_layer} -> {path[-1].layer}",
+            rule=rule,
+            k=k,
+            parent_value=value,
+            drop=rel[i],
+            random_drop=random_drop,
+            active_drop=rel[n],
+            spearman=spearman(scores[rule].numpy(), measured_np),
+            top=" ".join(str(c) for c in tops[rule]),
+        )
+        for i, rule in enumerate(rules)
+    ]
+
+
+def _curve(analysis: Analysis, path: Sequence[Unit], order: torch.Tensor, steps: int, insertion: bool) -> np.ndarray:
+    """J(x') / J(x) as the first fractions of ``order`` (flat pixel indices) are deleted or inserted."""
+    x = analysis.record.input.detach()
+    baseline = torch.zeros_like(x)
+    height, width = x.shape[-2:]
+    fractions = torch.linspace(0, 1, steps + 1)
+    rank = torch.empty(height * width, dtype=torch.long)
+    rank[order] = torch.arange(height * width)
+    batch = []
+    for f in fractions.tolist():
+        keep = (rank < round(f * height * width)).view(1, 1, height, width).to(x.dtype)  # 1 = changed pixel
+        batch.append(x * keep + baseline * (1 - keep) if insertion else baseline * keep + x * (1 - keep))
+    stacked = torch.cat(batch)
+    unit = path[-1]
+    weight = analysis.delta(path, "gradient")
+    store: dict[str, torch.Tensor] = {}
+    module = resolve_modules(analysis.explainer.model, [unit.layer])
+    with torch.no_grad(), _watch(module, store):
+        analysis.explainer.model(stacked)
+    values = _objective(store[unit.layer], weight).cpu().numpy()
+    reference = float(_objective(analysis.activation(unit.layer), weight)[0])
+    return values / reference if reference else values
+
+
+def evaluate_curves(
+    analysis: Analysis, path: Sequence[Unit], steps: int, generator: torch.Generator, image: str = ""
+) -> tuple[CurveRow, dict[str, np.ndarray]]:
+    path = tuple(path)
+    grad = analysis.input_gradient(path, "gradient")
+    heat = (grad * analysis.record.input.detach()[0]).sum(0).flatten()
+    order = torch.argsort(heat.cpu(), descending=True, stable=True)
+    random_order = torch.randperm(heat.numel(), generator=generator)
+    curves = {
+        "deletion": _curve(analysis, path, order, steps, False),
+        "insertion": _curve(analysis, path, order, steps, True),
+        "random_deletion": _curve(analysis, path, random_order, steps, False),
+        "random_insertion": _curve(analysis, path, random_order, steps, True),
+    }
+    auc = {name: float((c[:-1] + c[1:]).sum() / (2 * steps)) for name, c in curves.items()}  # trapezoid rule
+    row = CurveRow(
+        image,
+        path_id(path),
+        path[-1].layer,
+        auc["deletion"],
+        auc["insertion"],
+        auc["random_deletion"],
+        auc["random_insertion"],
+    )
+    return row, curves
+
+
+def evaluate_folder(
+    explainer: Explainer,
+    images_dir: str | os.PathLike[str],
+    *,
+    k: int = 5,
+    rules: Sequence[str] = DEFAULT_RULES,
+    parents: int = 3,
+    random_draws: int = 10,
+    curve_steps: int = 16,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Evaluation:
+    from tqdm.auto import tqdm
+
+    if k < 1:
+        raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
+    if not rules:
+        raise OptionError("no rules to evaluate", f"use --rules with some of {', '.join(RULES)}")
+    for rule in rules:
+        _check_choice(rule, RULES, "rule")
+    if curve_steps < 1:
+        raise OptionError(f"curve steps must be at least 1, got {curve_steps}", "use --curve-steps 16")
+    files = list_images(images_dir, limit)
+    result = Evaluation(explainer.name, k, [f.name for f in files])
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for file in tqdm(files, desc="evaluating", unit="image", disable=not progress, leave=False):
+        analysis = explainer.analyze(load_image(file))
+        root = analysis.resolve_root()
+        paths = [(root,)]
+        if analysis.layers.index(root.layer) >= 2 and parents > 0:
+            paths += [(root, c.unit) for c in analysis.expand((root,), k=parents).children]
+        for path in paths:
+            result.children.extend(evaluate_children(analysis, path, k, rules, random_draws, generator, file.name))
+            row, curves = evaluate_curves(analysis, path, curve_steps, generator, file.name)
+            result.curves.append(row)
+            for name, c in curves.items():
+                sums[name] = sums.get(name, 0) + c
+            count += 1
+    result.mean_curves = {name: (s / count).tolist() for name, s in sums.items()}
+    return result
+
+
+def plot(result: Evaluation, size: tuple[int, int] = (980, 420)) -> Image.Image:
+    """Left: top-k drop / random-k drop per rule (overall). Right: mean deletion and insertion curves."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    width, height = size
+    half = width // 2
+    # Bars.
+    rows = [r for r in result.summary() if r["pair"] == "all"]
+    draw.text((20, 8), f"top-{result.k} ablation drop / random-{result.k} drop (all parents)", fill="black")
+    finite = [float(r["vs_random"]) for r in rows if math.isfinite(float(r["vs_random"]))]
+    top = max(finite + [1.0]) * 1.1
+    base_y, plot_h, left = height - 40, height - 90, 50
+    draw.line([(left, base_y), (half - 20, base_y)], fill="black")
+    draw.line([(left, base_y), (left, base_y - plot_h)], fill="black")
+    one = base_y - plot_h / top
+    draw.line([(left, one), (half - 20, one)], fill=(180, 180, 180))
+    draw.text((8, one - 6), "1x", fill="black")
+    colours = [(217, 72, 15), (34, 139, 230), (64, 192, 87), (250, 176, 5), (132, 94, 247)]
+    slot = (half - 20 - left) / max(1, len(rows))
+    for i, r in enumerate(rows):
+        value = float(r["vs_random"])
+        shown = min(value, top) if math.isfinite(value) else top
+        x0 = left + i * slot + slot * 0.2
+        x1 = left + (i + 1) * slot - slot * 0.2
+        draw.rectangle([x0, base_y - plot_h * shown / top, x1, base_y], fill=colours[i % len(colours)])
+        draw.text((x0, base_y + 6), str(r["rule"]), fill="black")
+        draw.text((x0, base_y - plot_h * shown / top - 14), _x(value), fill="black")
+    # Curves.
+    x0, x1, y0, y1 = half + 40, width - 20, height - 40, 40
+    draw.text((half + 20, 8), "deletion / insertion of node heatmaps (mean; y = objective / value on photo)", fill="black")
+    draw.line([(x0, y0), (x1, y0)], fill="black")
+    draw.line([(x0, y0), (x0, y1)], fill="black")
+    curves = result.mean_curves
+    values = [v for c in curves.values() for v in c] or [0.0, 1.0]
+    lo, hi = min(0.0, min(values)), max(1.0, max(values))
+    styles = {
+        "deletion": ((217, 72, 15), "heatmap deletion"),
+        "random_deletion": ((250, 176, 5), "random deletion"),
+        "insertion": ((34, 139, 230), "heatmap insertion"),
+        "random_insertion": ((132, 94, 247), "random insertion"),
+    }
+    for j, (name, (colour, label)) in enumerate(styles.items()):
+        c = curves.get(name)
+        if not c:
+            continue
+        pts = [(x0 + (x1 - x0) * i / (len(c) - 1), y0 - (y0 - y1) * (v - lo) / (hi - lo)) for i, v in enumerate(c)]
+        draw.line(pts, fill=colour, width=2)
+        draw.text((x0 + 10, y1 + 14 * j), label, fill=colour)
+    draw.text((x0 - 30, y1 - 6), f"{hi:.1f}", fill="black")
+    draw.text((x0 - 30, y0 - 6), f"{lo:.1f}", fill="black")
+    draw.text((x1 - 120, y0 + 8), "fraction of pixels", fill="black")
+    return img
+
+
+def save_evaluation(result: Evaluation, out_dir: str | os.PathLike[str]) -> FsPath:
+    from .export import ensure_writable
+
+    out = ensure_writable(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluate.md").write_text(result.to_markdown())
+    (out / "evaluate.csv").write_text(result.to_csv())
+    plot(result).save(out / "evaluate.png")
+    return out
