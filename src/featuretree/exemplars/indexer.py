@@ -240,7 +240,8 @@ class IndexReport:
 
 # ----- the streaming pass ---------------------------------------------------
 def _meta_for(model_spec: str, layers: Sequence[str], preprocess: Preprocess, top_n: int) -> dict:
-    return {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n}
+    meta = {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n}
+    return json.loads(json.dumps(meta))  # the form it is stored in (tuples become lists)
 
 
 def _check_meta(db: ExemplarDB, wanted: dict) -> None:
