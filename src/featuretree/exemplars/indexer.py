@@ -35,7 +35,7 @@ from ..images import Preprocess, load_image
 from .db import DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-CROP_MAX_SIDE = 128  # stored crops are downscaled to at most this many pixels on the longer side
+CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
 DEFAULT_TOP_N = 16
 
 
