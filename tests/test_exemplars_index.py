@@ -122,9 +122,10 @@ def test_index_kill_and_resume_equals_single_run(tmp_path):
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with sqlite3.connect(db_path) as conn:
-                    done = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            except sqlite3.Error:
+                if db_path.exists():
+                    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+                        done = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            except sqlite3.Error:  # not created yet
                 done = 0
             if done >= 12:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -135,7 +136,7 @@ def test_index_kill_and_resume_equals_single_run(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the orphaned decoding workers of the killed run
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    with sqlite3.connect(db_path) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
         committed = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     assert 12 <= committed < 45  # killed part-way
 
