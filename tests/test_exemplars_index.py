@@ -229,3 +229,51 @@ def test_exemplar_grid_and_units_sheet(tmp_path, capsys):
     assert out.count("corners:") == 5 and Image.open(sheet).width > 100
     assert main(["units", str(db_path), "--layer", "nope"]) == 2
     assert "no layer 'nope'" in capsys.readouterr().err
+
+
+def test_index_relevance_ranking_per_class(tmp_path, capsys):
+    from featuretree.engine import Unit
+
+    folder = tmp_path / "imgs"
+    truth = make_squares(folder, 30, seed=3)
+    db_path = tmp_path / "ex.db"
+    assert (
+        main(
+            [
+                "index",
+                str(folder),
+                "--model",
+                "toy_squares",
+                "--out",
+                str(db_path),
+                "--top",
+                str(TOP),
+                "--relevance-class",
+                "square",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    by_level = sorted(truth, key=lambda n: -truth[n][0])
+    explainer = load_explainer("toy_squares", None, "cpu")
+    with ExemplarDB(db_path) as db:
+        assert db.rankings() == ["activation", "class:0"]
+        # Corners feed "square" with positive weights: the most relevant images are the brightest ...
+        assert [e.path for e in db.exemplars("corners", 0, ranking="class:0")] == by_level[:TOP]
+        # ... while the distractor (weight -0.5) is least harmful on the dimmest squares, though it fires most on the brightest.
+        assert [e.path for e in db.exemplars("corners", 4, ranking="class:0")] == by_level[::-1][:TOP]
+        assert [e.path for e in db.exemplars("corners", 4)] == by_level[:TOP]
+        # Identity with the engine: relevance of a corners unit = its gradient x activation contribution to the class.
+        for unit in (0, 2, 4):
+            for e in db.exemplars("corners", unit, ranking="class:0"):
+                expected = explainer.analyze(folder / e.path).contributions((Unit("classifier", 0),))[unit]
+                assert e.value == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    grid = Image.open(io.BytesIO(exemplar_grid_png(db_path, "corners", 4, ranking="class:0")))
+    assert grid.format == "PNG"
+    with pytest.raises(UnitError, match="no ranking 'class:1'"):
+        exemplar_grid_png(db_path, "corners", 4, ranking="class:1")
+    # The set of rankings is part of the database: adding images without it is refused.
+    assert main(["index", str(folder), "--model", "toy_squares", "--out", str(db_path), "--top", str(TOP), "--quiet"]) == 2
+    assert "--relevance-class" in capsys.readouterr().err
+    assert main(["units", str(db_path), "--layer", "corners", "--ranking", "class:0", "--out", str(tmp_path / "s.png")]) == 0

@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument(
         "--reconstructions", action="store_true", help="also compute every kept entry's reconstruction now (else on first view)"
     )
+    ix.add_argument(
+        "--relevance-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="also rank every unit's images by relevance to this class (index or name; sum of activation x logit gradient); repeatable",
+    )
     ix.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_args(ix)
 
@@ -151,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--layer", required=True, help="chain layer name")
     un.add_argument("--unit", type=_positive_int, help="write this unit's exemplar grid (patches | reconstructions) instead")
     un.add_argument("--out", help="PNG to write (default: <db name>-<layer>.png, or -<layer>-<unit>.png with --unit)")
+    un.add_argument(
+        "--ranking", default="activation", help="activation, or class:K if indexed with --relevance-class K (default: %(default)s)"
+    )
     un.add_argument("--per-unit", type=_positive_int, default=4, help="patches per unit on the contact sheet (default: %(default)s)")
     return parser
 
@@ -233,6 +243,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"indexing the default collection in {images} (pass a folder of your own images for real use)")
     explainer = load_explainer(args.model, args.layers, args.device)
+    classes = [_class_index(explainer, text) for text in args.relevance_class]
     try:
         report = index_folder(
             images,
@@ -244,12 +255,24 @@ def cmd_index(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
             reconstructions=args.reconstructions,
+            relevance_classes=classes,
         )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; every finished batch is saved, run the same command again to continue", file=sys.stderr)
         return 130
     print(report.format())
     return 0
+
+
+def _class_index(explainer, text: str) -> int:
+    from .errors import UnitError
+
+    if text.strip().isdigit():
+        return int(text)
+    names = [name.lower() for name in explainer.class_names or []]
+    if text.strip().lower() in names:
+        return names.index(text.strip().lower())
+    raise UnitError(f"unknown class {text!r}", "give --relevance-class as a class index, e.g. 285, or an exact class name")
 
 
 def cmd_units(args: argparse.Namespace) -> int:
@@ -262,13 +285,13 @@ def cmd_units(args: argparse.Namespace) -> int:
     with ExemplarDB(db_path) as db:
         if args.unit is not None:
             out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}-{args.unit}.png")
-            image = exemplar_grid(db, args.layer, args.unit)
+            image = exemplar_grid(db, args.layer, args.unit, ranking=args.ranking)
         else:
             out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}.png")
-            for unit, best in layer_summary(db, args.layer):
+            for unit, best in layer_summary(db, args.layer, ranking=args.ranking):
                 shown = ", ".join(f"{value:.3g} {path}" for value, path in best) or "(no images)"
                 print(f"{args.layer}:{unit}  {shown}")
-            image = contact_sheet(db, args.layer, per_unit=args.per_unit)
+            image = contact_sheet(db, args.layer, per_unit=args.per_unit, ranking=args.ranking)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         image.save(out)

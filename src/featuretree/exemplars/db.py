@@ -54,9 +54,15 @@ CREATE TABLE IF NOT EXISTS images (
     height INTEGER,
     UNIQUE (root_id, path)
 );
-CREATE TABLE IF NOT EXISTS topn (layer TEXT PRIMARY KEY REFERENCES layers(name), state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS topn (
+    ranking TEXT NOT NULL,
+    layer TEXT NOT NULL REFERENCES layers(name),
+    state BLOB NOT NULL,
+    PRIMARY KEY (ranking, layer)
+);
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, png BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS exemplars (
+    ranking TEXT NOT NULL,
     layer TEXT NOT NULL REFERENCES layers(name),
     unit INTEGER NOT NULL,
     rank INTEGER NOT NULL,
@@ -70,13 +76,14 @@ CREATE TABLE IF NOT EXISTS exemplars (
     box_bottom INTEGER NOT NULL,
     crop TEXT REFERENCES blobs(sha256),
     recon TEXT REFERENCES blobs(sha256),
-    PRIMARY KEY (layer, unit, image_id)
+    PRIMARY KEY (ranking, layer, unit, image_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS exemplars_rank ON exemplars(layer, unit, rank);
+CREATE INDEX IF NOT EXISTS exemplars_rank ON exemplars(ranking, layer, unit, rank);
 CREATE INDEX IF NOT EXISTS exemplars_image ON exemplars(image_id);
 """
 
 EMPTY_ID = -1
+ACTIVATION = "activation"  # the default ranking; "class:K" ranks by relevance to class K
 _TIE_EMPTY = np.iinfo(np.int64).max
 
 
@@ -160,6 +167,7 @@ class LayerRecord:
 
 @dataclass(frozen=True)
 class Exemplar:
+    ranking: str
     layer: str
     unit: int
     rank: int
@@ -250,6 +258,17 @@ class ExemplarDB:
     def set_meta(self, conn: sqlite3.Connection, values: dict) -> None:
         conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
 
+    def rankings(self) -> list[str]:
+        return list(self.meta().get("rankings", [ACTIVATION]))
+
+    def check_ranking(self, ranking: str) -> None:
+        rankings = self.rankings()
+        if ranking not in rankings:
+            raise UnitError(
+                f"the exemplar database has no ranking {ranking!r} (it has {', '.join(rankings)})",
+                "index with --relevance-class K to rank by relevance to class K",
+            )
+
     def layers(self) -> list[LayerRecord]:
         rows = self.conn.execute("SELECT name, position, channels, height, width, rf FROM layers ORDER BY position")
         return [LayerRecord(n, p, c, h, w, json.loads(rf)) for n, p, c, h, w, rf in rows]
@@ -285,26 +304,30 @@ class ExemplarDB:
         return {status: n for status, n in rows}
 
     # ----- top-N state ---------------------------------------------------
-    def load_topn(self, layers: Sequence[LayerRecord], n: int) -> dict[str, TopN]:
-        stored = dict(self.conn.execute("SELECT layer, state FROM topn"))
-        return {rec.name: TopN.from_bytes(stored[rec.name]) if rec.name in stored else TopN.empty(rec.channels, n) for rec in layers}
+    def load_topn(self, layers: Sequence[LayerRecord], n: int, rankings: Sequence[str]) -> dict[tuple[str, str], TopN]:
+        stored = {(r, layer): state for r, layer, state in self.conn.execute("SELECT ranking, layer, state FROM topn")}
+        return {
+            (r, rec.name): TopN.from_bytes(stored[r, rec.name]) if (r, rec.name) in stored else TopN.empty(rec.channels, n)
+            for r in rankings
+            for rec in layers
+        }
 
     # ----- exemplars -----------------------------------------------------
     _EXEMPLAR_SQL = (
-        "SELECT e.layer, e.unit, e.rank, e.image_id, i.path, r.path, e.value, e.row, e.col, "
+        "SELECT e.ranking, e.layer, e.unit, e.rank, e.image_id, i.path, r.path, e.value, e.row, e.col, "
         "e.box_left, e.box_top, e.box_right, e.box_bottom, e.crop, e.recon "
         "FROM exemplars e JOIN images i ON i.id = e.image_id JOIN roots r ON r.id = i.root_id "
     )
 
     @staticmethod
     def _exemplar(row) -> Exemplar:
-        layer, unit, rank, image_id, path, root, value, r, c, left, top, right, bottom, crop, recon = row
-        return Exemplar(layer, unit, rank, image_id, path, root, value, r, c, (left, top, right, bottom), crop, recon)
+        ranking, layer, unit, rank, image_id, path, root, value, r, c, left, top, right, bottom, crop, recon = row
+        return Exemplar(ranking, layer, unit, rank, image_id, path, root, value, r, c, (left, top, right, bottom), crop, recon)
 
-    def exemplars(self, layer: str, unit: int | None = None, limit: int | None = None) -> list[Exemplar]:
-        """Stored entries of one unit (or every unit of the layer), best first."""
-        sql = self._EXEMPLAR_SQL + "WHERE e.layer = ?"
-        args: list = [layer]
+    def exemplars(self, layer: str, unit: int | None = None, limit: int | None = None, ranking: str = ACTIVATION) -> list[Exemplar]:
+        """Stored entries of one unit (or every unit of the layer), best first, in one ranking."""
+        sql = self._EXEMPLAR_SQL + "WHERE e.ranking = ? AND e.layer = ?"
+        args: list = [ranking, layer]
         if unit is not None:
             sql += " AND e.unit = ?"
             args.append(unit)
@@ -327,7 +350,10 @@ class ExemplarDB:
         return sha
 
     def set_recon(self, conn: sqlite3.Connection, ex: Exemplar, sha: str) -> None:
-        conn.execute("UPDATE exemplars SET recon = ? WHERE layer = ? AND unit = ? AND image_id = ?", (sha, ex.layer, ex.unit, ex.image_id))
+        conn.execute(
+            "UPDATE exemplars SET recon = ? WHERE ranking = ? AND layer = ? AND unit = ? AND image_id = ?",
+            (sha, ex.ranking, ex.layer, ex.unit, ex.image_id),
+        )
 
     def materialize(self, boxes) -> int:
         """Rebuild ``exemplars`` from ``topn`` in one transaction, keeping crops of entries that stay.
@@ -336,17 +362,17 @@ class ExemplarDB:
         """
         written = 0
         with self.transaction() as conn:
-            layers = self.layers()
-            states = dict(conn.execute("SELECT layer, state FROM topn"))
-            for rec in layers:
-                if rec.name not in states:
-                    continue
-                top = TopN.from_bytes(states[rec.name])
+            layers = {rec.name: rec for rec in self.layers()}
+            for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall():
+                rec = layers[name]
+                top = TopN.from_bytes(state)
                 kept = {
                     (u, i): (crop, recon)
-                    for u, i, crop, recon in conn.execute("SELECT unit, image_id, crop, recon FROM exemplars WHERE layer = ?", (rec.name,))
+                    for u, i, crop, recon in conn.execute(
+                        "SELECT unit, image_id, crop, recon FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name)
+                    )
                 }
-                conn.execute("DELETE FROM exemplars WHERE layer = ?", (rec.name,))
+                conn.execute("DELETE FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name))
                 units, ranks = np.nonzero(top.ids != EMPTY_ID)
                 if units.size == 0:
                     continue
@@ -361,23 +387,10 @@ class ExemplarDB:
                     crop, recon = kept.get((u, i), (None, None))
                     b = box[k]
                     records.append(
-                        (
-                            rec.name,
-                            u,
-                            int(ranks[k]),
-                            i,
-                            float(values[k]),
-                            int(rows[k]),
-                            int(cols[k]),
-                            int(b[0]),
-                            int(b[1]),
-                            int(b[2]),
-                            int(b[3]),
-                            crop,
-                            recon,
-                        )
+                        (ranking, name, u, int(ranks[k]), i, float(values[k]), int(rows[k]), int(cols[k]))
+                        + (int(b[0]), int(b[1]), int(b[2]), int(b[3]), crop, recon)
                     )
-                conn.executemany("INSERT INTO exemplars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
+                conn.executemany("INSERT INTO exemplars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
                 written += len(records)
         return written
 

@@ -32,7 +32,7 @@ from torch import nn
 from ..capture import capture_forward, resolve_modules
 from ..errors import FeatureTreeError, ImageInputError, LayerError, OptionError
 from ..images import Preprocess, load_image
-from .db import DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
+from .db import ACTIVATION, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
@@ -199,6 +199,48 @@ def unit_maxima(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, t
             handle.remove()
 
 
+def unit_relevance(
+    model: nn.Module, layers: Sequence[str], x: torch.Tensor, classes: Sequence[int]
+) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]]:
+    """Per class K and chain layer: relevance of every unit to logit K, sum_hw a * d logit_K / d a [B, C],
+    the position of its largest term [B, C], and the map width. One forward and one backward per class."""
+    modules = resolve_modules(model, layers)
+    acts: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output):
+            acts[name] = output
+            return output.clone()  # later in-place ops must not touch the saved activation
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            if logits.dim() != 2:
+                raise LayerError(
+                    f"the model output has shape {list(logits.shape)}, not [B, classes]", "relevance ranking needs class logits"
+                )
+            for k in classes:
+                if not 0 <= k < logits.shape[1]:
+                    raise OptionError(f"class {k} is out of range", f"the model has classes 0..{logits.shape[1] - 1}")
+                grads = torch.autograd.grad(logits[:, k].sum(), [acts[n] for n in layers], retain_graph=True, allow_unused=True)
+                for name, grad in zip(layers, grads):
+                    act = acts[name].detach()
+                    terms = act * grad.detach() if grad is not None else torch.zeros_like(act)
+                    if terms.dim() == 4:
+                        flat = terms.flatten(2)
+                        found[f"class:{k}", name] = (flat.sum(2).float().cpu(), flat.argmax(2).cpu(), terms.shape[-1])
+                    else:
+                        found[f"class:{k}", name] = (terms.float().cpu(), torch.zeros(terms.shape, dtype=torch.long), 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
 # ----- the report -----------------------------------------------------------
 @dataclass
 class IndexReport:
@@ -239,8 +281,8 @@ class IndexReport:
 
 
 # ----- the streaming pass ---------------------------------------------------
-def _meta_for(model_spec: str, layers: Sequence[str], preprocess: Preprocess, top_n: int) -> dict:
-    meta = {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n}
+def _meta_for(model_spec: str, layers: Sequence[str], preprocess: Preprocess, top_n: int, rankings: Sequence[str]) -> dict:
+    meta = {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n, "rankings": list(rankings)}
     return json.loads(json.dumps(meta))  # the form it is stored in (tuples become lists)
 
 
@@ -248,10 +290,12 @@ def _check_meta(db: ExemplarDB, wanted: dict) -> None:
     have = db.meta()
     if not have:
         return
-    for key in ("model", "layers", "preprocess", "top_n"):
+    for key in ("model", "layers", "preprocess", "top_n", "rankings"):
         if have.get(key) != wanted[key]:
-            shown = ",".join(have[key]) if key == "layers" else have.get(key)
-            option = {"model": "--model", "layers": "--layers", "preprocess": "--model", "top_n": "--top"}[key]
+            shown = ",".join(have[key]) if key in ("layers", "rankings") else have.get(key)
+            option = {"model": "--model", "layers": "--layers", "preprocess": "--model", "top_n": "--top", "rankings": "--relevance-class"}[
+                key
+            ]
             raise DatabaseError(
                 f"{db.path} was built with {key} {shown!r}, not {wanted[key]!r}",
                 f"use the same {option} to add images, or choose a new --out",
@@ -270,8 +314,14 @@ def index_folder(
     progress: bool = True,
     finish: bool = True,
     reconstructions: bool = False,
+    relevance_classes: Sequence[int] = (),
 ) -> IndexReport:
-    """Index every image under ``images_dir`` into ``db_path`` (created or resumed/extended)."""
+    """Index every image under ``images_dir`` into ``db_path`` (created or resumed/extended).
+
+    Every unit gets its top ``top_n`` images by spatial max activation (ranking "activation") and,
+    for each class K in ``relevance_classes``, by relevance to logit K (ranking "class:K":
+    sum over positions of activation x gradient of the logit, located at the largest term).
+    """
     from tqdm.auto import tqdm
 
     if top_n < 1:
@@ -286,7 +336,9 @@ def index_folder(
     model: nn.Module = explainer.model
     device = explainer.device
     size = preprocess.size
-    wanted = _meta_for(model_spec, explainer.layers, preprocess, top_n)
+    classes = sorted({int(k) for k in relevance_classes})
+    rankings = [ACTIVATION] + [f"class:{k}" for k in classes]
+    wanted = _meta_for(model_spec, explainer.layers, preprocess, top_n, rankings)
     report = IndexReport(db=str(db_path), total=len(files), ignored=ignored)
 
     with ExemplarDB(db_path, create=True) as db:
@@ -320,7 +372,7 @@ def index_folder(
                 continue
             todo.append((rel, st.st_size, st.st_mtime_ns))
 
-        state = db.load_topn(layer_recs, top_n)
+        state = db.load_topn(layer_recs, top_n, rankings)
         loader = torch.utils.data.DataLoader(
             _Files(root, [t[0] for t in todo], preprocess),
             batch_size=batch_size,
@@ -332,13 +384,20 @@ def index_folder(
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
         try:
-            with unit_maxima(model, explainer.layers) as found, torch.inference_mode():
+            with unit_maxima(model, explainer.layers) as maxima:
                 for batch in loader:
                     decoded = [item for item in batch if item.tensor is not None]
+                    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
                     if decoded:
-                        found.clear()
-                        model(torch.stack([item.tensor for item in decoded]).to(device))
-                    _commit_batch(db, root_id, todo, known, batch, decoded, found, layer_recs, state, report)
+                        maxima.clear()
+                        x = torch.stack([item.tensor for item in decoded]).to(device)
+                        if classes:
+                            found.update(unit_relevance(model, explainer.layers, x, classes))
+                        else:
+                            with torch.inference_mode():
+                                model(x)
+                        found.update({(ACTIVATION, name): value for name, value in maxima.items()})
+                    _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report)
                     bar.update(len(batch))
                     if report.skipped:
                         bar.set_postfix(skipped=len(report.skipped), refresh=False)
@@ -354,7 +413,7 @@ def index_folder(
     return report
 
 
-def _commit_batch(db, root_id, todo, known, batch, decoded, found, layer_recs, state, report) -> None:
+def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report) -> None:
     position = {item.index: k for k, item in enumerate(decoded)}
     merge_rows: list[int] = []
     merge_ids: list[int] = []
@@ -387,11 +446,11 @@ def _commit_batch(db, root_id, todo, known, batch, decoded, found, layer_recs, s
             pick = torch.tensor(merge_rows)
             ids = np.asarray(merge_ids, np.int64)
             ties = np.asarray(merge_ties, np.int64)
-            for rec in layer_recs:
-                values, where, width = found[rec.name]
+            for (ranking, name), top in state.items():
+                values, where, width = found[ranking, name]
                 where = where[pick].numpy()
-                if state[rec.name].merge(values[pick].numpy(), ids, ties, where // width, where % width):
-                    conn.execute("INSERT OR REPLACE INTO topn (layer, state) VALUES (?, ?)", (rec.name, state[rec.name].to_bytes()))
+                if top.merge(values[pick].numpy(), ids, ties, where // width, where % width):
+                    conn.execute("INSERT OR REPLACE INTO topn (ranking, layer, state) VALUES (?, ?, ?)", (ranking, name, top.to_bytes()))
 
 
 # ----- finishing: relational table and crops --------------------------------
@@ -402,15 +461,15 @@ def finish_db(db: ExemplarDB, preprocess: Preprocess, progress: bool = True, rep
     size = preprocess.size
     db.materialize(lambda rec, rows, cols: rf_boxes(rec, rows, cols, size))
     pending = db.conn.execute(
-        "SELECT e.layer, e.unit, e.image_id, e.box_left, e.box_top, e.box_right, e.box_bottom, i.path, r.path, i.sha256 "
+        "SELECT e.ranking, e.layer, e.unit, e.image_id, e.box_left, e.box_top, e.box_right, e.box_bottom, i.path, r.path, i.sha256 "
         "FROM exemplars e JOIN images i ON i.id = e.image_id JOIN roots r ON r.id = i.root_id "
         "WHERE e.crop IS NULL ORDER BY e.image_id"
     ).fetchall()
     by_image: dict[int, list] = {}
     for row in pending:
-        by_image.setdefault(row[2], []).append(row)
+        by_image.setdefault(row[3], []).append(row)
     for rows in tqdm(by_image.values(), desc="cropping", unit="img", disable=not progress or not by_image, dynamic_ncols=True):
-        rel, root, sha = rows[0][7], rows[0][8], rows[0][9]
+        rel, root, sha = rows[0][8], rows[0][9], rows[0][10]
         path = Path(root) / rel
         try:
             data = path.read_bytes()
@@ -423,13 +482,14 @@ def finish_db(db: ExemplarDB, preprocess: Preprocess, progress: bool = True, rep
             continue
         made: dict[tuple[int, int, int, int], bytes] = {}
         with db.transaction() as conn:
-            for layer, unit, image_id, left, top, right, bottom, *_ in rows:
+            for ranking, layer, unit, image_id, left, top, right, bottom, *_ in rows:
                 box = (left, top, right, bottom)
                 if box not in made:
                     made[box] = png_bytes(crop_picture(picture, box))
                 sha_png = db.put_blob(conn, made[box])
                 conn.execute(
-                    "UPDATE exemplars SET crop = ? WHERE layer = ? AND unit = ? AND image_id = ?", (sha_png, layer, unit, image_id)
+                    "UPDATE exemplars SET crop = ? WHERE ranking = ? AND layer = ? AND unit = ? AND image_id = ?",
+                    (sha_png, ranking, layer, unit, image_id),
                 )
     db.collect_garbage()
 
@@ -507,7 +567,7 @@ def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer
 
     layers = [layer] if layer else [rec.name for rec in db.layers()]
     for name in tqdm(layers, desc="reconstructions", unit="layer", disable=not progress):
-        entries = [ex for ex in db.exemplars(name) if ex.recon is None]
+        entries = [ex for ranking in db.rankings() for ex in db.exemplars(name, ranking=ranking) if ex.recon is None]
         entries.sort(key=lambda ex: ex.image_id)
         for start in range(0, len(entries), 64):
             ensure_reconstructions(db, entries[start : start + 64], explainer)
@@ -523,11 +583,12 @@ def explainer_for_db(db: ExemplarDB, device: str = "cpu"):
     return explainer
 
 
-def layer_summary(db: ExemplarDB, layer: str, top: int = 3) -> list[tuple[int, list[tuple[float, str]]]]:
+def layer_summary(db: ExemplarDB, layer: str, top: int = 3, ranking: str = ACTIVATION) -> list[tuple[int, list[tuple[float, str]]]]:
     """Per unit: its best ``top`` (value, file) pairs."""
     rec = db.layer(layer)
+    db.check_ranking(ranking)
     by_unit: dict[int, list[tuple[float, str]]] = {u: [] for u in range(rec.channels)}
-    for ex in db.exemplars(layer, limit=top):
+    for ex in db.exemplars(layer, limit=top, ranking=ranking):
         by_unit[ex.unit].append((ex.value, ex.path))
     return sorted(by_unit.items())
 

@@ -8,7 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
-from .db import Exemplar, ExemplarDB
+from .db import ACTIVATION, Exemplar, ExemplarDB
 
 TILE = 64
 GAP = 2
@@ -71,43 +71,61 @@ def unit_grid(
 
 
 def exemplar_grid(
-    db: ExemplarDB, layer: str, unit: int, explainer=None, reconstructions: bool = True, limit: int | None = None
+    db: ExemplarDB,
+    layer: str,
+    unit: int,
+    explainer=None,
+    reconstructions: bool = True,
+    limit: int | None = None,
+    ranking: str = ACTIVATION,
 ) -> Image.Image:
     """The exemplar grid of one unit; missing reconstructions are computed (loading the db's model
     unless ``explainer`` is given) and cached in the database."""
     from .indexer import ensure_reconstructions
 
     db.check_unit(layer, unit)
+    db.check_ranking(ranking)
     top_n = int(db.meta().get("top_n", 16))
     slots = min(limit or top_n, top_n)
-    entries = db.exemplars(layer, unit, limit=slots)
+    entries = db.exemplars(layer, unit, limit=slots, ranking=ranking)
     patches = [db.blob(ex.crop) for ex in entries]
     recons = ensure_reconstructions(db, entries, explainer) if reconstructions and entries else ([] if reconstructions else None)
-    best = f"  max {entries[0].value:.3g}" if entries else "  (no images indexed)"
+    what = "max" if ranking == ACTIVATION else f"relevance to {ranking}"
+    best = f"  {what} {entries[0].value:.3g}" if entries else "  (no images indexed)"
     return unit_grid(entries, patches, recons, f"{layer}:{unit}{best}", slots)
 
 
 def exemplar_grid_png(
-    db_path: str | os.PathLike[str], layer: str, unit: int, explainer=None, reconstructions: bool = True, limit: int | None = None
+    db_path: str | os.PathLike[str],
+    layer: str,
+    unit: int,
+    explainer=None,
+    reconstructions: bool = True,
+    limit: int | None = None,
+    ranking: str = ACTIVATION,
 ) -> bytes:
     """PNG bytes of one unit's exemplar grid [image patches | guided-backprop reconstructions].
 
     Raises DatabaseError / LayerError / UnitError (FeatureTreeError subclasses) for a missing
     database, an unknown layer or an out-of-range unit. Pass the server's ``explainer`` (the
     model the database was built with) to avoid loading the model again for reconstructions.
+    ``ranking`` is "activation" (default) or "class:K" when the index was built with relevance to class K.
     """
     with ExemplarDB(db_path) as db:
-        image = exemplar_grid(db, layer, unit, explainer, reconstructions, limit)
+        image = exemplar_grid(db, layer, unit, explainer, reconstructions, limit, ranking)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def contact_sheet(db: ExemplarDB, layer: str, per_unit: int = 4, tile: int = 32, columns: int | None = None) -> Image.Image:
+def contact_sheet(
+    db: ExemplarDB, layer: str, per_unit: int = 4, tile: int = 32, columns: int | None = None, ranking: str = ACTIVATION
+) -> Image.Image:
     """Every unit of ``layer`` as a small mosaic of its best ``per_unit`` patches, labelled with its index."""
     rec = db.layer(layer)
+    db.check_ranking(ranking)
     crops: dict[int, list[bytes | None]] = {u: [] for u in range(rec.channels)}
-    for ex in db.exemplars(layer, limit=per_unit):
+    for ex in db.exemplars(layer, limit=per_unit, ranking=ranking):
         crops[ex.unit].append(db.blob(ex.crop))
     side = max(1, math.ceil(math.sqrt(per_unit)))
     cell_w = side * tile + (side - 1) * GAP
@@ -118,7 +136,7 @@ def contact_sheet(db: ExemplarDB, layer: str, per_unit: int = 4, tile: int = 32,
     pad = 6
     sheet = Image.new("RGB", (columns * (cell_w + pad) + pad, rows * (cell_h + pad) + pad + HEADER), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 2), f"{layer}: {rec.channels} units, best {per_unit} patches each", fill=TEXT)
+    draw.text((pad, 2), f"{layer}: {rec.channels} units, best {per_unit} patches each by {ranking}", fill=TEXT)
     for unit in range(rec.channels):
         r, c = divmod(unit, columns)
         x, y = pad + c * (cell_w + pad), HEADER + pad + r * (cell_h + pad)
