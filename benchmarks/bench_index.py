@@ -89,6 +89,8 @@ def main() -> None:
         fwd, idx = statistics.median(forward_rates), statistics.median(index_rates)
         print(f"median plain forward: {fwd:.1f} img/s")
         print(f"median indexing (streaming pass): {idx:.1f} img/s = {100 * idx / fwd:.0f}% of plain forward (target >= 80%)")
+        paired = statistics.median(i / f for i, f in zip(index_rates, forward_rates))
+        print(f"median of per-repeat ratios (indexing / forward, measured back to back): {100 * paired:.0f}%")
         print(f"finishing pass (exemplars table + crops, once): {finish_times[0]:.1f}s; database {size_mb:.1f} MiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
