@@ -552,14 +552,20 @@ def ensure_reconstructions(db: ExemplarDB, entries: Sequence[Exemplar], explaine
     for k in missing:
         if entries[k].file.is_file():
             todo.append(k)
-    if explainer is None and todo:
-        explainer = explainer_for_db(db)
+    if todo and (explainer is None or not _matches(db, explainer, {entries[k].layer for k in todo})):
+        explainer = explainer_for_db(db)  # the given model sees images differently from the one the index was built with
     pngs = reconstruct(explainer, [entries[k] for k in todo]) if todo else []
     with db.transaction() as conn:
         for k, png in zip(todo, pngs):
             db.set_recon(conn, entries[k], db.put_blob(conn, png))
             result[k] = png
     return result
+
+
+def _matches(db: ExemplarDB, explainer, layers: set[str]) -> bool:
+    meta = db.meta()
+    same_preprocess = json.loads(json.dumps(explainer.preprocess.to_dict())) == meta.get("preprocess")
+    return same_preprocess and layers <= set(explainer.layers)
 
 
 def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer: str | None = None) -> None:
