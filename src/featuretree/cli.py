@@ -190,6 +190,40 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--open", action="store_true", help="open the page in the default web browser")
     _add_model_args(sv)
     sv.set_defaults(model=None)
+    ix = sub.add_parser(
+        "index",
+        help="index a folder of images: every chain unit's top images by spatial max activation (resumable)",
+        description="Scan IMAGES_DIR recursively (jpg, png, webp, bmp, tiff) and keep, for every unit of every chain layer, "
+        "its top images by spatial max activation with location, receptive-field crop and (on request) guided-backprop "
+        "reconstruction. Stop it at any moment and run the same command again to continue; run it on a grown folder to add images.",
+    )
+    ix.add_argument("images", nargs="?", help="folder of images (default: a small collection cut from the sample photos)")
+    ix.add_argument("--out", default="featuretree-out/exemplars.db", help="SQLite database to create or extend (default: %(default)s)")
+    ix.add_argument("--top", type=_positive_int, default=16, help="images kept per unit (default: %(default)s)")
+    ix.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default: %(default)s)")
+    ix.add_argument("--workers", type=_positive_int, default=2, help="decoding worker processes, 0 = none (default: %(default)s)")
+    ix.add_argument(
+        "--reconstructions", action="store_true", help="also compute every kept entry's reconstruction now (else on first view)"
+    )
+    ix.add_argument(
+        "--relevance-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="also rank every unit's images by relevance to this class (index or name; sum of activation x logit gradient); repeatable",
+    )
+    ix.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_args(ix)
+
+    un = sub.add_parser("units", help="list a layer's units from an exemplar database and save its contact sheet")
+    un.add_argument("db", help="exemplar database made by `featuretree index`")
+    un.add_argument("--layer", required=True, help="chain layer name")
+    un.add_argument("--unit", type=_positive_int, help="write this unit's exemplar grid (patches | reconstructions) instead")
+    un.add_argument("--out", help="PNG to write (default: <db name>-<layer>.png, or -<layer>-<unit>.png with --unit)")
+    un.add_argument(
+        "--ranking", default="activation", help="activation, or class:K if indexed with --relevance-class K (default: %(default)s)"
+    )
+    un.add_argument("--per-unit", type=_positive_int, default=4, help="patches per unit on the contact sheet (default: %(default)s)")
     return parser
 
 
@@ -318,7 +352,84 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"explain": cmd_explain, "layers": cmd_layers, "serve": cmd_serve, "sanity": cmd_sanity, "evaluate": cmd_evaluate}
+def cmd_index(args: argparse.Namespace) -> int:
+    from .exemplars.collection import build_collection
+    from .exemplars.indexer import index_folder
+
+    images = args.images
+    if images is None:
+        images = Path(args.out).parent / "collection"
+        build_collection(images)
+        if not args.quiet:
+            print(f"indexing the default collection in {images} (pass a folder of your own images for real use)")
+    explainer = load_explainer(args.model, args.layers, args.device)
+    classes = [_class_index(explainer, text) for text in args.relevance_class]
+    try:
+        report = index_folder(
+            images,
+            args.out,
+            explainer,
+            args.model,
+            top_n=args.top,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.quiet,
+            reconstructions=args.reconstructions,
+            relevance_classes=classes,
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; every finished batch is saved, run the same command again to continue", file=sys.stderr)
+        return 130
+    print(report.format())
+    return 0
+
+
+def _class_index(explainer, text: str) -> int:
+    from .errors import UnitError
+
+    if text.strip().isdigit():
+        return int(text)
+    names = [name.lower() for name in explainer.class_names or []]
+    if text.strip().lower() in names:
+        return names.index(text.strip().lower())
+    raise UnitError(f"unknown class {text!r}", "give --relevance-class as a class index, e.g. 285, or an exact class name")
+
+
+def cmd_units(args: argparse.Namespace) -> int:
+    from .exemplars.db import ExemplarDB
+    from .exemplars.indexer import layer_summary
+    from .exemplars.sheets import contact_sheet, exemplar_grid
+
+    db_path = Path(args.db)
+    safe_layer = args.layer.replace("/", "_")
+    with ExemplarDB(db_path) as db:
+        if args.unit is not None:
+            out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}-{args.unit}.png")
+            image = exemplar_grid(db, args.layer, args.unit, ranking=args.ranking)
+        else:
+            out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}.png")
+            for unit, best in layer_summary(db, args.layer, ranking=args.ranking):
+                shown = ", ".join(f"{value:.3g} {path}" for value, path in best) or "(no images)"
+                print(f"{args.layer}:{unit}  {shown}")
+            image = contact_sheet(db, args.layer, per_unit=args.per_unit, ranking=args.ranking)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+    except OSError as err:
+        raise OptionError(f"cannot write {out} ({err.strerror})", "choose another --out") from None
+    print(out)
+    return 0
+
+
+COMMANDS = {
+    "explain": cmd_explain,
+    "layers": cmd_layers,
+    "serve": cmd_serve,
+    "index": cmd_index,
+    "units": cmd_units,
+    "sanity": cmd_sanity,
+    "evaluate": cmd_evaluate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,404 @@
+"""The exemplar database: one SQLite file (WAL) holding the index, the streaming top-N state and the crops.
+
+The schema is documented in docs/exemplar-db.md; ``SCHEMA_VERSION`` changes whenever it does.
+
+Two levels of state:
+- ``topn`` holds, per layer, the running top-N of every unit as a few numpy arrays (one row
+  per layer). The indexer rewrites it in the same transaction as the ``images`` rows of each
+  batch, so a killed run resumes from the last committed batch with nothing lost or counted twice.
+- ``exemplars`` is the readable, relational form of that state (one row per unit per kept image,
+  with its rank, location, receptive-field box and crop references). It is rebuilt from ``topn``
+  by ``materialize`` at the end of every run, keeping the crops of entries that stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    channels INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    rf TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    root_id INTEGER NOT NULL REFERENCES roots(id),
+    path TEXT NOT NULL,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
+    error TEXT,
+    width INTEGER,
+    height INTEGER,
+    UNIQUE (root_id, path)
+);
+CREATE TABLE IF NOT EXISTS topn (
+    ranking TEXT NOT NULL,
+    layer TEXT NOT NULL REFERENCES layers(name),
+    state BLOB NOT NULL,
+    PRIMARY KEY (ranking, layer)
+);
+CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, png BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exemplars (
+    ranking TEXT NOT NULL,
+    layer TEXT NOT NULL REFERENCES layers(name),
+    unit INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    value REAL NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    box_left INTEGER NOT NULL,
+    box_top INTEGER NOT NULL,
+    box_right INTEGER NOT NULL,
+    box_bottom INTEGER NOT NULL,
+    crop TEXT REFERENCES blobs(sha256),
+    recon TEXT REFERENCES blobs(sha256),
+    PRIMARY KEY (ranking, layer, unit, image_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS exemplars_rank ON exemplars(ranking, layer, unit, rank);
+CREATE INDEX IF NOT EXISTS exemplars_image ON exemplars(image_id);
+"""
+
+EMPTY_ID = -1
+ACTIVATION = "activation"  # the default ranking; "class:K" ranks by relevance to class K
+_TIE_EMPTY = np.iinfo(np.int64).max
+
+
+class DatabaseError(FeatureTreeError):
+    """The exemplar database is missing, of another version, or built for another model."""
+
+
+def tie_key(rel_path: str) -> int:
+    """Order-independent tie-break between equal activations: a 63-bit hash of the relative path."""
+    return int.from_bytes(hashlib.sha1(rel_path.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+@dataclass
+class TopN:
+    """The running top-N of every unit of one layer; row u is unit u, best first.
+
+    Empty slots have ``ids == -1`` and ``values == -inf``. Order: value descending, then tie key.
+    """
+
+    values: np.ndarray  # float32 [C, N]
+    ids: np.ndarray  # int64 [C, N] image ids
+    ties: np.ndarray  # int64 [C, N]
+    rows: np.ndarray  # int32 [C, N]
+    cols: np.ndarray  # int32 [C, N]
+
+    @classmethod
+    def empty(cls, channels: int, n: int) -> TopN:
+        return cls(
+            np.full((channels, n), -np.inf, np.float32),
+            np.full((channels, n), EMPTY_ID, np.int64),
+            np.full((channels, n), _TIE_EMPTY, np.int64),
+            np.zeros((channels, n), np.int32),
+            np.zeros((channels, n), np.int32),
+        )
+
+    def merge(self, values: np.ndarray, ids: np.ndarray, ties: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
+        """Merge one batch: ``values/rows/cols`` are [B, C], ``ids/ties`` [B]. Returns whether anything changed."""
+        channels, n = self.values.shape
+        batch = values.shape[0]
+        if batch == 0:
+            return False
+        values = np.where(np.isfinite(values), values, -np.inf).astype(np.float32).T  # [C, B]
+        all_values = np.concatenate([self.values, values], 1)
+        all_ids = np.concatenate([self.ids, np.broadcast_to(ids, (channels, batch))], 1)
+        all_ties = np.concatenate([self.ties, np.broadcast_to(ties, (channels, batch))], 1)
+        all_rows = np.concatenate([self.rows, rows.T.astype(np.int32)], 1)
+        all_cols = np.concatenate([self.cols, cols.T.astype(np.int32)], 1)
+        order = np.lexsort((all_ties, -all_values.astype(np.float64)), axis=1)[:, :n]
+        new_values = np.take_along_axis(all_values, order, 1)
+        new_ids = np.take_along_axis(all_ids, order, 1)
+        empty = ~np.isfinite(new_values)
+        new_ids = np.where(empty, EMPTY_ID, new_ids)
+        changed = not np.array_equal(new_ids, self.ids)
+        self.values = new_values
+        self.ids = new_ids
+        self.ties = np.where(empty, _TIE_EMPTY, np.take_along_axis(all_ties, order, 1))
+        self.rows = np.where(empty, 0, np.take_along_axis(all_rows, order, 1))
+        self.cols = np.where(empty, 0, np.take_along_axis(all_cols, order, 1))
+        return changed
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, values=self.values, ids=self.ids, ties=self.ties, rows=self.rows, cols=self.cols)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TopN:
+        with np.load(io.BytesIO(data)) as z:
+            return cls(z["values"], z["ids"], z["ties"], z["rows"], z["cols"])
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    name: str
+    position: int
+    channels: int
+    height: int
+    width: int
+    rf: dict  # receptive-field geometry, see indexer.receptive_fields
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    ranking: str
+    layer: str
+    unit: int
+    rank: int
+    image_id: int
+    path: str  # relative to its root
+    root: str
+    value: float
+    row: int
+    col: int
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) in model-input pixels
+    crop: str | None  # sha256 of the PNG in blobs
+    recon: str | None
+
+    @property
+    def file(self) -> Path:
+        return Path(self.root) / self.path
+
+
+class ExemplarDB:
+    """A connection to one exemplar database file. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise DatabaseError(f"exemplar database {self.path} not found", "build it with `featuretree index IMAGES_DIR --out DB`")
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot create folder {self.path.parent} ({err.strerror})", "choose another --out") from None
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._init_schema(create)
+        except sqlite3.DatabaseError as err:
+            raise DatabaseError(
+                f"{self.path} is not a usable SQLite database ({err})", "point at a file made by `featuretree index`"
+            ) from None
+
+    def _init_schema(self, create: bool) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" in tables:
+            row = self.conn.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else None
+            if version != SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{self.path} has exemplar schema version {version}, this featuretree reads version {SCHEMA_VERSION}",
+                    "rebuild it with `featuretree index` into a new --out",
+                )
+            return
+        if tables:
+            raise DatabaseError(f"{self.path} is an SQLite file but not an exemplar database", "choose another --out")
+        if not create:
+            raise DatabaseError(f"{self.path} is empty", "build it with `featuretree index IMAGES_DIR --out DB`")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    # ----- plumbing ------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ExemplarDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ----- meta and layers -----------------------------------------------
+    def meta(self) -> dict:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, conn: sqlite3.Connection, values: dict) -> None:
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
+    def rankings(self) -> list[str]:
+        return list(self.meta().get("rankings", [ACTIVATION]))
+
+    def check_ranking(self, ranking: str) -> None:
+        rankings = self.rankings()
+        if ranking not in rankings:
+            raise UnitError(
+                f"the exemplar database has no ranking {ranking!r} (it has {', '.join(rankings)})",
+                "index with --relevance-class K to rank by relevance to class K",
+            )
+
+    def layers(self) -> list[LayerRecord]:
+        rows = self.conn.execute("SELECT name, position, channels, height, width, rf FROM layers ORDER BY position")
+        return [LayerRecord(n, p, c, h, w, json.loads(rf)) for n, p, c, h, w, rf in rows]
+
+    def layer(self, name: str) -> LayerRecord:
+        layers = {rec.name: rec for rec in self.layers()}
+        if name not in layers:
+            hint = did_you_mean(name, list(layers))
+            raise LayerError(f"the exemplar database has no layer {name!r}", hint or f"its layers are {', '.join(layers)}")
+        return layers[name]
+
+    def check_unit(self, layer: str, unit: int) -> LayerRecord:
+        rec = self.layer(layer)
+        if not 0 <= unit < rec.channels:
+            raise UnitError(f"unit {unit} is out of range for layer {layer!r}", f"it has units 0..{rec.channels - 1}")
+        return rec
+
+    # ----- images --------------------------------------------------------
+    def root_id(self, conn: sqlite3.Connection, root: str) -> int:
+        conn.execute("INSERT OR IGNORE INTO roots (path) VALUES (?)", (root,))
+        return conn.execute("SELECT id FROM roots WHERE path = ?", (root,)).fetchone()[0]
+
+    def known_files(self, root: str) -> dict[str, tuple[int, int, str, str | None]]:
+        """rel path -> (size, mtime_ns, status, sha256) for files already recorded under ``root``."""
+        rows = self.conn.execute(
+            "SELECT i.path, i.size, i.mtime_ns, i.status, i.sha256 FROM images i JOIN roots r ON r.id = i.root_id WHERE r.path = ?",
+            (root,),
+        )
+        return {p: (s, m, st, sha) for p, s, m, st, sha in rows}
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, COUNT(*) FROM images GROUP BY status")
+        return {status: n for status, n in rows}
+
+    # ----- top-N state ---------------------------------------------------
+    def load_topn(self, layers: Sequence[LayerRecord], n: int, rankings: Sequence[str]) -> dict[tuple[str, str], TopN]:
+        stored = {(r, layer): state for r, layer, state in self.conn.execute("SELECT ranking, layer, state FROM topn")}
+        return {
+            (r, rec.name): TopN.from_bytes(stored[r, rec.name]) if (r, rec.name) in stored else TopN.empty(rec.channels, n)
+            for r in rankings
+            for rec in layers
+        }
+
+    # ----- exemplars -----------------------------------------------------
+    _EXEMPLAR_SQL = (
+        "SELECT e.ranking, e.layer, e.unit, e.rank, e.image_id, i.path, r.path, e.value, e.row, e.col, "
+        "e.box_left, e.box_top, e.box_right, e.box_bottom, e.crop, e.recon "
+        "FROM exemplars e JOIN images i ON i.id = e.image_id JOIN roots r ON r.id = i.root_id "
+    )
+
+    @staticmethod
+    def _exemplar(row) -> Exemplar:
+        ranking, layer, unit, rank, image_id, path, root, value, r, c, left, top, right, bottom, crop, recon = row
+        return Exemplar(ranking, layer, unit, rank, image_id, path, root, value, r, c, (left, top, right, bottom), crop, recon)
+
+    def exemplars(self, layer: str, unit: int | None = None, limit: int | None = None, ranking: str = ACTIVATION) -> list[Exemplar]:
+        """Stored entries of one unit (or every unit of the layer), best first, in one ranking."""
+        sql = self._EXEMPLAR_SQL + "WHERE e.ranking = ? AND e.layer = ?"
+        args: list = [ranking, layer]
+        if unit is not None:
+            sql += " AND e.unit = ?"
+            args.append(unit)
+        if limit is not None:
+            sql += " AND e.rank < ?"
+            args.append(limit)
+        sql += " ORDER BY e.unit, e.rank"
+        return [self._exemplar(r) for r in self.conn.execute(sql, args)]
+
+    def blob(self, sha: str | None) -> bytes | None:
+        if sha is None:
+            return None
+        row = self.conn.execute("SELECT png FROM blobs WHERE sha256 = ?", (sha,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def put_blob(conn: sqlite3.Connection, png: bytes) -> str:
+        sha = hashlib.sha256(png).hexdigest()
+        conn.execute("INSERT OR IGNORE INTO blobs (sha256, png) VALUES (?, ?)", (sha, png))
+        return sha
+
+    def set_recon(self, conn: sqlite3.Connection, ex: Exemplar, sha: str) -> None:
+        conn.execute(
+            "UPDATE exemplars SET recon = ? WHERE ranking = ? AND layer = ? AND unit = ? AND image_id = ?",
+            (sha, ex.ranking, ex.layer, ex.unit, ex.image_id),
+        )
+
+    def materialize(self, boxes) -> int:
+        """Rebuild ``exemplars`` from ``topn`` in one transaction, keeping crops of entries that stay.
+
+        ``boxes(layer_record, rows, cols)`` maps positions to receptive-field boxes [K, 4]. Returns rows written.
+        """
+        written = 0
+        with self.transaction() as conn:
+            layers = {rec.name: rec for rec in self.layers()}
+            for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall():
+                rec = layers[name]
+                top = TopN.from_bytes(state)
+                kept = {
+                    (u, i): (crop, recon)
+                    for u, i, crop, recon in conn.execute(
+                        "SELECT unit, image_id, crop, recon FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name)
+                    )
+                }
+                conn.execute("DELETE FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name))
+                units, ranks = np.nonzero(top.ids != EMPTY_ID)
+                if units.size == 0:
+                    continue
+                rows = top.rows[units, ranks]
+                cols = top.cols[units, ranks]
+                box = boxes(rec, rows, cols)
+                ids = top.ids[units, ranks]
+                values = top.values[units, ranks]
+                records = []
+                for k in range(units.size):
+                    u, i = int(units[k]), int(ids[k])
+                    crop, recon = kept.get((u, i), (None, None))
+                    b = box[k]
+                    records.append(
+                        (ranking, name, u, int(ranks[k]), i, float(values[k]), int(rows[k]), int(cols[k]))
+                        + (int(b[0]), int(b[1]), int(b[2]), int(b[3]), crop, recon)
+                    )
+                conn.executemany("INSERT INTO exemplars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
+                written += len(records)
+        return written
+
+    def collect_garbage(self) -> int:
+        """Delete crop blobs no entry refers to any more (entries pushed out of a top-N)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM blobs WHERE sha256 NOT IN (SELECT crop FROM exemplars WHERE crop IS NOT NULL "
+                "UNION SELECT recon FROM exemplars WHERE recon IS NOT NULL)"
+            )
+            return cur.rowcount

@@ -1,0 +1,612 @@
+"""Indexing a folder of images into an exemplar database.
+
+One streaming pass: images are decoded in DataLoader worker processes, run through the model
+in batches under ``torch.inference_mode`` with forward hooks that reduce every chain layer's
+output to a per-unit spatial max and its location, and merged into a per-unit top-N that lives
+in memory (size units x N, independent of the number of images). After each batch the new
+``images`` rows and the updated top-N state are committed in one transaction.
+
+Then a finishing pass (idempotent, so it also resumes): the top-N state becomes the relational
+``exemplars`` table, and the receptive-field crops of the kept entries are cut from their images.
+Guided-backprop reconstructions are computed for kept entries on request (``--reconstructions``
+or lazily by the grid renderer) and cached in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..capture import capture_forward, resolve_modules
+from ..errors import FeatureTreeError, ImageInputError, LayerError, OptionError
+from ..images import Preprocess, load_image
+from .db import ACTIVATION, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
+DEFAULT_TOP_N = 16
+
+
+# ----- scanning -----------------------------------------------------------
+def scan_folder(root: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``root`` (relative POSIX paths, sorted) and files skipped for their extension."""
+    if not root.is_dir():
+        raise ImageInputError(f"image folder {root} not found or not a folder", "pass a folder of images")
+    images: list[str] = []
+    ignored: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = Path(dirpath, name).relative_to(root).as_posix()
+            (images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel)
+    return sorted(images), sorted(ignored)
+
+
+# ----- receptive fields ---------------------------------------------------
+def receptive_fields(model: nn.Module, layers: Sequence[str], size: int, device: torch.device) -> dict[str, dict]:
+    """Per-layer receptive-field geometry at the model's input size.
+
+    Every rectifier is opened (the linear backward rule) and a random mixture of the layer's
+    channels is seeded at the centre position; the central 90% of the input-gradient mass along
+    each axis gives the box there. Other positions shift that box by the layer's stride.
+    Vector layers (no spatial map) see the whole image.
+    """
+    x = torch.zeros(1, 3, size, size, device=device)
+    record = capture_forward(model, x, list(layers))
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, dict] = {}
+    for name in layers:
+        act = record.activations[name]
+        if act.dim() == 2:
+            out[name] = {"kind": "vector", "channels": int(act.shape[1]), "height": 1, "width": 1}
+            continue
+        _, channels, height, width = act.shape
+        rc, cc = height // 2, width // 2
+        mass = torch.zeros(size, size, dtype=torch.float64)
+        for _ in range(4):
+            seed = torch.zeros_like(act)
+            seed[0, :, rc, cc] = torch.randn(channels, generator=generator).to(act.device)
+            with record.rule.use("linear"):
+                (grad,) = torch.autograd.grad(act, record.input, seed, retain_graph=True)
+            mass += grad[0].abs().sum(0).double().cpu()
+        sy, sx = size / height, size / width
+        if float(mass.sum()) == 0.0:
+            top, bottom, left, right = rc * sy, (rc + 1) * sy, cc * sx, (cc + 1) * sx
+        else:
+            top, bottom = _interval(mass.sum(1))
+            left, right = _interval(mass.sum(0))
+        out[name] = {
+            "kind": "spatial",
+            "channels": int(channels),
+            "height": height,
+            "width": width,
+            "stride": [sy, sx],
+            # box edges relative to the centre position's origin (row * stride, col * stride)
+            "offset": [top - rc * sy, bottom - rc * sy, left - cc * sx, right - cc * sx],
+            "size": size,
+        }
+    return out
+
+
+def _interval(marginal: torch.Tensor) -> tuple[int, int]:
+    cdf = marginal.cumsum(0) / marginal.sum()
+    lo = int(torch.searchsorted(cdf, torch.tensor(0.05, dtype=cdf.dtype)))
+    hi = int(torch.searchsorted(cdf, torch.tensor(0.95, dtype=cdf.dtype)))
+    return lo, min(hi + 1, marginal.numel())
+
+
+def rf_boxes(rec: LayerRecord, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """(left, top, right, bottom) input-pixel boxes [K, 4] for positions of one layer."""
+    rf = rec.rf
+    k = np.asarray(rows).size
+    if rf["kind"] != "spatial":
+        return np.tile(np.array([0, 0, size, size], np.int64), (k, 1))
+    sy, sx = rf["stride"]
+    top0, bottom0, left0, right0 = rf["offset"]
+    rows = np.asarray(rows, np.float64)
+    cols = np.asarray(cols, np.float64)
+    top = np.clip(np.floor(top0 + rows * sy), 0, size - 1)
+    left = np.clip(np.floor(left0 + cols * sx), 0, size - 1)
+    bottom = np.clip(np.ceil(bottom0 + rows * sy), top + 1, size)
+    right = np.clip(np.ceil(right0 + cols * sx), left + 1, size)
+    return np.stack([left, top, right, bottom], 1).astype(np.int64)
+
+
+# ----- decoding in workers -----------------------------------------------
+@dataclass
+class _Item:
+    index: int
+    tensor: torch.Tensor | None
+    sha256: str | None
+    error: str | None
+    width: int = 0
+    height: int = 0
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, root: Path, rels: Sequence[str], preprocess: Preprocess) -> None:
+        self.root = root
+        self.rels = list(rels)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, index: int) -> _Item:
+        path = self.root / self.rels[index]
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            return _Item(index, None, None, f"unreadable ({err.strerror or err})")
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            rgb = load_image(path)
+        except ImageInputError as err:
+            return _Item(index, None, sha, err.problem.replace(str(path), "").strip() or str(err))
+        except Exception as err:  # a decoder bug must not stop a long run
+            return _Item(index, None, sha, f"could not decode ({type(err).__name__}: {err})")
+        picture = self.preprocess.fit(rgb)
+        return _Item(index, self.preprocess.to_tensor(picture)[0], sha, None, rgb.width, rgb.height)
+
+
+def _keep(items: list[_Item]) -> list[_Item]:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ----- forward hooks --------------------------------------------------------
+@contextlib.contextmanager
+def unit_maxima(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, int]]]:
+    """While active, each forward pass leaves {layer: (max [B, C], flat argmax [B, C], map width)}."""
+    modules = resolve_modules(model, layers)
+    found: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() not in (2, 4):
+                raise LayerError(f"layer {name!r} must output [B, C, H, W] or [B, C]", "pick convolutional or linear layers")
+            if output.dim() == 4:
+                values, where = output.detach().flatten(2).max(2)
+                found[name] = (values.float().cpu(), where.cpu(), output.shape[-1])
+            else:
+                values = output.detach().float().cpu()
+                found[name] = (values, torch.zeros_like(values, dtype=torch.long), 1)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def unit_relevance(
+    model: nn.Module, layers: Sequence[str], x: torch.Tensor, classes: Sequence[int]
+) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]]:
+    """Per class K and chain layer: relevance of every unit to logit K, sum_hw a * d logit_K / d a [B, C],
+    the position of its largest term [B, C], and the map width. One forward and one backward per class."""
+    modules = resolve_modules(model, layers)
+    acts: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output):
+            acts[name] = output
+            return output.clone()  # later in-place ops must not touch the saved activation
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            if logits.dim() != 2:
+                raise LayerError(
+                    f"the model output has shape {list(logits.shape)}, not [B, classes]", "relevance ranking needs class logits"
+                )
+            for k in classes:
+                if not 0 <= k < logits.shape[1]:
+                    raise OptionError(f"class {k} is out of range", f"the model has classes 0..{logits.shape[1] - 1}")
+                grads = torch.autograd.grad(logits[:, k].sum(), [acts[n] for n in layers], retain_graph=True, allow_unused=True)
+                for name, grad in zip(layers, grads):
+                    act = acts[name].detach()
+                    terms = act * grad.detach() if grad is not None else torch.zeros_like(act)
+                    if terms.dim() == 4:
+                        flat = terms.flatten(2)
+                        found[f"class:{k}", name] = (flat.sum(2).float().cpu(), flat.argmax(2).cpu(), terms.shape[-1])
+                    else:
+                        found[f"class:{k}", name] = (terms.float().cpu(), torch.zeros(terms.shape, dtype=torch.long), 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+# ----- the report -----------------------------------------------------------
+@dataclass
+class IndexReport:
+    db: str
+    total: int = 0  # image files seen in the folder
+    indexed: int = 0  # processed in this run
+    already: int = 0  # found in the database unchanged
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    changed: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # not an image extension
+    missing_crops: list[tuple[str, str]] = field(default_factory=list)
+    stream_seconds: float = 0.0
+    finish_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.stream_seconds if self.stream_seconds > 0 else 0.0
+
+    def format(self, limit: int = 10) -> str:
+        lines = [
+            f"{self.db}: {self.indexed} images indexed in {self.stream_seconds:.1f}s ({self.images_per_second:.1f} images/s), "
+            f"{self.already} already indexed, {len(self.skipped)} skipped, finished in {self.finish_seconds:.1f}s"
+        ]
+
+        def listing(title: str, items: list[str]) -> None:
+            if not items:
+                return
+            lines.append(f"{title} ({len(items)}):")
+            lines.extend(f"  {item}" for item in items[:limit])
+            if len(items) > limit:
+                lines.append(f"  ... and {len(items) - limit} more")
+
+        listing("skipped (unreadable, corrupt or not an image)", [f"{f}: {why}" for f, why in self.skipped])
+        listing("ignored (not an image file extension)", self.ignored)
+        listing("changed since they were indexed (old entries kept; index into a new --out to refresh)", self.changed)
+        listing("crops not made (file moved or changed)", [f"{f}: {why}" for f, why in self.missing_crops])
+        return "\n".join(lines)
+
+
+# ----- the streaming pass ---------------------------------------------------
+def _meta_for(model_spec: str, layers: Sequence[str], preprocess: Preprocess, top_n: int, rankings: Sequence[str]) -> dict:
+    meta = {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n, "rankings": list(rankings)}
+    return json.loads(json.dumps(meta))  # the form it is stored in (tuples become lists)
+
+
+def _check_meta(db: ExemplarDB, wanted: dict) -> None:
+    have = db.meta()
+    if not have:
+        return
+    for key in ("model", "layers", "preprocess", "top_n", "rankings"):
+        if have.get(key) != wanted[key]:
+            shown = ",".join(have[key]) if key in ("layers", "rankings") else have.get(key)
+            option = {"model": "--model", "layers": "--layers", "preprocess": "--model", "top_n": "--top", "rankings": "--relevance-class"}[
+                key
+            ]
+            raise DatabaseError(
+                f"{db.path} was built with {key} {shown!r}, not {wanted[key]!r}",
+                f"use the same {option} to add images, or choose a new --out",
+            )
+
+
+def index_folder(
+    images_dir: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    explainer,
+    model_spec: str,
+    *,
+    top_n: int = DEFAULT_TOP_N,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = True,
+    finish: bool = True,
+    reconstructions: bool = False,
+    relevance_classes: Sequence[int] = (),
+) -> IndexReport:
+    """Index every image under ``images_dir`` into ``db_path`` (created or resumed/extended).
+
+    Every unit gets its top ``top_n`` images by spatial max activation (ranking "activation") and,
+    for each class K in ``relevance_classes``, by relevance to logit K (ranking "class:K":
+    sum over positions of activation x gradient of the logit, located at the largest term).
+    """
+    from tqdm.auto import tqdm
+
+    if top_n < 1:
+        raise OptionError(f"--top must be at least 1, got {top_n}", "use --top 16")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}", "use --batch-size 16")
+    if workers < 0:
+        raise OptionError(f"--workers must be 0 or more, got {workers}", "use --workers 2")
+    root = Path(images_dir).resolve()
+    files, ignored = scan_folder(root)
+    preprocess: Preprocess = explainer.preprocess
+    model: nn.Module = explainer.model
+    device = explainer.device
+    size = preprocess.size
+    classes = sorted({int(k) for k in relevance_classes})
+    rankings = [ACTIVATION] + [f"class:{k}" for k in classes]
+    wanted = _meta_for(model_spec, explainer.layers, preprocess, top_n, rankings)
+    report = IndexReport(db=str(db_path), total=len(files), ignored=ignored)
+
+    with ExemplarDB(db_path, create=True) as db:
+        _check_meta(db, wanted)
+        if not db.layers():
+            rfs = receptive_fields(model, explainer.layers, size, device)
+            with db.transaction() as conn:
+                db.set_meta(conn, wanted)
+                for position, name in enumerate(explainer.layers):
+                    rf = rfs[name]
+                    conn.execute(
+                        "INSERT INTO layers (name, position, channels, height, width, rf) VALUES (?, ?, ?, ?, ?, ?)",
+                        (name, position, rf["channels"], rf["height"], rf["width"], json.dumps(rf)),
+                    )
+        layer_recs = db.layers()
+        with db.transaction() as conn:
+            root_id = db.root_id(conn, str(root))
+        known = db.known_files(str(root))
+        todo: list[tuple[str, int, int]] = []
+        for rel in files:
+            try:
+                st = (root / rel).stat()
+            except OSError as err:
+                report.skipped.append((rel, f"unreadable ({err.strerror})"))
+                continue
+            prev = known.get(rel)
+            if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
+                report.already += 1
+                if prev[2] == "skipped":
+                    report.skipped.append((rel, "skipped before (unchanged)"))
+                continue
+            todo.append((rel, st.st_size, st.st_mtime_ns))
+
+        state = db.load_topn(layer_recs, top_n, rankings)
+        loader = torch.utils.data.DataLoader(
+            _Files(root, [t[0] for t in todo], preprocess),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_keep,
+            worker_init_fn=_worker_init if workers else None,
+        )
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
+        try:
+            with unit_maxima(model, explainer.layers) as maxima:
+                for batch in loader:
+                    decoded = [item for item in batch if item.tensor is not None]
+                    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+                    if decoded:
+                        maxima.clear()
+                        x = torch.stack([item.tensor for item in decoded]).to(device)
+                        if classes:
+                            found.update(unit_relevance(model, explainer.layers, x, classes))
+                        else:
+                            with torch.inference_mode():
+                                model(x)
+                        found.update({(ACTIVATION, name): value for name, value in maxima.items()})
+                    _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report)
+                    bar.update(len(batch))
+                    if report.skipped:
+                        bar.set_postfix(skipped=len(report.skipped), refresh=False)
+        finally:
+            bar.close()
+            report.stream_seconds = time.perf_counter() - start
+        if finish:
+            started = time.perf_counter()
+            finish_db(db, preprocess, progress=progress, report=report)
+            if reconstructions:
+                fill_reconstructions(db, explainer, progress=progress)
+            report.finish_seconds = time.perf_counter() - started
+    return report
+
+
+def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report) -> None:
+    position = {item.index: k for k, item in enumerate(decoded)}
+    merge_rows: list[int] = []
+    merge_ids: list[int] = []
+    merge_ties: list[int] = []
+    with db.transaction() as conn:
+        for item in batch:
+            rel, size, mtime = todo[item.index]
+            prev = known.get(rel)
+            if prev is not None and prev[2] == "ok":
+                if item.sha256 == prev[3]:  # touched but identical: just remember the new stat
+                    conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE root_id = ? AND path = ?", (size, mtime, root_id, rel))
+                else:
+                    report.changed.append(rel)
+                continue
+            if prev is not None:  # skipped before and changed since: try again
+                conn.execute("DELETE FROM images WHERE root_id = ? AND path = ?", (root_id, rel))
+            status = "ok" if item.error is None else "skipped"
+            cur = conn.execute(
+                "INSERT INTO images (root_id, path, sha256, size, mtime_ns, status, error, width, height) VALUES (?,?,?,?,?,?,?,?,?)",
+                (root_id, rel, item.sha256, size, mtime, status, item.error, item.width or None, item.height or None),
+            )
+            if item.error is not None:
+                report.skipped.append((rel, item.error))
+                continue
+            report.indexed += 1
+            merge_rows.append(position[item.index])
+            merge_ids.append(int(cur.lastrowid))
+            merge_ties.append(tie_key(rel))
+        if merge_rows:
+            pick = torch.tensor(merge_rows)
+            ids = np.asarray(merge_ids, np.int64)
+            ties = np.asarray(merge_ties, np.int64)
+            for (ranking, name), top in state.items():
+                values, where, width = found[ranking, name]
+                where = where[pick].numpy()
+                if top.merge(values[pick].numpy(), ids, ties, where // width, where % width):
+                    conn.execute("INSERT OR REPLACE INTO topn (ranking, layer, state) VALUES (?, ?, ?)", (ranking, name, top.to_bytes()))
+
+
+# ----- finishing: relational table and crops --------------------------------
+def finish_db(db: ExemplarDB, preprocess: Preprocess, progress: bool = True, report: IndexReport | None = None) -> None:
+    """Rebuild ``exemplars`` from the top-N state and cut the missing receptive-field crops."""
+    from tqdm.auto import tqdm
+
+    size = preprocess.size
+    db.materialize(lambda rec, rows, cols: rf_boxes(rec, rows, cols, size))
+    pending = db.conn.execute(
+        "SELECT e.ranking, e.layer, e.unit, e.image_id, e.box_left, e.box_top, e.box_right, e.box_bottom, i.path, r.path, i.sha256 "
+        "FROM exemplars e JOIN images i ON i.id = e.image_id JOIN roots r ON r.id = i.root_id "
+        "WHERE e.crop IS NULL ORDER BY e.image_id"
+    ).fetchall()
+    by_image: dict[int, list] = {}
+    for row in pending:
+        by_image.setdefault(row[3], []).append(row)
+    for rows in tqdm(by_image.values(), desc="cropping", unit="img", disable=not progress or not by_image, dynamic_ncols=True):
+        rel, root, sha = rows[0][8], rows[0][9], rows[0][10]
+        path = Path(root) / rel
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise FeatureTreeError("changed since it was indexed")
+            picture = preprocess.fit(load_image(path))
+        except (OSError, FeatureTreeError) as err:
+            if report is not None:
+                report.missing_crops.append((rel, getattr(err, "problem", None) or str(err)))
+            continue
+        made: dict[tuple[int, int, int, int], bytes] = {}
+        with db.transaction() as conn:
+            for ranking, layer, unit, image_id, left, top, right, bottom, *_ in rows:
+                box = (left, top, right, bottom)
+                if box not in made:
+                    made[box] = png_bytes(crop_picture(picture, box))
+                sha_png = db.put_blob(conn, made[box])
+                conn.execute(
+                    "UPDATE exemplars SET crop = ? WHERE ranking = ? AND layer = ? AND unit = ? AND image_id = ?",
+                    (sha_png, ranking, layer, unit, image_id),
+                )
+    db.collect_garbage()
+
+
+def crop_picture(picture: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    crop = picture.crop(box)
+    scale = CROP_MAX_SIDE / max(crop.size)
+    if scale < 1:
+        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BICUBIC)
+    return crop
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ----- guided-backprop reconstructions -------------------------------------
+def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
+    """Guided-backprop reconstruction of each entry (its unit seeded at its max location), cropped to its box, as PNG."""
+    preprocess: Preprocess = explainer.preprocess
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    out: list[bytes] = []
+    records: dict[int, object] = {}
+    for ex in entries:
+        record = records.get(ex.image_id)
+        if record is None:
+            picture = preprocess.fit(load_image(ex.file))
+            x = preprocess.to_tensor(picture).to(explainer.device)
+            records.clear()  # one image's graph at a time
+            record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
+        act = record.activations[ex.layer]
+        seed = torch.zeros_like(act)
+        if act.dim() == 4:
+            seed[0, ex.unit, ex.row, ex.col] = 1.0
+        else:
+            seed[0, ex.unit] = 1.0
+        with record.rule.use("guided"):
+            (grad,) = torch.autograd.grad(act, record.input, seed, retain_graph=True)
+        delta = (grad[0].detach().cpu() / std).permute(1, 2, 0).numpy()
+        left, top, right, bottom = ex.box
+        region = delta[top:bottom, left:right]
+        scale = float(np.percentile(np.abs(region), 99.5)) if region.size else 0.0
+        if scale <= 0:
+            scale = float(np.abs(region).max(initial=0.0))
+        shown = np.full(region.shape, 0.5, np.float32) if scale == 0 else 0.5 + 0.5 * np.clip(region / scale, -1, 1)
+        image = Image.fromarray((shown * 255 + 0.5).astype(np.uint8), "RGB")
+        out.append(png_bytes(crop_picture(image, (0, 0, image.width, image.height))))
+    return out
+
+
+def ensure_reconstructions(db: ExemplarDB, entries: Sequence[Exemplar], explainer) -> list[bytes | None]:
+    """Reconstruction PNGs for ``entries``, computing and caching the missing ones."""
+    result: list[bytes | None] = [db.blob(ex.recon) for ex in entries]
+    missing = [k for k, png in enumerate(result) if png is None]
+    if not missing:
+        return result
+    todo = []
+    for k in missing:
+        if entries[k].file.is_file():
+            todo.append(k)
+    if todo and (explainer is None or not _matches(db, explainer, {entries[k].layer for k in todo})):
+        explainer = explainer_for_db(db)  # the given model sees images differently from the one the index was built with
+    pngs = reconstruct(explainer, [entries[k] for k in todo]) if todo else []
+    with db.transaction() as conn:
+        for k, png in zip(todo, pngs):
+            db.set_recon(conn, entries[k], db.put_blob(conn, png))
+            result[k] = png
+    return result
+
+
+def _matches(db: ExemplarDB, explainer, layers: set[str]) -> bool:
+    meta = db.meta()
+    same_preprocess = json.loads(json.dumps(explainer.preprocess.to_dict())) == meta.get("preprocess")
+    return same_preprocess and layers <= set(explainer.layers)
+
+
+def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer: str | None = None) -> None:
+    from tqdm.auto import tqdm
+
+    layers = [layer] if layer else [rec.name for rec in db.layers()]
+    for name in tqdm(layers, desc="reconstructions", unit="layer", disable=not progress):
+        entries = [ex for ranking in db.rankings() for ex in db.exemplars(name, ranking=ranking) if ex.recon is None]
+        entries.sort(key=lambda ex: ex.image_id)
+        for start in range(0, len(entries), 64):
+            ensure_reconstructions(db, entries[start : start + 64], explainer)
+
+
+def explainer_for_db(db: ExemplarDB, device: str = "cpu"):
+    """Load the model a database was built with (its ``--model`` and ``--layers``)."""
+    from ..cli import load_explainer
+
+    meta = db.meta()
+    explainer = load_explainer(meta["model"], ",".join(meta["layers"]), device)
+    explainer.preprocess = Preprocess.from_dict(meta["preprocess"])
+    return explainer
+
+
+def layer_summary(db: ExemplarDB, layer: str, top: int = 3, ranking: str = ACTIVATION) -> list[tuple[int, list[tuple[float, str]]]]:
+    """Per unit: its best ``top`` (value, file) pairs."""
+    rec = db.layer(layer)
+    db.check_ranking(ranking)
+    by_unit: dict[int, list[tuple[float, str]]] = {u: [] for u in range(rec.channels)}
+    for ex in db.exemplars(layer, limit=top, ranking=ranking):
+        by_unit[ex.unit].append((ex.value, ex.path))
+    return sorted(by_unit.items())
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IndexReport",
+    "ensure_reconstructions",
+    "explainer_for_db",
+    "finish_db",
+    "index_folder",
+    "receptive_fields",
+    "reconstruct",
+    "scan_folder",
+]
