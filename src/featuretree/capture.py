@@ -54,8 +54,10 @@ class _Rectifier(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lower: float, upper: float | None, rule: BackwardRule) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.bounds = (lower, upper)
+        # The derivative (1 where open, 0 where closed), computed once here rather than in every
+        # backward; kept in x's dtype and memory layout so the backward is a single multiply.
+        open_ = x > lower if upper is None else (x > lower) & (x < upper)
+        ctx.save_for_backward(open_.to(x.dtype))
         ctx.rule = rule
         return x.clamp(min=lower) if upper is None else x.clamp(min=lower, max=upper)
 
@@ -64,12 +66,10 @@ class _Rectifier(torch.autograd.Function):
         mode = ctx.rule.mode
         if mode == "linear":
             return grad, None, None, None
-        (x,) = ctx.saved_tensors
-        lower, upper = ctx.bounds
-        open_ = x > lower if upper is None else (x > lower) & (x < upper)
-        grad = grad * open_
+        (derivative,) = ctx.saved_tensors
+        grad = grad * derivative
         if mode == "guided":
-            grad = grad.clamp(min=0)
+            grad = grad.clamp_(min=0)
         return grad, None, None, None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import OutputError
-from .render import node_images, original_tree_gain
+from .render import node_images, original_tree_gain, png_bytes
 from .tree import FeatureTree
 
 IMAGE_KINDS = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
@@ -42,18 +42,12 @@ def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
 def render_images(tree: FeatureTree) -> dict[str, bytes]:
     """PNG bytes for the photo and every node picture, keyed by relative file name; sets node.images."""
     files: dict[str, bytes] = {}
     if tree.picture is None or not tree.evidence:
         return files
-    files["photo.png"] = _png_bytes(tree.picture)
+    files["photo.png"] = png_bytes(tree.picture)
     root_evidence = tree.evidence.get(tree.root.id)
     gain = original_tree_gain(root_evidence) if root_evidence is not None else 0.0
     mean = tuple(tree.model["preprocess"]["mean"])
@@ -64,7 +58,7 @@ def render_images(tree: FeatureTree) -> dict[str, bytes]:
         node.images = {}
         for kind, img in node_images(evidence, tree.picture, mean, gain).items():
             name = f"images/n{number:04d}_{kind}.png"
-            files[name] = _png_bytes(img)
+            files[name] = png_bytes(img)
             node.images[kind] = name
     return files
 

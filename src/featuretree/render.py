@@ -22,6 +22,15 @@ DISPLAY_MODES: tuple[str, ...] = ("robust", "original")
 _PERCENTILE = 99.5
 
 
+def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
+    """PNG-encode a picture. Level 1 encodes 2-4x faster than Pillow's default 6 for ~10% more bytes."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
 def _to_image(rgb01: np.ndarray) -> Image.Image:
     arr = (np.clip(rgb01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return Image.fromarray(arr, "RGB")

