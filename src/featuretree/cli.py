@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each image: ablation drop of each rule's top-k children vs k random and k most active channels, rank "
         "correlation of predicted vs measured single-channel effects, and deletion/insertion AUC of node heatmaps vs random order.",
     )
-    ev.add_argument("images_dir", help="folder of images (jpg, png, ...)")
+    ev.add_argument("images_dir", nargs="?", help="folder of images (jpg, png, ...); default: the bundled sample photos")
     ev.add_argument("--out", help="output folder for evaluate.md/.csv/.png (default: featuretree-out/evaluate)")
     ev.add_argument("--k", type=_positive_int, default=5, help="children per node (default: %(default)s)")
     ev.add_argument(
@@ -327,16 +329,27 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder, save_evaluation
     from .export import ensure_writable
 
     out = Path(args.out) if args.out else Path("featuretree-out") / "evaluate"
     ensure_writable(out)
     explainer = load_explainer(args.model, args.layers, args.device)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    with tempfile.TemporaryDirectory() as samples_dir:
+        if args.images_dir is None:
+            from .samples import available_samples
+
+            for name, path in available_samples().items():
+                shutil.copy(path, Path(samples_dir) / f"{name}{path.suffix}")
+        return _run_evaluate(args, explainer, rules, args.images_dir or samples_dir, out)
+
+
+def _run_evaluate(args: argparse.Namespace, explainer, rules: list[str], images_dir: str, out: Path) -> int:
+    from .evaluate import evaluate_folder, save_evaluation
+
     result = evaluate_folder(
         explainer,
-        args.images_dir,
+        images_dir,
         k=args.k,
         rules=rules,
         parents=args.parents,
