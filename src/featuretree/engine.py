@@ -378,6 +378,22 @@ class Analysis:
         self._memo.put(key, grad)
         return grad
 
+    def prefetch_layer_gradients(self, paths: Sequence[Sequence[Unit]], rule: str = "gradient", seed_mode: str = "sum") -> None:
+        """Fill the memo for many nodes' expansions at once: nodes of one layer (siblings, a tree
+        level) share one batched backward pass when the explainer batches."""
+        rule = SCORING_RULES.get(rule, rule)
+        groups: dict[str, list[Path]] = {}
+        for path in paths:
+            path = tuple(path)
+            index = self._index[path[-1].layer]
+            if index > 0 and self._memo.get(("layer", rule, seed_mode, path)) is None:
+                groups.setdefault(path[-1].layer, []).append(path)
+        for layer, members in groups.items():
+            lower = self.layers[self._index[layer] - 1]
+            grads = self._backward_many(layer, lower, [self.delta(p, rule, seed_mode) for p in members], rule)
+            for path, grad in zip(members, grads):
+                self._memo.put(("layer", rule, seed_mode, path), grad)
+
     def contributions(self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum") -> torch.Tensor:
         """Per-channel gradient x activation of the layer below the path's end, shape [C] float64."""
         path = self.validate_path(path)

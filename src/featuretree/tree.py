@@ -239,6 +239,8 @@ def build_tree(
                 for (node, _), evidence in zip(frontier, analysis.evidence_many([p for _, p in frontier], rule, seed_mode)):
                     tree.evidence[node.id] = evidence
                     fill_evidence(node, evidence)
+            if depth > (frontier[0][0].depth if frontier else depth):
+                analysis.prefetch_layer_gradients([p for _, p in frontier], rule, seed_mode)
             for node, path in frontier:
                 if not images:
                     act = analysis.activation(path[-1].layer)[0, path[-1].channel]
