@@ -275,23 +275,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def format_tree(tree, max_lines: int = 40) -> str:
+    """One line per node, indented by depth; expanded nodes end with what their children leave out."""
     lines = []
     for node in tree.walk():
         if len(lines) >= max_lines:
             lines.append("  ...")
             break
         label = f" {node.label}" if node.label else ""
-        if node.score is None:
-            lines.append(f"{node.layer}:{node.unit}{label}")
-        else:
-            line = f"{'  ' * node.depth}{node.layer}:{node.unit}{label}  score {node.score:.4g}  share {100 * node.share:.1f}%"
-            if node.verification:
-                v = node.verification
-                line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
-            lines.append(line)
-        if node.rest and node.children and len(lines) < max_lines:
-            rest = node.rest
-            lines.append(f"{'  ' * (node.depth + 1)}(rest: {100 * rest['share']:.1f}% of positive, negatives {rest['negative']:.4g})")
+        line = f"{'  ' * node.depth}{node.layer}:{node.unit}{label}"
+        if node.score is not None:
+            line += f"  score {node.score:.4g}  share {100 * node.share:.1f}%"
+        if node.verification:
+            v = node.verification
+            line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
+        if node.rest and node.children:
+            line += f"  [rest {100 * node.rest['share']:.1f}% of positive; negatives {node.rest['negative']:.4g}]"
+        lines.append(line)
     return "\n".join(lines)
 
 
