@@ -166,14 +166,16 @@ def test_verify_bad_inputs_are_clear_json_errors(client):
     assert client.get("/api/verify", params={**base, "path": "class:0"}).status_code == 200  # still serving
 
 
-def test_verify_concurrent_with_new_analyses_matches_sequential():
-    """Ablation hooks and analysis capture hooks share one model: under its forward lock, concurrent
-    requests give the same answers as sequential ones."""
+@pytest.mark.parametrize("rule", ["gradient", "integrated", "ablation"])
+def test_verify_concurrent_with_new_analyses_matches_sequential(rule):
+    """Ablation hooks (and the forward passes of the integrated / ablation scoring rules) share the
+    model with the analyses' capture hooks: under its forward lock, concurrent requests give the
+    same answers as sequential ones."""
     paths = ["classifier:0", "classifier:1", "classifier:0/corners:0", "classifier:0/corners:1", "classifier:1/corners:4"]
     requests = [(img, path) for img in ("chelsea", "coffee", "rocket", "astronaut") for path in paths]
 
     def params(img, path):
-        return {"model": TOY, "image": img, "path": path, "k": 3}
+        return {"model": TOY, "image": img, "path": path, "k": 3, "rule": rule}
 
     seq = TestClient(create_app(ServerSettings(models=(TOY,))))
     sequential = [seq.get("/api/verify", params=params(*r)).json() for r in requests]
