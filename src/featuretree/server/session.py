@@ -355,7 +355,7 @@ class Workspace:
                 f"switch the page to {info.model}, or index with --model {model} and restart with that --db",
             )
         # The database may grow while the server runs (`featuretree index` into it): key on its files' state.
-        stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in _db_files(info.path))
+        stamp = tuple(_file_state(p) for p in _db_files(info.path))
         key = ("exemplars", str(info.path), stamp, layer, int(unit))
 
         def build() -> bytes:
@@ -389,6 +389,14 @@ class Workspace:
 
 def _db_files(path: Path) -> tuple[Path, Path]:
     return path, path.with_name(path.name + "-wal")
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def png_bytes(img: Image.Image) -> bytes:
