@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ (gitignored); look at them after a run.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from featuretree.server import ServerSettings, create_app
 
 from .server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
+from .test_server_verify_exemplars import build_exemplar_db
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -24,6 +26,14 @@ TIMEOUT = 120_000
 @pytest.fixture(scope="module")
 def base_url():
     with live_server(create_app(ServerSettings(models=("toy_squares", "efficientnet_lite0")))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory):
+    """A server started as with `featuretree serve --db DB` on a real exemplar database of the toy net."""
+    db = build_exemplar_db(tmp_path_factory.mktemp("e2e-exemplars"))
+    with live_server(create_app(ServerSettings(models=("toy_squares",), exemplar_db=str(db)))) as url:
         yield url
 
 
@@ -73,11 +83,25 @@ def open_page(page, base_url: str, query: str) -> None:
 
 def no_overlap(page) -> None:
     boxes = page.eval_on_selector_all(
-        ".card", "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })"
+        ".card, figure.exemplars",
+        "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })",
     )
     for i, a in enumerate(boxes):
         for b in boxes[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], f"cards overlap: {a} {b}"
+
+
+def badge(page, node_id: str):
+    """The node's ablation badge once its parent's edges are measured."""
+    chip = card(page, node_id).locator(".verify .chip:not(.pending)")
+    chip.wait_for(state="visible")
+    return chip
+
+
+def fits(page, selector: str) -> None:
+    """Text of every matching element is not cut off (no horizontal overflow)."""
+    cut = page.eval_on_selector_all(selector, "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+    assert not cut, f"cut-off text: {cut}"
 
 
 def upload_square(page) -> None:
@@ -209,6 +233,66 @@ def test_e2e_gallery_upload_errors_and_export_html(page, base_url, tmp_path):
 
     tree = json.loads(Path(json_info.value.path()).read_text())
     assert tree["root"]["id"] == "classifier:0" and len(tree["root"]["children"]) == 4
+
+
+def test_e2e_verification_badges_and_pinned_exemplars(page, db_url, tmp_path):
+    open_page(page, db_url, "model=toy_squares")
+    upload_square(page)
+    corners = [f"classifier:0/corners:{i}" for i in range(4)]
+    # The root is expanded by default: every child gets a measured badge, green (the classifier is linear).
+    for node in corners:
+        chip = badge(page, node)
+        assert re.fullmatch(r"ablation −\d+(\.\d)?%", chip.inner_text()), chip.inner_text()
+        assert "ok" in chip.get_attribute("class").split()
+        assert "gradient × activation" in chip.get_attribute("title")
+    assert "rest" in card(page, "classifier:0").locator(".pic .badge").inner_text()
+    # Expanding a child measures its edges too.
+    card(page, corners[1]).locator(".pic").click()
+    wait_idle(page)
+    grand = [f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"]
+    for node in grand:
+        assert badge(page, node).inner_text().startswith("ablation ")
+    fits(page, ".card .verify")
+    shot(page, "toy-06-verification-badges")
+
+    # Pin two exemplar grids: both show, beside their nodes, nothing overlaps; the URL keeps them.
+    for node in ("classifier:0", corners[2]):
+        card(page, node).locator('button[data-action="exemplars"]').click()
+    grids = page.locator("figure.exemplars")
+    assert grids.count() == 2
+    page.wait_for_function("[...document.querySelectorAll('figure.exemplars img')].every(i => i.complete && i.naturalWidth > 0)")
+    for node in ("classifier:0", corners[2]):
+        fig = page.locator(f'figure.exemplars[data-exemplars="{node}"]').bounding_box()
+        box = card(page, node).bounding_box()
+        assert fig["x"] >= box["x"] + box["width"] and abs(fig["y"] - box["y"]) < 1  # right beside its card
+        assert fig["height"] == pytest.approx(box["height"], abs=1)
+    no_overlap(page)
+    fits(page, "figure.exemplars figcaption")
+    assert page.url.count("ex=") == 2
+    page.keyboard.press("h")  # the whole tree in view
+    shot(page, "toy-07-two-exemplar-grids")
+    page.keyboard.press("h")
+    page.reload()
+    wait_idle(page)
+    assert page.locator("figure.exemplars").count() == 2
+    # Unpin one.
+    page.locator(f'figure.exemplars[data-exemplars="{corners[2]}"] button[data-action="unpin"]').click()
+    assert page.locator("figure.exemplars").count() == 1 and page.url.count("ex=") == 1
+
+    # The exported HTML shows the badges and the exemplar grids.
+    with page.expect_download() as download_info:
+        page.click("#export-html")
+    saved = tmp_path / "export.html"
+    download_info.value.save_as(saved)
+    exported = page.context.new_page()
+    exported.set_viewport_size({"width": 1280, "height": 1000})
+    exported.goto(saved.as_uri())
+    exported.wait_for_selector(".ft-card")
+    assert exported.locator(".ft-card .ft-badge").count() == 6  # 4 corners + 2 edges
+    assert exported.locator(".ft-exemplars figure img").count() == 7  # one grid per distinct unit
+    exported.wait_for_function("[...document.querySelectorAll('.ft-exemplars img')].every(i => i.complete && i.naturalWidth > 0)")
+    exported.screenshot(path=str(ARTIFACTS / "toy-08-exported-badges-exemplars.png"), full_page=True)
+    exported.close()
 
 
 @pytest.mark.slow

@@ -99,11 +99,13 @@ def child_scores(analysis: Analysis, path: Sequence[Unit], rule: str, seed_mode:
     cached = analysis._memo.get(key)
     if cached is not None:
         return cached
-    if rule == "integrated":
-        scores = integrated_gradients(analysis, path, seed_mode)
-    elif rule == "ablation":
-        scores = ablation_scores(analysis, path, seed_mode)
-    else:
+    if rule not in ("integrated", "ablation"):
         raise OptionError(f"unknown scoring rule {rule!r}", "use integrated or ablation")
+    # Both run forward passes with hooks on the shared model: one forward pass at a time (e.g. the explorer's threads).
+    with analysis.explainer.forward_lock:
+        cached = analysis._memo.get(key)  # another thread may have finished it meanwhile
+        if cached is not None:
+            return cached
+        scores = integrated_gradients(analysis, path, seed_mode) if rule == "integrated" else ablation_scores(analysis, path, seed_mode)
     analysis._memo.put(key, scores)
     return scores

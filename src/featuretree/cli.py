@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--image", default="chelsea", help="photo shown first: a bundled sample name (default: %(default)s)")
     sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default: %(default)s)")
     sv.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    sv.add_argument(
+        "--db",
+        help="exemplar database from `featuretree index`: show each unit's top image patches and reconstructions beside its node",
+    )
     _add_model_args(sv)
     sv.set_defaults(model=None)
     ix = sub.add_parser(

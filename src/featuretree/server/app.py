@@ -23,7 +23,7 @@ from ..engine import RULES, SEED_MODES, Analysis, Unit, path_id
 from ..errors import FeatureTreeError, UnitError
 from ..samples import available_samples
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
-from .view import build_view_tree
+from .view import add_exemplar_grids, build_view_tree
 
 Rule = Literal["gradient", "guided", "integrated", "ablation"]
 SeedMode = Literal["sum", "max"]
@@ -55,6 +55,7 @@ class ServerSettings:
     default_image: str = "chelsea"
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
+    exemplar_db: str | None = None  # `featuretree serve --db DB`: show each unit's exemplar grid
 
 
 # ----- response models (documented in the OpenAPI schema) ---------------------
@@ -70,6 +71,14 @@ class SampleOut(BaseModel):
     thumbnail: str
 
 
+class ExemplarsOut(BaseModel):
+    model: str
+    layers: list[str]
+    top_n: int
+    grid_width: int
+    grid_height: int
+
+
 class InfoOut(BaseModel):
     models: list[str]
     default_model: str
@@ -79,6 +88,7 @@ class InfoOut(BaseModel):
     rules: list[str]
     seed_modes: list[str]
     max_upload_bytes: int
+    exemplars: ExemplarsOut | None = None
 
 
 class UploadOut(BaseModel):
@@ -146,6 +156,36 @@ class ChildrenOut(BaseModel):
     leaf_reason: str | None
 
 
+class EdgeCheckOut(BaseModel):
+    estimate: float
+    parent_drop: float
+    root_drop: float
+    parent_value: float
+    root_value: float
+
+
+class VerifiedChildOut(EdgeCheckOut):
+    id: str
+    unit: int
+    score: float
+    share: float
+
+
+class RestOut(BaseModel):
+    share: float
+    score: float
+    negative: float
+
+
+class VerifyOut(BaseModel):
+    id: str
+    child_layer: str | None
+    children: list[VerifiedChildOut]
+    all: EdgeCheckOut | None
+    rest: RestOut | None
+    total_positive: float
+
+
 ERRORS = {
     400: {"model": ErrorOut, "description": "bad input (malformed path, unit out of range, unreadable image)"},
     404: {"model": ErrorOut, "description": "unknown model, image or file"},
@@ -171,7 +211,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     if not settings.models:
         raise FeatureTreeError("the server needs at least one model", "pass --model")
     default_model = settings.default_model or settings.models[0]
-    workspace = Workspace(settings.models, settings.device, settings.limits, loader)
+    workspace = Workspace(settings.models, settings.device, settings.limits, loader, settings.exemplar_db)
     app = FastAPI(
         title="featuretree explorer",
         version="1",
@@ -227,7 +267,14 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             rules=list(RULES),
             seed_modes=list(SEED_MODES),
             max_upload_bytes=settings.limits.max_upload_bytes,
+            exemplars=exemplars_out(),
         )
+
+    def exemplars_out() -> ExemplarsOut | None:
+        ex = workspace.exemplars
+        if ex is None:
+            return None
+        return ExemplarsOut(model=ex.model, layers=list(ex.layers), top_n=ex.top_n, grid_width=ex.grid_size[0], grid_height=ex.grid_size[1])
 
     @app.get(
         "/api/samples/{name}.png",
@@ -335,6 +382,63 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         )
 
     @app.get(
+        "/api/verify",
+        response_model=VerifyOut,
+        responses=ERRORS,
+        summary="Verify a node's edges by ablation: zero each shown child (and all together) in a real forward pass",
+        description="For the node's top-k children under the rule, the measured drop of the parent's path objective and "
+        "of the root objective when the child's channel is zeroed, beside the gradient x activation estimate, plus the "
+        "share of the parent's positive contribution that the shown children leave out (rest). One batched forward pass, "
+        "cached.",
+    )
+    def verify(
+        model: ModelQ,
+        image: ImageQ,
+        path: PathQ,
+        k: KQ = 5,
+        rule: RuleQ = "gradient",
+        seed_mode: SeedQ = "sum",
+    ) -> VerifyOut:
+        an = workspace.analysis(model, image)
+        units = parse_node_path(an, path)
+        ex = an.expand(units, k, rule, seed_mode)
+        if ex.child_layer is None:
+            raise UnitError(f"{units[-1]} is in the first chain layer; it has no children to verify", "verify a deeper node")
+        result = workspace.verification(model, image, units, [c.unit.channel for c in ex.children], seed_mode)
+        shown = sum(c.score for c in ex.children)
+        return VerifyOut(
+            id=path_id(units),
+            child_layer=ex.child_layer,
+            children=[
+                VerifiedChildOut(id=path_id((*units, c.unit)), unit=c.unit.channel, score=c.score, share=c.share, **check.to_dict())
+                for c, check in zip(ex.children, result.children)
+            ],
+            all=EdgeCheckOut(**result.joint.to_dict()) if result.joint else None,
+            rest=RestOut(share=max(0.0, 1.0 - ex.coverage), score=ex.total_positive - shown, negative=ex.total_negative),
+            total_positive=ex.total_positive,
+        )
+
+    @app.get(
+        "/api/exemplars.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+        summary="A unit's exemplar grid from the server's --db: top image patches | guided-backprop reconstructions",
+    )
+    def exemplars(
+        request: Request,
+        model: ModelQ,
+        layer: Annotated[str, Query(min_length=1, max_length=200, description="chain layer name")],
+        unit: Annotated[int, Query(ge=0, le=1_000_000, description="channel of the layer")],
+    ) -> Response:
+        data = workspace.exemplar_png(model, layer, unit)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
+        # Revalidated after an hour: the database can grow while the server runs.
+        headers = {"Cache-Control": "public, max-age=3600", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
+
+    @app.get(
         "/api/picture.png",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **ERRORS},
@@ -373,6 +477,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         rule: RuleQ = "gradient",
         seed_mode: SeedQ = "sum",
         format: Literal["json", "html"] = "json",
+        verify: Annotated[bool, Query(description="measure every shown edge by ablation (node.verification)")] = True,
+        exemplars: Annotated[bool, Query(description="HTML: embed each node's exemplar grid when the server has --db")] = True,
     ) -> Response:
         an = workspace.analysis(model, image)
         root_units = parse_node_path(an, root)
@@ -387,7 +493,9 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
                 out.add(parse_node_path(an, text))
             return out
 
-        tree = build_view_tree(workspace, model, image, root_units, parse_many(open), parse_many(removed), k, rule, seed_mode)
+        tree = build_view_tree(
+            workspace, model, image, root_units, parse_many(open), parse_many(removed), k, rule, seed_mode, verify=verify
+        )
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", an.image.source.rsplit(".", 1)[0])[:60] or "image"
         if format == "json":
             body = json.dumps(tree.to_dict(), indent=1)
@@ -396,10 +504,13 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
                 media_type="application/json",
                 headers={"Content-Disposition": f'attachment; filename="featuretree-{stem}.json"'},
             )
-        from ..export import render_html
+        from ..export import render_html, render_images
 
+        files = render_images(tree)
+        if exemplars:
+            add_exemplar_grids(workspace, model, tree, files)
         return Response(
-            render_html(tree),
+            render_html(tree, files),
             media_type="text/html; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="featuretree-{stem}.html"'},
         )

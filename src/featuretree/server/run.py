@@ -47,11 +47,20 @@ def serve(args: argparse.Namespace) -> int:
     if not args.max_upload_mb > 0:
         raise OptionError(f"--max-upload-mb must be positive, got {args.max_upload_mb}", "use e.g. --max-upload-mb 20")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20))
+    models = ("efficientnet_lite0", "toy_squares") if args.model is None else (args.model,)
+    db = getattr(args, "db", None)
+    if db is not None:
+        from .session import read_exemplar_info
+
+        info = read_exemplar_info(db)  # a missing or foreign file fails now, in one line
+        if info.model not in models:
+            raise OptionError(
+                f"the exemplar database {db} was built with model {info.model!r}, which this server does not offer",
+                f"add --model {info.model}",
+            )
     if args.model is None:
-        models = ("efficientnet_lite0", "toy_squares")
         loader = None
     else:
-        models = (args.model,)
         loaded = load_explainer(args.model, args.layers, args.device)  # fail now, not on the first request
 
         def loader(name: str, device: str):
@@ -60,7 +69,8 @@ def serve(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODELS and loader is None]
     if unknown:
         raise OptionError(f"unknown model {unknown[0]!r}", f"use one of {', '.join(MODELS)}")
-    app = create_app(ServerSettings(models=models, default_image=args.image, device=args.device, limits=limits), loader=loader)
+    settings = ServerSettings(models=models, default_image=args.image, device=args.device, limits=limits, exemplar_db=db)
+    app = create_app(settings, loader=loader)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

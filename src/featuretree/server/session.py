@@ -6,26 +6,33 @@ Each cache is an LRU bounded by bytes, so a long session cannot exhaust memory:
 - analyses: one ``Analysis`` (one forward pass, reused by every expansion) per
   (model, image id, device);
 - evidence: per-node input-space evidence, keyed by (model, image, device, path, rule, seed mode);
-- pictures: encoded PNGs of node views.
+- pictures: encoded PNGs of node views and exemplar grids;
+- verifications: measured ablation effects of a node's shown children (one batched forward pass each).
+
+The model's capture hooks are shared, so every forward pass the server runs itself (edge
+verification, exemplar reconstructions) holds the explainer's ``forward_lock``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from ..cache import ByteLRU, tensor_bytes
 from ..engine import EVIDENCE_KINDS, Analysis, Explainer, NodeEvidence, Unit
-from ..errors import FeatureTreeError, ImageInputError, ModelError, did_you_mean
+from ..errors import FeatureTreeError, ImageInputError, ModelError, OptionError, did_you_mean
 from ..images import to_rgb
 from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain
 from ..samples import SAMPLES, sample_path
+from ..verify import EdgeCheck, ablate
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
@@ -110,6 +117,45 @@ class Limits:
     evidence_cache_bytes: int = 256 * 2**20
     picture_cache_bytes: int = 128 * 2**20
     memo_bytes: int = 128 * 2**20  # per-analysis gradient memo
+    verification_cache_bytes: int = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Measured effect of zeroing each shown child of a node (alone), and of zeroing them all together."""
+
+    children: tuple[EdgeCheck, ...]
+    joint: EdgeCheck | None  # all channels zeroed at once (None for fewer than two)
+
+
+@dataclass(frozen=True)
+class ExemplarInfo:
+    """What the server needs to know about its exemplar database, read once at start."""
+
+    path: Path
+    model: str
+    layers: dict[str, int]  # layer name -> channels
+    top_n: int
+    grid_size: tuple[int, int]  # width, height of every unit's grid PNG
+
+
+def read_exemplar_info(path: str | os.PathLike[str]) -> ExemplarInfo:
+    """Open the database once (clear errors for a missing or foreign file) and read its model and layers."""
+    from ..exemplars.db import ExemplarDB
+    from ..exemplars.sheets import unit_grid
+
+    with ExemplarDB(path) as db:
+        meta = db.meta()
+        layers = {rec.name: rec.channels for rec in db.layers()}
+    if not meta.get("model") or not layers:
+        raise OptionError(f"the exemplar database {path} has no finished index", "run `featuretree index IMAGES_DIR --out DB` first")
+    top_n = int(meta.get("top_n", 16))
+    grid = unit_grid([], [], [], "", top_n)  # every unit's grid has top_n slots, so one size for all
+    return ExemplarInfo(Path(path).resolve(), str(meta["model"]), layers, top_n, grid.size)
+
+
+def verification_bytes(value: object) -> int:
+    return 256 * (len(value.children) + 2) if isinstance(value, Verification) else 64
 
 
 class Workspace:
@@ -121,6 +167,7 @@ class Workspace:
         device: str = "cpu",
         limits: Limits | None = None,
         loader: Callable[[str, str], Explainer] | None = None,
+        exemplar_db: str | os.PathLike[str] | None = None,
     ) -> None:
         self.models = list(models)
         self.device = device
@@ -128,11 +175,12 @@ class Workspace:
         self._loader = loader or (lambda name, dev: Explainer.from_zoo(name, device=dev))
         self._explainers: dict[str, Explainer] = {}
         self._explainer_lock = threading.Lock()
-        self._forward_locks: dict[str, threading.Lock] = {}
         self.uploads: ByteLRU[bytes] = ByteLRU(self.limits.upload_cache_bytes, bytes_len)
         self.analyses: ByteLRU[Analysis] = ByteLRU(self.limits.analysis_cache_bytes, analysis_bytes)
         self.evidence_cache: ByteLRU[NodeEvidence] = ByteLRU(self.limits.evidence_cache_bytes, evidence_bytes)
         self.pictures: ByteLRU[bytes] = ByteLRU(self.limits.picture_cache_bytes, bytes_len)
+        self.verifications: ByteLRU[Verification] = ByteLRU(self.limits.verification_cache_bytes, verification_bytes)
+        self.exemplars: ExemplarInfo | None = read_exemplar_info(exemplar_db) if exemplar_db is not None else None
         # One lock per key being built, so two tabs asking for the same analysis run one forward pass.
         self._building: dict[Hashable, threading.Lock] = {}
         self._building_lock = threading.Lock()
@@ -151,7 +199,6 @@ class Workspace:
                     raise ModelError(f"model {model!r} could not be loaded", "check the server's --model option") from None
                 explainer.cache_bytes = self.limits.memo_bytes
                 self._explainers[model] = explainer
-                self._forward_locks[model] = threading.Lock()
             return self._explainers[model]
 
     # ----- images ----------------------------------------------------------
@@ -249,6 +296,75 @@ class Workspace:
         self.pictures.put(key, data)
         return data
 
+    def _once(self, cache: ByteLRU, key: Hashable, build: Callable[[], object]):
+        """``cache[key]``, built by ``build()`` at most once at a time per key (two tabs share one computation)."""
+        found = cache.get(key)
+        if found is not None:
+            return found
+        lock = self._key_lock(key)
+        try:
+            with lock:
+                found = cache.get(key)
+                if found is None:
+                    found = build()
+                    cache.put(key, found)
+                return found
+        finally:
+            with self._building_lock:
+                if self._building.get(key) is lock and not lock.locked():
+                    del self._building[key]
+
+    def verification(self, model: str, image: str, path: tuple[Unit, ...], channels: Sequence[int], seed_mode: str) -> Verification:
+        """Ablate each of ``channels`` (of the layer below ``path[-1]``) alone, and all together, in one batched pass."""
+        analysis = self.analysis(model, image)
+        channels = tuple(int(c) for c in channels)
+        key = ("verify", model, image, str(analysis.explainer.device), path, channels, seed_mode)
+
+        def build() -> Verification:
+            sets = [[c] for c in channels] + ([list(channels)] if len(channels) > 1 else [])
+            # The ablation hooks sit on the shared model: no other forward pass may run meanwhile.
+            with analysis.explainer.forward_lock:
+                estimates = analysis.contributions(path, "gradient", seed_mode)
+                parent_drop, root_drop, parent_value, root_value = ablate(analysis, path, sets, seed_mode=seed_mode)
+            checks = tuple(
+                EdgeCheck((c,), float(estimates[c]), float(parent_drop[i]), float(root_drop[i]), parent_value, root_value)
+                for i, c in enumerate(channels)
+            )
+            joint = None
+            if len(channels) > 1:
+                joint = EdgeCheck(
+                    channels, float(estimates[list(channels)].sum()), float(parent_drop[-1]), float(root_drop[-1]), parent_value, root_value
+                )
+            return Verification(checks, joint)
+
+        return self._once(self.verifications, key, build)
+
+    def exemplar_png(self, model: str, layer: str, unit: int) -> bytes:
+        """The exemplar grid [image patches | reconstructions] of one unit from the server's database."""
+        from ..exemplars import exemplar_grid_png
+
+        info = self.exemplars
+        if info is None:
+            raise NotFoundError(
+                "this server has no exemplar database", "start it with `featuretree serve --db DB` (build DB with `featuretree index`)"
+            )
+        explainer = self.explainer(model)
+        if model != info.model:
+            raise OptionError(
+                f"the exemplar database was built with model {info.model!r}, not {model!r}",
+                f"switch the page to {info.model}, or index with --model {model} and restart with that --db",
+            )
+        # The database may grow while the server runs (`featuretree index` into it): key on its files' state.
+        stamp = tuple(_file_state(p) for p in _db_files(info.path))
+        key = ("exemplars", str(info.path), stamp, layer, int(unit))
+
+        def build() -> bytes:
+            # Missing reconstructions are computed with the server's model (a forward pass with hooks).
+            with explainer.forward_lock:
+                return exemplar_grid_png(info.path, layer, int(unit), explainer)
+
+        return self._once(self.pictures, key, build)
+
     def photo_png(self, model: str, image: str) -> bytes:
         analysis = self.analysis(model, image)
         key = ("photo", model, image, str(analysis.explainer.device))
@@ -271,10 +387,33 @@ class Workspace:
         return found
 
 
+def _db_files(path: Path) -> tuple[Path, Path]:
+    return path, path.with_name(path.name + "-wal")
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
-__all__ = ["VIEWS", "Limits", "NotFoundError", "TooLargeError", "Workspace", "decode_upload", "png_bytes"]
+__all__ = [
+    "VIEWS",
+    "ExemplarInfo",
+    "Limits",
+    "NotFoundError",
+    "TooLargeError",
+    "Verification",
+    "Workspace",
+    "decode_upload",
+    "png_bytes",
+    "read_exemplar_info",
+]

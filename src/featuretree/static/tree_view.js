@@ -65,6 +65,27 @@
     root.appendChild(head);
     const stage = el("div", { class: "ft-stage" });
     root.appendChild(stage);
+    const parents = new Map();
+    (function link(node) { for (const c of node.children) { parents.set(c.id, node); link(c); } })(tree.root);
+    // Exemplar grids (explorer export with a database): one figure per unit, below the tree.
+    const exemplarIds = new Map();
+    const gallery = el("section", { class: "ft-exemplars" });
+    for (const node of (function all(n) { return [n, ...n.children.flatMap(all)]; })(tree.root)) {
+      const name = node.images && node.images.exemplars;
+      if (!name || !images[name] || exemplarIds.has(name)) continue;
+      const id = "ft-ex-" + exemplarIds.size;
+      exemplarIds.set(name, id);
+      const fig = el("figure", { id });
+      const img = el("img", { alt: `exemplars of ${node.layer}:${node.unit}` });
+      img.src = images[name];
+      fig.appendChild(img);
+      fig.appendChild(el("figcaption", {}, `${node.layer}:${node.unit}${node.label ? " (" + node.label + ")" : ""}: top images | reconstructions`));
+      gallery.appendChild(fig);
+    }
+    if (exemplarIds.size) {
+      gallery.prepend(el("h2", {}, "Unit exemplars: the image patches that excite each unit most, beside their guided-backprop reconstructions"));
+      root.appendChild(gallery);
+    }
 
     function visible(node) { return collapsed.has(node.id) ? [] : node.children; }
 
@@ -141,7 +162,13 @@
         ? `activation ${fmt(node.activation_sum)}`
         : `score ${fmt(node.score)} · max act ${fmt(node.activation_max, 1)}`;
       box.appendChild(el("div", { class: "stats", title: `score ${node.score}, activation sum ${node.activation_sum}, max ${node.activation_max}` }, stats));
-      if (node.verification) box.appendChild(badge(node.verification));
+      const exemplars = node.images && exemplarIds.get(node.images.exemplars);
+      if (node.verification || exemplars) {
+        const line = el("div", { class: "ft-line" });
+        if (node.verification) line.appendChild(badge(node.verification, parents.get(node.id)));
+        if (exemplars) line.appendChild(el("a", { class: "ft-exlink", href: "#" + exemplars, title: "this unit's exemplars: top image patches | reconstructions (below the tree)" }, "ex ↓"));
+        box.appendChild(line);
+      }
       const src = images[node.images[view]];
       if (!src && (view === "rf_crop" || view === "rf_box") && node.box && images.photo) {
         box.appendChild(boxView(node, view === "rf_crop"));
@@ -159,19 +186,22 @@
       else if (node.expanded && node.coverage !== null) {
         const rest = node.rest ? ` · rest ${(100 * node.rest.share).toFixed(0)}%` : "";
         const tip = node.rest ? `not shown: ${fmt(node.rest.score)} of the positive total ${fmt(node.total_positive)}; negative contributors sum to ${fmt(node.rest.negative)}` : "";
-        box.appendChild(el("div", { class: "stats", title: tip }, `children cover ${(100 * node.coverage).toFixed(0)}%${rest}`));
+        box.appendChild(el("div", { class: "stats", title: tip }, `children ${(100 * node.coverage).toFixed(0)}%${rest}`));
       }
       else if (node.leaf_reason) box.appendChild(el("div", { class: "leaf" }, node.leaf_reason));
       return box;
     }
 
-    // Ablation badge: the measured drop of the parent's objective when this unit is zeroed,
-    // as a share of the parent's value, beside the gradient x activation estimate.
-    function badge(v) {
-      const rel = v.parent_value ? v.parent_drop / Math.abs(v.parent_value) : null;
+    // Ablation badge: the measured drop of the parent's objective when this unit is zeroed, as a
+    // share of the parent's positive total (the scale of the estimated share), coloured by agreement
+    // with the gradient x activation estimate.
+    function badge(v, parent) {
+      const total = parent && parent.total_positive > 0 ? parent.total_positive : null;
       const agree = v.estimate ? v.parent_drop / v.estimate : null;
-      const cls = agree === null ? "" : agree > 0.5 && agree < 2 ? " ok" : " off";
-      const text = `ablation drop ${fmt(v.parent_drop)}` + (rel === null ? "" : ` (${(100 * rel).toFixed(0)}%)`);
+      const cls = agree === null ? "" : agree >= 0.5 && agree <= 2 ? " ok" : agree > 0 ? " off" : " bad";
+      const sign = v.parent_drop >= 0 ? "−" : "+";
+      const pct = total === null ? null : (100 * Math.abs(v.parent_drop)) / total;
+      const text = "ablation " + sign + (pct === null ? fmt(Math.abs(v.parent_drop)) : pct.toFixed(pct < 9.95 ? 1 : 0) + "%");
       return el("div", {
         class: "ft-badge" + cls,
         title: `zeroing this unit: parent objective drops ${fmt(v.parent_drop)} of ${fmt(v.parent_value)}, ` +

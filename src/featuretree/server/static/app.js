@@ -1,6 +1,7 @@
 // featuretree explorer: the page's state lives in the URL; the server computes everything.
 // State: model, image, root (one unit), the set of expanded node paths, the set of removed
-// node paths, k, rule, seed mode and the picture view. Reloading the URL restores the view.
+// node paths, k, rule, seed mode, the picture view and the nodes whose exemplar grids are
+// pinned open. Reloading the URL restores the view.
 
 const VIEW_LABELS = {
   guided: "guided",
@@ -12,12 +13,13 @@ const VIEW_LABELS = {
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  model: "", image: "", root: null, open: new Set(), removed: new Set(),
+  model: "", image: "", root: null, open: new Set(), removed: new Set(), pinned: new Set(),
   k: 5, rule: "gradient", seed: "sum", view: "guided",
 };
 let info = null;          // /api/info
 let analysis = null;      // /api/analysis for the current model and image
 const children = new Map(); // "model|image|k|rule|seed|path" -> {status, data|error, promise}
+const verifications = new Map(); // same keys -> {status, data|error}: /api/verify of a node's children
 window.ftTimings = [];    // click-to-rendered-children durations, read by the benchmark
 
 // ----- small helpers -------------------------------------------------------------------
@@ -77,6 +79,7 @@ function readUrl() {
   state.root = q.has("root") ? (q.get("root") || null) : undefined; // undefined: use the default root
   state.open = new Set(q.getAll("open"));
   state.removed = new Set(q.getAll("removed"));
+  state.pinned = new Set(q.getAll("ex"));
   state.k = Math.min(64, Math.max(1, parseInt(q.get("k") || "5", 10) || 5));
   state.rule = info.rules.includes(q.get("rule")) ? q.get("rule") : "gradient";
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
@@ -88,7 +91,7 @@ function viewParams() {
   return {
     model: state.model, image: state.image, root: state.root ?? "",
     k: state.k, rule: state.rule, seed: state.seed, view: state.view,
-    open: [...state.open], removed: [...state.removed],
+    open: [...state.open], removed: [...state.removed], ex: [...state.pinned],
   };
 }
 
@@ -125,6 +128,121 @@ function requestChildren(path) {
           (err) => { entry.status = "error"; entry.error = err.message; });
   children.set(key, entry);
   return entry;
+}
+
+// ----- edge verification (ablation), requested once a node's children are drawn ---------
+function requestVerify(path) {
+  const key = childKey(path);
+  if (verifications.has(key)) return;
+  const entry = { status: "loading" };
+  verifications.set(key, entry);
+  api("/api/verify", { model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed })
+    .then((data) => { entry.status = "done"; entry.data = data; },
+          (err) => { entry.status = "error"; entry.error = err.message; })
+    .then(() => { if (childKey(path) === key) fillVerification(path); });
+}
+
+let verifyTimer = 0;
+function scheduleVerify() {
+  // Wait until the node pictures on screen have loaded, so the ablation pass does not slow them down.
+  clearTimeout(verifyTimer);
+  verifyTimer = setTimeout(() => {
+    if ([...document.querySelectorAll(".card .pic img")].some((i) => !i.complete)) { scheduleVerify(); return; }
+    for (const node of visibleNodes()) {
+      if (state.open.has(node.id) && children.get(childKey(node.id))?.status === "done" && kidsOf(node).length) requestVerify(node.id);
+    }
+  }, 60);
+}
+
+function edgeBadge(check, totalPositive) {
+  // Measured drop of the parent's objective when this child is zeroed, as a share of the parent's
+  // positive total (the same scale as the estimated share on the line above), coloured by agreement.
+  const ratio = check.estimate ? check.parent_drop / check.estimate : null;
+  const agree = ratio === null ? "na" : ratio >= 0.5 && ratio <= 2 ? "ok" : ratio > 0 ? "off" : "bad";
+  const sign = check.parent_drop >= 0 ? "−" : "+";
+  const pct = totalPositive > 0 ? (100 * Math.abs(check.parent_drop)) / totalPositive : null;
+  const amount = pct === null ? fmt(Math.abs(check.parent_drop)) : `${pct.toFixed(pct < 9.95 ? 1 : 0)}%`;
+  const words = { ok: "agrees with", off: "differs from", bad: "contradicts", na: "has no" }[agree];
+  return el("span", {
+    class: `chip ${agree}`,
+    title: `Ablation: zeroing this unit lowers the parent's objective by ${fmt(check.parent_drop)} ` +
+      `(estimate, gradient × activation: ${fmt(check.estimate)}; measured/estimate ${ratio === null ? "n/a" : ratio.toFixed(2)}, ${words} the estimate) ` +
+      `and the root objective by ${fmt(check.root_drop)} of ${fmt(check.root_value)}.`,
+  }, `ablation ${sign}${amount}`);
+}
+
+function verifySlot(node) {
+  const slot = el("div", { class: "verify" });
+  if (node.depth === 0) return slot;
+  const entry = verifications.get(childKey(parentOf(node.id)));
+  if (entry?.status === "done") {
+    const check = entry.data.children.find((c) => c.id === node.id);
+    if (check) slot.append(edgeBadge(check, entry.data.total_positive));
+  } else if (entry?.status === "error") {
+    slot.append(el("span", { class: "chip na", title: entry.error }, "ablation failed"));
+  } else {
+    slot.append(el("span", { class: "chip pending", title: "measuring this edge by ablation…" }, "ablation …"));
+  }
+  return slot;
+}
+
+function restText(path, data) {
+  const rest = Math.max(0, 1 - data.coverage);
+  const v = verifications.get(childKey(path));
+  let title = `the shown children cover ${(100 * data.coverage).toFixed(1)}% of this node's positive contribution; ` +
+    `the rest (${(100 * rest).toFixed(1)}%) comes from units not shown`;
+  if (v?.status === "done" && v.data.all) {
+    const all = v.data.all;
+    title += `. Zeroing all shown children together lowers the objective by ${fmt(all.parent_drop)} (estimate ${fmt(all.estimate)})`;
+  }
+  return { text: `${data.children.length} ▾ · rest ${(100 * rest).toFixed(0)}%`, title };
+}
+
+function fillVerification(path) {
+  // Update the badges in place (no redraw: a hovered picture keeps its zoom).
+  for (const cardEl of document.querySelectorAll(".card[data-node]")) {
+    const id = cardEl.dataset.node;
+    if (parentOf(id) === path) cardEl.querySelector(".verify")?.replaceWith(verifySlot({ id, depth: id.split("/").length - 1 }));
+    if (id === path) {
+      const entry = children.get(childKey(path));
+      const badge = cardEl.querySelector(".pic .badge");
+      if (badge && entry?.status === "done") Object.assign(badge, restText(path, entry.data));
+    }
+  }
+}
+
+// ----- exemplar grids (server started with --db) ---------------------------------------
+function hasExemplars(node) {
+  const ex = info.exemplars;
+  return Boolean(ex && ex.model === state.model && ex.layers.includes(node.layer));
+}
+
+function exemplarUrl(node) {
+  return `/api/exemplars.png?${qs({ model: state.model, layer: node.layer, unit: node.unit })}`;
+}
+
+function togglePinned(path) {
+  const pin = !state.pinned.has(path);
+  if (pin) state.pinned.add(path); else state.pinned.delete(path);
+  draw();
+  if (pin) document.querySelector(`figure.exemplars[data-exemplars="${CSS.escape(path)}"]`)?.scrollIntoView({ block: "nearest", inline: "nearest" });
+}
+
+function exemplarPanel(node, at, S) {
+  const panel = el("figure", { class: "exemplars", "data-exemplars": node.id });
+  Object.assign(panel.style, { left: `${at.left + S.cardW + S.gapX / 2}px`, top: `${at.top}px`, width: `${S.gridW}px`, height: `${at.height}px` });
+  const img = el("img", { alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions` });
+  img.addEventListener("error", () => {
+    fetch(img.src).then((r) => r.json()).then((b) => panel.replaceChildren(el("div", { class: "note error" }, b.error)), () => {});
+  });
+  img.addEventListener("load", () => { img.classList.toggle("tiny", img.naturalHeight < img.clientHeight); });
+  img.src = exemplarUrl(node);
+  panel.append(
+    el("figcaption", {},
+      el("span", {}, `${node.layer}:${node.unit}`), el("span", { class: "muted" }, " top images | reconstructions"),
+      el("button", { type: "button", class: "close", title: "unpin this exemplar grid", "data-action": "unpin", onclick: () => togglePinned(node.id) }, "✕")),
+    img);
+  return panel;
 }
 
 function ensureOpenLoaded() {
@@ -174,8 +292,10 @@ function sizes() {
   const gutter = parseFloat(css.getPropertyValue("--gutter")) || 118;
   const rem = parseFloat(css.fontSize) || 13;
   const cardW = pic + 14;
-  const cardH = pic + Math.round(rem * 3.1) + Math.round(rem * 1.35 + 10) + 20;
-  return { pic, gutter, cardW, cardH, gapX: Math.round(pic * 0.14), rowH: cardH + Math.round(pic * 0.45) };
+  const cardH = pic + Math.round(rem * 4.6) + Math.round(rem * 1.35 + 10) + 20;
+  const ex = info.exemplars;
+  const gridW = ex ? Math.round(((cardH - Math.round(rem * 1.6)) * ex.grid_width) / ex.grid_height) : 0;
+  return { pic, gutter, cardW, cardH, gridW, gapX: Math.round(pic * 0.14), rowH: cardH + Math.round(pic * 0.45) };
 }
 
 function draw() {
@@ -195,25 +315,28 @@ function draw() {
   }
   const S = sizes();
   // Tidy layout: every leaf gets its own column; a parent sits over the middle of its children.
+  // A pinned exemplar grid widens its node, so nothing to its right on any row can overlap it.
   const placed = [];
-  let cursor = 0;
+  let cursor = 0; // px: everything placed so far ends left of this
+  const pinned = (node) => state.pinned.has(node.id) && hasExemplars(node);
   (function place(node) {
     const kids = kidsOf(node);
     let x;
-    if (!kids.length) { x = cursor; cursor += 1; } else {
+    if (!kids.length) x = cursor; else {
       const xs = kids.map(place);
       x = (xs[0] + xs[xs.length - 1]) / 2;
     }
+    cursor = Math.max(cursor, x + S.cardW + (pinned(node) ? S.gapX / 2 + S.gridW : 0) + S.gapX);
     placed.push({ node, x });
     return x;
   })(root);
   const depthMax = Math.max(...placed.map((p) => p.node.depth));
-  const width = S.gutter + cursor * (S.cardW + S.gapX) + S.gapX;
+  const width = S.gutter + S.gapX + cursor;
   const height = (depthMax + 1) * S.rowH;
   canvas.style.width = `${width}px`;
   canvas.style.height = `${height}px`;
   const pos = new Map(placed.map((p) => [p.node.id, {
-    left: S.gutter + S.gapX + p.x * (S.cardW + S.gapX), top: p.node.depth * S.rowH + 10, height: S.cardH,
+    left: S.gutter + S.gapX + p.x, top: p.node.depth * S.rowH + 10, height: S.cardH,
   }]));
 
   const rootIndex = analysis.chain.findIndex((c) => c.name === root.layer);
@@ -246,7 +369,11 @@ function draw() {
     }
   }
   canvas.append(svg);
-  for (const { node } of placed) canvas.append(card(node, pos.get(node.id)));
+  for (const { node } of placed) {
+    canvas.append(card(node, pos.get(node.id)));
+    if (pinned(node)) canvas.append(exemplarPanel(node, pos.get(node.id), S));
+  }
+  scheduleVerify();
 
   const busy = visibleNodes().filter((n) => children.get(childKey(n.id))?.status === "loading" && state.open.has(n.id)).length;
   document.body.dataset.busy = String(busy > 0);
@@ -275,6 +402,7 @@ function card(node, at) {
     ? (node.label ? `${node.label}${node.probability != null ? ` · p=${node.probability.toFixed(3)}` : ""}` : "root unit")
     : `${(100 * node.share).toFixed(1)}% · score ${fmt(node.score)}${node.label ? " · " + node.label : ""}`;
   box.append(el("div", { class: "sub", title: sub }, sub));
+  box.append(verifySlot(node));
 
   const img = el("img", { alt: `${VIEW_LABELS[state.view]} of ${node.id}`, class: isTiny() ? "tiny" : "", draggable: "false" });
   img.src = pictureUrl(node.id);
@@ -285,7 +413,10 @@ function card(node, at) {
     onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(node.id); } },
     onmouseenter: () => showZoom(img, box), onmouseleave: hideZoom,
   }, img);
-  if (open && entry?.status === "done") pic.append(el("span", { class: "badge" }, `${entry.data.children.length} ▾`));
+  if (open && entry?.status === "done") {
+    const rest = restText(node.id, entry.data);
+    pic.append(el("span", { class: "badge", title: rest.title }, rest.text));
+  }
   box.append(pic);
   if (entry?.status === "error") pic.append(el("div", { class: "note error" }, entry.error));
   else if (entry?.status === "done" && entry.data.leaf_reason) pic.append(el("div", { class: "note" }, entry.data.leaf_reason));
@@ -294,6 +425,11 @@ function card(node, at) {
   const buttons = el("div", { class: "buttons" },
     el("button", { type: "button", "data-action": "toggle", disabled: !expandable, onclick: () => toggle(node.id) }, open ? "collapse" : "expand"),
     el("button", { type: "button", "data-action": "reroot", title: "explain this unit: make it the root", disabled: node.depth === 0, onclick: () => reroot(node) }, "root"),
+    hasExemplars(node) ? el("button", {
+      type: "button", "data-action": "exemplars", "aria-pressed": String(state.pinned.has(node.id)),
+      title: "show or hide this unit's exemplars: the image patches that excite it most, beside their reconstructions",
+      onclick: () => togglePinned(node.id),
+    }, "ex") : null,
     el("button", { type: "button", "data-action": "remove", title: "remove this node", onclick: () => remove(node.id) }, "✕"));
   box.append(buttons);
   return box;
@@ -333,6 +469,7 @@ function remove(path) {
   } else {
     state.removed.add(path);
     for (const p of [...state.open]) if (p === path || p.startsWith(path + "/")) state.open.delete(p);
+    for (const p of [...state.pinned]) if (p === path || p.startsWith(path + "/")) state.pinned.delete(p);
   }
   draw();
 }
@@ -341,6 +478,7 @@ function setRoot(unit) {
   state.root = unit;
   state.open = new Set([unit]);
   state.removed = new Set();
+  state.pinned = new Set();
   renderTop5();
   draw();
   ensureOpenLoaded();
@@ -398,11 +536,13 @@ async function loadAnalysis(useDefaultRoot) {
   }
   $("photo").className = isTiny() ? "tiny" : "";
   $("photo-caption").textContent = `${analysis.source} · ${analysis.original_size.join("×")} → ${analysis.size.join("×")}`;
+  $("exemplar-help").hidden = !(info.exemplars && info.exemplars.model === state.model);
   $("chain").textContent = `layers (input side first): ${analysis.chain.map((c) => c.name).join(", ")}`;
   if (useDefaultRoot || state.root === undefined) {
     state.root = analysis.default_root;
     state.open = new Set([state.root]);
     state.removed = new Set();
+    state.pinned = new Set();
   }
   renderTop5();
   renderGallery();
