@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: the indexer's default for this machine)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--copies", type=int, default=1, help="index the collection this many times over (more images)")
     parser.add_argument("--top", type=int, default=16)
@@ -53,6 +53,10 @@ def main() -> None:
             for path in source:
                 shutil.copy(path, folder / f"c{copy}" / path.name)
         files = sorted(folder.rglob("*.jpg"))
+        if args.workers is None:
+            from featuretree.exemplars.indexer import default_workers
+
+            args.workers = default_workers()
         explainer = load_explainer(args.model, None, "cpu")
         tensors = [explainer.preprocess.to_tensor(explainer.preprocess.fit(load_image(p)))[0] for p in files]
         print(

@@ -61,3 +61,20 @@ def test_cli_sanity(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "guided rank corr" in text and "classifier" in text
     assert (tmp_path / "s" / "sanity.csv").exists()
+
+
+def test_spearman_gives_ties_their_average_rank():
+    import numpy as np
+    from pytest import approx
+    from scipy.stats import spearmanr
+
+    from featuretree.sanity import spearman
+
+    rng = np.random.default_rng(0)
+    # Two magnitude maps that share exact zeros (e.g. letterbox padding) and are unrelated elsewhere.
+    a = np.concatenate([np.zeros(50), np.abs(rng.normal(size=50))])
+    b = np.concatenate([np.zeros(50), np.abs(rng.normal(size=50))])
+    assert spearman(a, b) == approx(spearmanr(a, b).statistic, abs=1e-12)
+    # Breaking the shared ties by position would rank the zeros identically in both maps.
+    order_broken = np.corrcoef(np.argsort(np.argsort(a, kind="stable")), np.argsort(np.argsort(b, kind="stable")))[0, 1]
+    assert order_broken > spearman(a, b) + 0.01

@@ -121,6 +121,7 @@ class ForwardRecord:
     rule: BackwardRule
     rectifier_count: int
     module_types: dict[str, str] = field(default_factory=dict)
+    graph_bytes: int = 0  # tensors the retained autograd graph keeps alive (for cache accounting)
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -175,8 +176,16 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
     rule = BackwardRule()
     gates = _RectifierGates(rule)
     x = x.detach().clone().requires_grad_(True)
-    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
-    with _hooks(handles), torch.enable_grad(), gates:
+    saved: dict[int, int] = {}  # storage address -> bytes of every tensor the graph saves
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    handles: list = []
+    with _hooks(handles), torch.enable_grad(), gates, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        handles += [modules[name].register_forward_hook(make_hook(name)) for name in layers]
         output = model(x)
     if not isinstance(output, torch.Tensor):
         raise ModelError(
@@ -209,4 +218,5 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         rule=rule,
         rectifier_count=gates.count,
         module_types={name: type(modules[name]).__name__ for name in layers},
+        graph_bytes=sum(saved.values()),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import shutil
 import sys
 import tempfile
@@ -17,11 +18,19 @@ from .errors import FeatureTreeError, ModelError, OptionError
 PROG = "featuretree"
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
+    """An integer; ranges are checked where the value is used, with a message naming the fix."""
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _port(text: str) -> int:
+    port = _whole_number(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535 (0 picks a free one), got {port}")
+    return port
 
 
 def load_explainer(model: str, layers: str | None, device: str):
@@ -103,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--out", help="output folder (default: featuretree-out/<photo name>)")
     ex.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
-    ex.add_argument("--k", type=_positive_int, default=5, help="children kept per node (default: %(default)s)")
-    ex.add_argument("--depth", type=_positive_int, default=3, help="levels below the root (default: %(default)s)")
+    ex.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
+    ex.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
     ex.add_argument(
         "--rule",
         default="gradient",
@@ -119,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--negatives",
-        type=_positive_int,
+        type=_whole_number,
         default=0,
         help="also list this many strongest negative contributors per node (default: %(default)s)",
     )
@@ -142,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("photo", nargs="?", help="image file; default: the bundled sample photo 'chelsea'")
     sa.add_argument("--out", help="output folder for sanity.md/.csv/.png (default: featuretree-out/sanity-<photo name>)")
     sa.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
-    sa.add_argument("--k", type=_positive_int, default=3, help="children kept per node (default: %(default)s)")
-    sa.add_argument("--depth", type=_positive_int, default=2, help="levels below the root (default: %(default)s)")
+    sa.add_argument("--k", type=_whole_number, default=3, help="children kept per node (default: %(default)s)")
+    sa.add_argument("--depth", type=_whole_number, default=2, help="levels below the root (default: %(default)s)")
     sa.add_argument("--rule", default="gradient", help="child-scoring rule, as for explain (default: %(default)s)")
-    sa.add_argument("--steps", type=_positive_int, help="randomise at most this many chain layers (default: all up to the root)")
-    sa.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: %(default)s)")
+    sa.add_argument("--steps", type=_whole_number, help="randomise at most this many chain layers (default: all up to the root)")
+    sa.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
     _add_model_args(sa)
 
     ev = sub.add_parser(
@@ -157,20 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("images_dir", nargs="?", help="folder of images (jpg, png, ...); default: the bundled sample photos")
     ev.add_argument("--out", help="output folder for evaluate.md/.csv/.png (default: featuretree-out/evaluate)")
-    ev.add_argument("--k", type=_positive_int, default=5, help="children per node (default: %(default)s)")
+    ev.add_argument("--k", type=_whole_number, default=5, help="children per node (default: %(default)s)")
     ev.add_argument(
         "--rules", default="gradient,guided,integrated,ablation", help="comma-separated rules to compare (default: %(default)s)"
     )
     ev.add_argument(
         "--parents",
-        type=_positive_int,
+        type=_whole_number,
         default=3,
         help="nodes of the default tree's first level also used as parents (default: %(default)s)",
     )
-    ev.add_argument("--random-draws", type=_positive_int, default=10, help="random k-sets per parent (default: %(default)s)")
-    ev.add_argument("--curve-steps", type=_positive_int, default=16, help="points on each deletion/insertion curve (default: %(default)s)")
-    ev.add_argument("--limit", type=_positive_int, help="use at most this many images (sorted by name)")
-    ev.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: %(default)s)")
+    ev.add_argument("--random-draws", type=_whole_number, default=10, help="random k-sets per parent (default: %(default)s)")
+    ev.add_argument("--curve-steps", type=_whole_number, default=16, help="points on each deletion/insertion curve (default: %(default)s)")
+    ev.add_argument("--limit", type=_whole_number, help="use at most this many images (sorted by name)")
+    ev.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
     _add_model_args(ev)
 
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
@@ -183,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the interactive explorer: a local web page where you pick a photo and a root and expand the tree by clicking.",
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; loopback only)")
-    sv.add_argument("--port", type=_positive_int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    sv.add_argument("--port", type=_port, default=8765, help="port (default: %(default)s; 0 picks a free one)")
     sv.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback --host (anyone who can reach it can use the server)"
     )
@@ -205,9 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ix.add_argument("images", nargs="?", help="folder of images (default: a small collection cut from the sample photos)")
     ix.add_argument("--out", default="featuretree-out/exemplars.db", help="SQLite database to create or extend (default: %(default)s)")
-    ix.add_argument("--top", type=_positive_int, default=16, help="images kept per unit (default: %(default)s)")
-    ix.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default: %(default)s)")
-    ix.add_argument("--workers", type=_positive_int, default=2, help="decoding worker processes, 0 = none (default: %(default)s)")
+    ix.add_argument("--top", type=_whole_number, default=16, help="images kept per unit (default: %(default)s)")
+    ix.add_argument("--batch-size", type=_whole_number, default=16, help="images per forward pass (default: %(default)s)")
+    ix.add_argument(
+        "--workers",
+        type=_whole_number,
+        default=None,
+        help="decoding worker processes, 0 = decode in the main process (default: CPU cores - 2, at most 4; 0 on 2 cores)",
+    )
     ix.add_argument(
         "--reconstructions", action="store_true", help="also compute every kept entry's reconstruction now (else on first view)"
     )
@@ -224,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     un = sub.add_parser("units", help="list a layer's units from an exemplar database and save its contact sheet")
     un.add_argument("db", help="exemplar database made by `featuretree index`")
     un.add_argument("--layer", required=True, help="chain layer name")
-    un.add_argument("--unit", type=_positive_int, help="write this unit's exemplar grid (patches | reconstructions) instead")
+    un.add_argument("--unit", type=_whole_number, help="write this unit's exemplar grid (patches | reconstructions) instead")
     un.add_argument("--out", help="PNG to write (default: <db name>-<layer>.png, or -<layer>-<unit>.png with --unit)")
     un.add_argument(
         "--ranking", default="activation", help="activation, or class:K if indexed with --relevance-class K (default: %(default)s)"
     )
-    un.add_argument("--per-unit", type=_positive_int, default=4, help="patches per unit on the contact sheet (default: %(default)s)")
+    un.add_argument("--per-unit", type=_whole_number, default=4, help="patches per unit on the contact sheet (default: %(default)s)")
     return parser
 
 
@@ -336,6 +350,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("featuretree-out") / "evaluate"
     ensure_writable(out)
+    if args.limit is not None and args.limit < 1:
+        raise OptionError(f"--limit must be at least 1, got {args.limit}", "leave it out to use every image")
     explainer = load_explainer(args.model, args.layers, args.device)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     with tempfile.TemporaryDirectory() as samples_dir:
@@ -403,7 +419,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _class_index(explainer, text: str) -> int:
     from .errors import UnitError
 
-    if text.strip().isdigit():
+    if re.fullmatch(r"[0-9]+", text.strip()):
         return int(text)
     names = [name.lower() for name in explainer.class_names or []]
     if text.strip().lower() in names:

@@ -11,6 +11,7 @@ Vocabulary
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ DEFAULT_CACHE_BYTES = 512 * 2**20
 EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box")
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() also accepts "²", which int() refuses
+
+
 @dataclass(frozen=True, order=True)
 class Unit:
     layer: str
@@ -48,7 +52,7 @@ class Unit:
     @classmethod
     def parse(cls, text: str) -> Unit:
         layer, sep, channel = text.rpartition(":")
-        if not sep or not layer or not channel.strip().lstrip("-").isdigit():
+        if not sep or not layer or not _INTEGER.fullmatch(channel.strip()):
             raise UnitError(f"cannot read unit {text!r}", "write it as LAYER:CHANNEL, e.g. _blocks.15:7")
         return cls(layer, int(channel))
 
@@ -208,8 +212,8 @@ class Analysis:
     """One image through one model: a single forward pass, then backward queries on demand.
 
     Path-conditioned gradients are memoised (LRU bounded by bytes), so expanding a child
-    costs one backward step from its parent's layer. Safe to share between threads: all
-    backward passes run under the forward pass's lock.
+    costs one backward step from its parent's layer. Safe to share between threads: every
+    backward pass holds the lock of this forward pass's BackwardRule.
     """
 
     def __init__(self, explainer: Explainer, image: PreparedImage) -> None:
@@ -298,7 +302,7 @@ class Analysis:
                 "end --layers with the model's output layer, or give the root as LAYER:CHANNEL",
             )
         n = self.logits.numel()
-        if text.lstrip("-").isdigit():
+        if _INTEGER.fullmatch(text):
             index = int(text)
             if not 0 <= index < n:
                 raise UnitError(f"class {index} is out of range", f"the model has classes 0..{n - 1}")
@@ -426,6 +430,11 @@ class Analysis:
         if index == 0:
             return Expansion(path, None, (), (), 0.0, 0.0, 0.0, "first layer of the chain: nothing below to expand")
         scores = self.contributions(path, rule, seed_mode).cpu()
+        if not torch.isfinite(scores).all():
+            raise ModelError(
+                f"the scores below {path_id(path)} are not finite (NaN or inf in the model's activations or gradients)",
+                "check the model and input for overflow, e.g. run it in float32 or float64",
+            )
         positive = scores.clamp(min=0)
         total_pos = float(positive.sum())
         total_neg = float(scores.clamp(max=0).sum())
@@ -544,7 +553,7 @@ class Analysis:
                     heat=(g_rule[0] * x).sum(0).float().cpu().numpy() if g_rule is not None else None,
                     location=location,
                     box=box,
-                    path_gain=self.path_gain(paths[i], seed_mode),
+                    path_gain=self.path_gain(paths[i], seed_mode) if "guided" in kinds else 1.0,
                     activation_sum=float(act.sum()),
                     activation_max=float(act.max()),
                 )

@@ -8,6 +8,7 @@ aspect ratio by default (``pad``: the whole photo, letterboxed on the mean colou
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -37,25 +38,41 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
     if p.is_dir():
         raise ImageInputError(f"{p} is a folder, not an image file", "pass the path of one image file")
     try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise ImageInputError(f"cannot read {p} ({err.strerror})", "check the file's permissions") from None
+    return decode_image(data, max_pixels, name=str(p))
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "the image") -> Image.Image:
+    """Decode image bytes into upright 8-bit RGB, or raise ImageInputError.
+
+    The pixel count is checked from the header before any pixel is decoded (a small file that
+    claims a huge canvas costs nothing), without touching Pillow's global limit, so this is
+    safe to call from several threads.
+    """
+    if not data:
+        raise ImageInputError(f"{name} is empty", "pass a JPEG, PNG, WebP, BMP or TIFF file")
+    try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            try:
-                with Image.open(p) as img:
-                    img.load()
-                    return to_rgb(img)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_limit
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError(
-            f"{p} is too large to decode safely (over {max_pixels:,} pixels; possible decompression bomb)",
-            "downscale the image first",
-        ) from None
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width <= 0 or height <= 0 or width * height > max_pixels:
+                raise ImageInputError(
+                    f"{name} is {width}x{height} pixels, over the limit of {max_pixels:,} (possible decompression bomb)",
+                    "downscale the image first",
+                )
+            img.load()
+            return to_rgb(img)
+    except ImageInputError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"{name} is too large to decode safely (possible decompression bomb)", "downscale the image first") from None
     except UnidentifiedImageError:
-        raise ImageInputError(f"{p} is not an image file that Pillow can read", "pass a JPEG, PNG, WebP, BMP or TIFF") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageInputError(f"{p} is corrupt or truncated ({err})", "re-export or re-download the image") from None
+        raise ImageInputError(f"{name} is not an image file that Pillow can read", "pass a JPEG, PNG, WebP, BMP or TIFF") from None
+    except Exception as err:  # Pillow's decoders raise many types for damaged files
+        raise ImageInputError(f"{name} is corrupt or truncated ({err})", "re-export or re-download the image") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -78,9 +95,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         # Composite on white: transparent regions of logos and icons are meant as background.
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode == "CMYK":
-        return img.convert("RGB")
-    return img.convert("RGB")
+    return img.convert("RGB")  # palette, L, 1, CMYK, YCbCr, LAB, HSV ...
 
 
 @dataclass(frozen=True)

@@ -81,15 +81,17 @@ class SanityReport:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two arrays (ties broken by order); 0 when either is constant."""
+    """Spearman rank correlation of two arrays; 0 when either is constant.
+
+    Ties get their average rank: with order-broken ties, the many exact zeros that two maps share
+    (letterbox padding, dead channels) would get identical ranks and inflate the correlation.
+    """
+    from scipy.stats import rankdata
+
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
-    ra = np.empty(a.size)
-    rb = np.empty(b.size)
-    ra[np.argsort(a, kind="stable")] = np.arange(a.size)
-    rb[np.argsort(b, kind="stable")] = np.arange(b.size)
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(np.corrcoef(rankdata(a), rankdata(b))[0, 1])
 
 
 def parameter_segments(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> list[list[nn.Module]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import time
@@ -32,6 +31,7 @@ from torch import nn
 from ..capture import capture_forward, resolve_modules
 from ..errors import FeatureTreeError, ImageInputError, LayerError, OptionError
 from ..images import Preprocess, load_image
+from ..render import png_bytes
 from .db import ACTIVATION, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -165,6 +165,16 @@ class _Files(torch.utils.data.Dataset):
 
 def _keep(items: list[_Item]) -> list[_Item]:
     return items
+
+
+def default_workers() -> int:
+    """Decoding processes that leave two cores to the model's forward pass.
+
+    On a 2-core machine worker processes only compete with the forward pass (measured with
+    benchmarks/bench_index.py: 71% of plain forward throughput with 1-2 workers, 84% decoding in
+    the main process), so there the default is 0.
+    """
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
 def _worker_init(_: int) -> None:
@@ -310,7 +320,7 @@ def index_folder(
     *,
     top_n: int = DEFAULT_TOP_N,
     batch_size: int = 16,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool = True,
     finish: bool = True,
     reconstructions: bool = False,
@@ -328,6 +338,8 @@ def index_folder(
         raise OptionError(f"--top must be at least 1, got {top_n}", "use --top 16")
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}", "use --batch-size 16")
+    if workers is None:
+        workers = default_workers()
     if workers < 0:
         raise OptionError(f"--workers must be 0 or more, got {workers}", "use --workers 2")
     root = Path(images_dir).resolve()
@@ -485,7 +497,7 @@ def finish_db(db: ExemplarDB, preprocess: Preprocess, progress: bool = True, rep
             for ranking, layer, unit, image_id, left, top, right, bottom, *_ in rows:
                 box = (left, top, right, bottom)
                 if box not in made:
-                    made[box] = png_bytes(crop_picture(picture, box))
+                    made[box] = png_bytes(crop_picture(picture, box), compress_level=6)
                 sha_png = db.put_blob(conn, made[box])
                 conn.execute(
                     "UPDATE exemplars SET crop = ? WHERE ranking = ? AND layer = ? AND unit = ? AND image_id = ?",
@@ -500,12 +512,6 @@ def crop_picture(picture: Image.Image, box: tuple[int, int, int, int]) -> Image.
     if scale < 1:
         crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BICUBIC)
     return crop
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ----- guided-backprop reconstructions -------------------------------------
@@ -538,7 +544,7 @@ def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
             scale = float(np.abs(region).max(initial=0.0))
         shown = np.full(region.shape, 0.5, np.float32) if scale == 0 else 0.5 + 0.5 * np.clip(region / scale, -1, 1)
         image = Image.fromarray((shown * 255 + 0.5).astype(np.uint8), "RGB")
-        out.append(png_bytes(crop_picture(image, (0, 0, image.width, image.height))))
+        out.append(png_bytes(crop_picture(image, (0, 0, image.width, image.height)), compress_level=6))
     return out
 
 

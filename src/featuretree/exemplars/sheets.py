@@ -8,6 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
+from ..render import png_bytes
 from .db import ACTIVATION, Exemplar, ExemplarDB
 
 TILE = 64
@@ -113,9 +114,7 @@ def exemplar_grid_png(
     """
     with ExemplarDB(db_path) as db:
         image = exemplar_grid(db, layer, unit, explainer, reconstructions, limit, ranking)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(image, compress_level=6)
 
 
 def contact_sheet(

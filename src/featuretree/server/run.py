@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import socket
 import threading
 import time
@@ -34,17 +35,15 @@ def check_bind(host: str, allow_remote: bool) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise OptionError("the explorer needs FastAPI and uvicorn", "pip install 'featuretree[web]'") from None
+    import uvicorn
+
     from ..cli import load_explainer
     from .app import ServerSettings, create_app
 
     check_bind(args.host, args.allow_remote)
     if args.image not in SAMPLES:
         raise OptionError(f"unknown sample {args.image!r}", f"use one of {', '.join(SAMPLES)}; upload other photos in the page")
-    if not args.max_upload_mb > 0:
+    if not (args.max_upload_mb > 0 and math.isfinite(args.max_upload_mb)):
         raise OptionError(f"--max-upload-mb must be positive, got {args.max_upload_mb}", "use e.g. --max-upload-mb 20")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20))
     models = ("efficientnet_lite0", "toy_squares") if args.model is None else (args.model,)

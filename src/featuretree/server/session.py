@@ -16,7 +16,6 @@ verification, exemplar reconstructions) holds the explainer's ``forward_lock``.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import threading
@@ -24,13 +23,13 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..cache import ByteLRU, tensor_bytes
 from ..engine import EVIDENCE_KINDS, Analysis, Explainer, NodeEvidence, Unit
 from ..errors import FeatureTreeError, ImageInputError, ModelError, OptionError, did_you_mean
-from ..images import to_rgb
-from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain
+from ..images import decode_image, load_image
+from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain, png_bytes
 from ..samples import SAMPLES, sample_path
 from ..verify import EdgeCheck, ablate
 
@@ -55,10 +54,11 @@ class NotFoundError(FeatureTreeError):
 
 
 def analysis_bytes(value: object) -> int:
-    """Approximate memory held by an Analysis: its recorded activations plus its gradient memo."""
+    """Memory an Analysis may hold: its retained autograd graph, its recorded activations, and its
+    gradient memo at full budget (the memo grows after the analysis is cached, so count its bound)."""
     if isinstance(value, Analysis):
         acts = sum(tensor_bytes(t) for t in value.record.activations.values())
-        return acts + tensor_bytes(value.record.input) + value._memo.bytes + 64 * 1024
+        return value.record.graph_bytes + acts + tensor_bytes(value.record.input) + value._memo.max_bytes + 64 * 1024
     return tensor_bytes(value)
 
 
@@ -73,39 +73,8 @@ def bytes_len(value: object) -> int:
 
 
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes into upright RGB, refusing non-images, corrupt files and decompression bombs.
-
-    The pixel count is checked from the header before any pixel is decoded, so a small
-    file that claims a huge canvas costs nothing.
-    """
-    if not data:
-        raise ImageInputError("the upload is empty", "choose a JPEG, PNG, WebP, BMP or TIFF file")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise ImageInputError(
-            f"the image is too large to decode safely (over {max_pixels:,} pixels; possible decompression bomb)",
-            "downscale the image first",
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageInputError("the upload is not an image that Pillow can read", "upload a JPEG, PNG, WebP, BMP or TIFF") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageInputError(f"the image is corrupt ({err})", "re-export or re-download the image") from None
-    width, height = img.size
-    if width * height > max_pixels or width <= 0 or height <= 0:
-        raise ImageInputError(
-            f"the image is {width}x{height} pixels, over the limit of {max_pixels:,} (possible decompression bomb)",
-            "downscale the image first",
-        )
-    try:
-        img.load()
-        return to_rgb(img)
-    except Image.DecompressionBombError:
-        raise ImageInputError(
-            "the image is too large to decode safely (possible decompression bomb)", "downscale the image first"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageInputError(f"the image is corrupt or truncated ({err})", "re-export or re-download the image") from None
+    """Decode uploaded bytes into upright RGB, refusing non-images, corrupt files and decompression bombs."""
+    return decode_image(data, max_pixels, name="the upload")
 
 
 @dataclass(frozen=True)
@@ -217,9 +186,7 @@ class Workspace:
         """The RGB photo for an image id (a sample name or an upload digest) and its display name."""
         if image in SAMPLES:
             path = sample_path(image)
-            with Image.open(path) as img:
-                img.load()
-                return to_rgb(img), path.name
+            return load_image(path), path.name
         if UPLOAD_ID.match(image):
             data = self.uploads.get(image)
             if data is not None:
@@ -397,12 +364,6 @@ def _file_state(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 __all__ = [
