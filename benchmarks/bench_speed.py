@@ -40,14 +40,15 @@ def timed(fn, *args, **kwargs):
     return time.perf_counter() - start, result
 
 
-def expand_with_pictures(analysis: Analysis, path, k: int):
+def expand_with_pictures(analysis: Analysis, path, k: int, kinds):
     expansion = analysis.expand(path, k)
-    analysis.evidence_many([path + (c.unit,) for c in expansion.children])
+    if kinds:
+        analysis.evidence_many([path + (c.unit,) for c in expansion.children], kinds=kinds)
     return expansion
 
 
-def expansion_latencies(explainer: ft.Explainer, photo, k: int = 5) -> list[float]:
-    """Expand the root, then each of its children, then each grandchild: one warm analysis."""
+def expansion_latencies(explainer: ft.Explainer, photo, k: int = 5, kinds=("guided", "heat", "box")) -> list[float]:
+    """Expand the root, then two of its children, then two of each of theirs: one warm analysis."""
     analysis = explainer.analyze(photo)
     root = (analysis.resolve_root(None),)
     latencies = []
@@ -55,7 +56,7 @@ def expansion_latencies(explainer: ft.Explainer, photo, k: int = 5) -> list[floa
     for _ in range(3):
         next_frontier = []
         for path in frontier:
-            elapsed, expansion = timed(expand_with_pictures, analysis, path, k)
+            elapsed, expansion = timed(expand_with_pictures, analysis, path, k, kinds)
             latencies.append(elapsed)
             next_frontier += [path + (c.unit,) for c in expansion.children[:2]]
         frontier = next_frontier
@@ -128,10 +129,13 @@ def main() -> None:
     explainer.analyze(photos[0]).tree(depth=1)  # warm-up
 
     forward, expansions, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], []
+    one_view, scores_only = [], []
     for photo in photos:
         for _ in range(args.repeats):
             forward.append(timed(explainer.analyze, photo)[0])
             expansions += expansion_latencies(explainer, photo)
+            one_view += expansion_latencies(explainer, photo, kinds=("heat",))
+            scores_only += expansion_latencies(explainer, photo, kinds=())
             analysis = RecordingAnalysis(explainer, explainer.analyze(photo).image)
             elapsed, tree = timed(analysis.tree, depth=3, k=5)
             trees.append(elapsed)

@@ -182,3 +182,24 @@ def test_custom_model_file_with_layers(tmp_path, square_png, capsys):
     )
     assert code == 0, err
     assert (out / "tree.json").exists()
+
+
+def test_index_refuses_an_out_of_range_class_before_creating_the_database(tmp_path, square_png, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    square_png.rename(folder / "a.png")
+    db = tmp_path / "ex.db"
+    code, _, err = run_main(capsys, ["index", folder, *TOY, "--out", db, "--relevance-class", "7", "--quiet"])
+    assert_clean_error(code, err, "class 7 is out of range")
+    assert not db.exists()
+    code, _, err = run_main(capsys, ["index", folder, *TOY, "--out", db, "--relevance-class", "1", "--quiet"])
+    assert code == 0, err
+
+
+def test_bad_ports_and_limits_are_clean_errors(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", "70000"])
+    assert info.value.code == 2
+    assert "port must be 0..65535" in capsys.readouterr().err
+    code, _, err = run_main(capsys, ["evaluate", "--limit", "0", *TOY])
+    assert_clean_error(code, err, "--limit must be at least 1")

@@ -68,7 +68,7 @@ def test_wrong_order_and_unknown_layers_are_errors(toy_explainer, square_image):
 
 def test_errors_are_one_line(toy_explainer, square_image):
     analysis = toy_explainer.analyze(square_image)
-    for spec in ("class:7", "corners:99", "nolayer:1", "garbage", "class:notaclass"):
+    for spec in ("class:7", "corners:99", "nolayer:1", "garbage", "class:notaclass", "corners:²", "class:²", "corners:--5"):
         with pytest.raises(FeatureTreeError) as info:
             analysis.resolve_root(spec)
         assert "\n" not in str(info.value)

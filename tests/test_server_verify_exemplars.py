@@ -8,6 +8,7 @@ squares, real HTTP handling in-process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -77,13 +78,17 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> None:
         assert word.lower() in body["error"].lower(), body["error"]
 
 
-def model_calls(client: TestClient, model: str = TOY) -> list[int]:
-    """A counter of real forward passes through the server's model (a forward hook on its first layer)."""
+@contextlib.contextmanager
+def model_calls(client: TestClient, model: str = TOY):
+    """Count real forward passes through the server's model (a forward hook on its first layer, removed after)."""
     calls = [0]
     module = client.app.state.workspace.explainer(model).model
     first = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d))
-    first.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    handle = first.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 # ----- edge verification ---------------------------------------------------------------
@@ -142,12 +147,12 @@ def test_verify_deep_edge_matches_a_direct_ablation_and_fewer_children_leave_a_r
 def test_verify_is_cached_and_follows_the_rule(client):
     image = upload_square(client)
     params = {"model": TOY, "image": image, "path": "classifier:0/corners:0", "k": 3}
-    calls = model_calls(client)
-    first = client.get("/api/verify", params=params).json()
-    assert calls[0] >= 1  # a real (batched) forward pass
-    seen = calls[0]
-    assert client.get("/api/verify", params=params).json() == first
-    assert calls[0] == seen  # served from the workspace cache
+    with model_calls(client) as calls:
+        first = client.get("/api/verify", params=params).json()
+        assert calls[0] >= 1  # a real (batched) forward pass
+        seen = calls[0]
+        assert client.get("/api/verify", params=params).json() == first
+        assert calls[0] == seen  # served from the workspace cache
     guided = client.get("/api/verify", params={**params, "rule": "guided"}).json()
     kids = client.get("/api/children", params={**params, "rule": "guided"}).json()
     assert [c["id"] for c in guided["children"]] == [c["id"] for c in kids["children"]]

@@ -50,3 +50,14 @@ def test_notebook_html_is_a_sandboxed_frame(toy_explainer, square_image):
 def test_public_api_five_lines(square_image):
     tree = ft.explain(square_image, model="toy_squares", depth=2, k=2)
     assert [n.id for n in tree.walk()][:3] == ["classifier:0", "classifier:0/corners:0", "classifier:0/corners:0/edges:0"]
+
+
+def test_saving_a_smaller_tree_removes_the_old_node_pictures(toy_explainer, square_image, tmp_path):
+    analysis = toy_explainer.analyze(square_image)
+    analysis.tree(depth=2).save(tmp_path)
+    big = sorted(p.name for p in (tmp_path / "images").iterdir())
+    analysis.tree(depth=1).save(tmp_path)
+    small = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert len(small) < len(big)
+    referenced = {name.split("/")[-1] for node in ft.FeatureTree.load(tmp_path / "tree.json").walk() for name in node.images.values()}
+    assert set(small) == referenced

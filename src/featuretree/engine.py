@@ -163,8 +163,9 @@ class Explainer:
         self.cache_bytes = cache_bytes
         # Batched (vmapped) backward passes pay off on accelerators; on CPU a plain loop is faster.
         self.batch_backward = self.device.type != "cpu" if batch_backward is None else batch_backward
-        # Capture hooks sit on the shared modules during a forward pass: one forward at a time.
-        self.forward_lock = threading.Lock()
+        # Capture and ablation hooks sit on the shared modules during a forward pass: one forward
+        # at a time. Re-entrant, so code holding it may call helpers that take it again.
+        self.forward_lock = threading.RLock()
 
     @classmethod
     def from_zoo(cls, name: str = "efficientnet_lite0", device: str = "cpu", layers: Sequence[str] | None = None, **kw) -> Explainer:

@@ -22,8 +22,6 @@ from .errors import OutputError
 from .render import node_images, original_tree_gain, png_bytes
 from .tree import FeatureTree
 
-IMAGE_KINDS = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
-
 
 def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
     """Fail early (before any computation) if ``out_dir`` cannot be created or written."""
@@ -136,6 +134,10 @@ def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = T
         for name in files:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, out / name)
+        # Node pictures of an earlier, larger tree in the same folder would be stale: remove ours only.
+        for old in (out / "images").glob("n[0-9][0-9][0-9][0-9]_*.png"):
+            if f"images/{old.name}" not in files:
+                old.unlink()
         return out
     except OSError as err:
         raise OutputError(f"cannot write to {out} ({err.strerror})", "choose a writable --out folder with free space") from None

@@ -201,8 +201,9 @@ def unit_maxima(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, t
 
         return hook
 
-    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    handles: list = []
     try:
+        handles += [modules[name].register_forward_hook(make_hook(name)) for name in layers]
         yield found
     finally:
         for handle in handles:
@@ -224,9 +225,10 @@ def unit_relevance(
 
         return hook
 
-    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    handles: list = []
     found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
     try:
+        handles += [modules[name].register_forward_hook(make_hook(name)) for name in layers]
         with torch.enable_grad():
             logits = model(x)
             if logits.dim() != 2:
@@ -352,6 +354,12 @@ def index_folder(
     rankings = [ACTIVATION] + [f"class:{k}" for k in classes]
     wanted = _meta_for(model_spec, explainer.layers, preprocess, top_n, rankings)
     report = IndexReport(db=str(db_path), total=len(files), ignored=ignored)
+    if classes:  # check before the database records these rankings for good
+        with torch.inference_mode(), explainer.forward_lock:
+            n_classes = model(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+        bad = [k for k in classes if not 0 <= k < n_classes]
+        if bad:
+            raise OptionError(f"class {bad[0]} is out of range", f"the model has classes 0..{n_classes - 1}")
 
     with ExemplarDB(db_path, create=True) as db:
         _check_meta(db, wanted)
@@ -527,7 +535,8 @@ def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
             picture = preprocess.fit(load_image(ex.file))
             x = preprocess.to_tensor(picture).to(explainer.device)
             records.clear()  # one image's graph at a time
-            record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
+            with explainer.forward_lock:  # hooks on a model the server may share
+                record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
         act = record.activations[ex.layer]
         seed = torch.zeros_like(act)
         if act.dim() == 4:
@@ -556,7 +565,7 @@ def ensure_reconstructions(db: ExemplarDB, entries: Sequence[Exemplar], explaine
         return result
     todo = []
     for k in missing:
-        if entries[k].file.is_file():
+        if _unchanged(db, entries[k]):  # a moved or edited file would give another image's reconstruction
             todo.append(k)
     if todo and (explainer is None or not _matches(db, explainer, {entries[k].layer for k in todo})):
         explainer = explainer_for_db(db)  # the given model sees images differently from the one the index was built with
@@ -568,10 +577,19 @@ def ensure_reconstructions(db: ExemplarDB, entries: Sequence[Exemplar], explaine
     return result
 
 
+def _unchanged(db: ExemplarDB, ex: Exemplar) -> bool:
+    """Whether the entry's file still has the content that was indexed."""
+    row = db.conn.execute("SELECT sha256 FROM images WHERE id = ?", (ex.image_id,)).fetchone()
+    try:
+        return row is not None and hashlib.sha256(ex.file.read_bytes()).hexdigest() == row[0]
+    except OSError:
+        return False
+
+
 def _matches(db: ExemplarDB, explainer, layers: set[str]) -> bool:
     meta = db.meta()
     same_preprocess = json.loads(json.dumps(explainer.preprocess.to_dict())) == meta.get("preprocess")
-    return same_preprocess and layers <= set(explainer.layers)
+    return meta.get("model") == explainer.name and same_preprocess and layers <= set(explainer.layers)
 
 
 def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer: str | None = None) -> None:
@@ -586,10 +604,20 @@ def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer
 
 
 def explainer_for_db(db: ExemplarDB, device: str = "cpu"):
-    """Load the model a database was built with (its ``--model`` and ``--layers``)."""
+    """Load the model a database was built with (its ``--model`` and ``--layers``).
+
+    Only built-in models are loaded this way: a ``file.py:function`` spec read from a database
+    would run code that came with the file.
+    """
     from ..cli import load_explainer
+    from ..zoo import MODELS
 
     meta = db.meta()
+    if meta["model"] not in MODELS:
+        raise DatabaseError(
+            f"{db.path} was built with the custom model {meta['model']!r}, which is not loaded from a database",
+            "pass that model explicitly (featuretree serve --db DB --model SPEC, or exemplar_grid_png(..., explainer=...))",
+        )
     explainer = load_explainer(meta["model"], ",".join(meta["layers"]), device)
     explainer.preprocess = Preprocess.from_dict(meta["preprocess"])
     return explainer
