@@ -26,7 +26,7 @@
   }
 
   function render(root, tree, images) {
-    let view = "guided";
+    let view = "heatmap"; // the most discriminative view; guided images of deep nodes look alike
     const collapsed = new Set();
     root.innerHTML = "";
     const head = el("header", { class: "ft-head" });

@@ -14,7 +14,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   model: "", image: "", root: null, open: new Set(), removed: new Set(), pinned: new Set(),
-  k: 5, rule: "gradient", seed: "sum", view: "guided",
+  k: 5, rule: "gradient", seed: "sum", view: "heatmap",
 };
 let info = null;          // /api/info
 let analysis = null;      // /api/analysis for the current model and image
@@ -83,7 +83,7 @@ function readUrl() {
   state.k = Math.min(64, Math.max(1, parseInt(q.get("k") || "5", 10) || 5));
   state.rule = info.rules.includes(q.get("rule")) ? q.get("rule") : "gradient";
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
-  state.view = info.views.includes(q.get("view")) ? q.get("view") : "guided";
+  state.view = info.views.includes(q.get("view")) ? q.get("view") : "heatmap";
   return !q.has("open") && !q.has("root");
 }
 
