@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 import featuretree as ft
 from featuretree.attribution import ablation_scores, integrated_gradients
@@ -12,16 +11,12 @@ from featuretree.engine import Unit
 from featuretree.models.toy import CORNER_EDGES
 from featuretree.verify import ablate
 
-
-def _square() -> Image.Image:
-    img = Image.new("RGB", (32, 32), "black")
-    ImageDraw.Draw(img).rectangle((8, 8, 23, 23), fill="white")
-    return img
+from .conftest import square_picture
 
 
 @pytest.fixture
 def toy() -> ft.Analysis:
-    return ft.Explainer.from_zoo("toy_squares").analyze(_square())
+    return ft.Explainer.from_zoo("toy_squares").analyze(square_picture())
 
 
 def test_rules_agree_where_the_net_is_linear(toy):

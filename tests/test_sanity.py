@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import torch
-from PIL import Image, ImageDraw
 
 import featuretree as ft
 from featuretree.sanity import parameter_segments, sanity_check, save_report, spearman
 
-
-def _square() -> Image.Image:
-    img = Image.new("RGB", (32, 32), "black")
-    ImageDraw.Draw(img).rectangle((8, 8, 23, 23), fill="white")
-    return img
+from .conftest import square_picture
 
 
 def test_segments_follow_the_chain():
@@ -27,7 +22,7 @@ def test_segments_follow_the_chain():
 def test_randomised_net_changes_the_trees(tmp_path):
     explainer = ft.Explainer.from_zoo("toy_squares")
     before = {name: p.clone() for name, p in explainer.model.named_parameters()}
-    report = sanity_check(explainer, _square(), k=5, depth=2, seed=0)
+    report = sanity_check(explainer, square_picture(), k=5, depth=2, seed=0)
     assert [s.randomised for s in report.steps] == [[], ["classifier"], ["classifier", "corners"], ["classifier", "corners", "edges"]]
     assert report.steps[0].root_children == ["corners:0", "corners:1", "corners:2", "corners:3"]
     last = report.steps[-1]
@@ -56,7 +51,7 @@ def test_cli_sanity(tmp_path, capsys):
     from featuretree.cli import main
 
     photo = tmp_path / "square.png"
-    _square().save(photo)
+    square_picture().save(photo)
     assert main(["sanity", str(photo), "--model", "toy_squares", "--k", "4", "--depth", "1", "--out", str(tmp_path / "s")]) == 0
     text = capsys.readouterr().out
     assert "guided rank corr" in text and "classifier" in text

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 import featuretree as ft
 from featuretree.engine import Unit
@@ -14,20 +13,12 @@ from featuretree.samples import sample_path
 from featuretree.tree import FeatureTree
 from featuretree.verify import ablate, verify_edges, verify_tree
 
-
-def _square() -> Image.Image:
-    img = Image.new("RGB", (32, 32), "black")
-    ImageDraw.Draw(img).rectangle((8, 8, 23, 23), fill="white")
-    return img
-
-
-def _no_hooks(model: torch.nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+from .conftest import all_hooks_removed, square_picture
 
 
 @pytest.fixture
 def toy() -> ft.Analysis:
-    return ft.Explainer.from_zoo("toy_squares").analyze(_square())
+    return ft.Explainer.from_zoo("toy_squares").analyze(square_picture())
 
 
 def test_root_children_ablation_equals_gradient_x_activation(toy):
@@ -77,9 +68,9 @@ def test_batched_equals_one_at_a_time(toy, share_prefix):
         torch.testing.assert_close(batched[0], stacked[0], rtol=1e-6, atol=1e-7)
 
 
-def test_verify_tree_fills_json_and_leaves_no_hooks(toy):
+def test_verify_tree_fills_json_and_leavesall_hooks_removed(toy):
     tree = toy.tree(depth=2, images=False, verify=True)
-    assert _no_hooks(toy.explainer.model)
+    assert all_hooks_removed(toy.explainer.model)
     for node in tree.walk():
         if node.depth > 0:
             assert set(node.verification) >= {"estimate", "parent_drop", "root_drop"}
@@ -106,14 +97,14 @@ def test_hooks_removed_after_an_error(toy):
             assert len(m._forward_hooks) == expected
     finally:
         handle.remove()
-    assert _no_hooks(model)
+    assert all_hooks_removed(model)
 
 
 def test_out_of_range_channel_is_a_clear_error(toy):
     root = toy.resolve_root()
     with pytest.raises(ft.FeatureTreeError, match="out of range"):
         verify_edges(toy, (root,), [7])
-    assert _no_hooks(toy.explainer.model)
+    assert all_hooks_removed(toy.explainer.model)
 
 
 @pytest.mark.slow
@@ -131,14 +122,14 @@ def test_lite0_top5_children_drop_parent_more_than_random():
     assert value > 0
     assert float(parent[0]) > float(parent[1:].mean())
     assert float(parent[0]) > float(parent[1:].median())
-    assert _no_hooks(explainer.model)
+    assert all_hooks_removed(explainer.model)
 
 
 def test_cli_explain_verify_reports_drops(tmp_path, capsys):
     from featuretree.cli import main
 
     photo = tmp_path / "square.png"
-    _square().save(photo)
+    square_picture().save(photo)
     out = tmp_path / "out"
     assert main(["explain", str(photo), "--model", "toy_squares", "--depth", "1", "--verify", "--out", str(out)]) == 0
     text = capsys.readouterr().out

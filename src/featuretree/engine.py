@@ -111,6 +111,14 @@ class Expansion:
     coverage: float  # share of total_positive covered by the shown children
     leaf_reason: str | None = None
 
+    @property
+    def rest(self) -> dict[str, float] | None:
+        """What the shown children leave out: share and score of the positive total, and the negative total."""
+        if self.child_layer is None:
+            return None
+        shown = sum(c.score for c in self.children)
+        return {"share": max(0.0, 1.0 - self.coverage), "score": self.total_positive - shown, "negative": self.total_negative}
+
 
 @dataclass(frozen=True)
 class NodeEvidence:
@@ -202,6 +210,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise OptionError("--device mps was asked for but MPS is not available", "use --device cpu")
     return dev
+
+
+def central_interval(marginal: torch.Tensor, mass: float = 0.9) -> tuple[int, int]:
+    """[lo, hi) indices holding the central ``mass`` of a non-negative 1-D distribution."""
+    cdf = marginal.cumsum(0) / marginal.sum()
+    tail = (1.0 - mass) / 2
+    lo = int(torch.searchsorted(cdf, torch.tensor(tail, dtype=cdf.dtype)))
+    hi = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail, dtype=cdf.dtype)))
+    return lo, min(hi + 1, marginal.numel())
 
 
 def _uses_channels_last(model: nn.Module) -> bool:
@@ -613,14 +630,8 @@ class Analysis:
                 int(math.ceil((location[0] + 1) * sy)),
             )
 
-        def interval(marginal: torch.Tensor) -> tuple[int, int]:
-            cdf = marginal.cumsum(0) / marginal.sum()
-            lo = int(torch.searchsorted(cdf, torch.tensor(0.05, dtype=cdf.dtype)))
-            hi = int(torch.searchsorted(cdf, torch.tensor(0.95, dtype=cdf.dtype)))
-            return lo, min(hi + 1, marginal.numel())
-
-        top, bottom = interval(mass.sum(1))
-        left, right = interval(mass.sum(0))
+        top, bottom = central_interval(mass.sum(1))
+        left, right = central_interval(mass.sum(0))
         return (left, top, right, bottom)
 
     # ----- whole trees -----------------------------------------------------

@@ -158,6 +158,7 @@ def _node_for(analysis: Analysis, path: tuple[Unit, ...], score: float | None, s
 
 
 def fill_evidence(node: Node, evidence: NodeEvidence) -> None:
+    """Copy the evidence's numbers (activation, location, box) onto the node."""
     node.activation_sum = evidence.activation_sum
     node.activation_max = evidence.activation_max
     node.location = list(evidence.location) if evidence.location else None
@@ -171,13 +172,7 @@ def apply_expansion(node: Node, expansion) -> None:
     node.total_negative = expansion.total_negative
     node.leaf_reason = expansion.leaf_reason
     node.negatives = [Edge(str(s.unit), s.score, s.share) for s in expansion.negatives]
-    if expansion.child_layer is not None:
-        shown = sum(c.score for c in expansion.children)
-        node.rest = {
-            "share": max(0.0, 1.0 - expansion.coverage),
-            "score": expansion.total_positive - shown,
-            "negative": expansion.total_negative,
-        }
+    node.rest = expansion.rest
 
 
 def build_tree(

@@ -174,6 +174,38 @@ def ablate(
     return torch.cat(parent_drops), torch.cat(root_drops), parent_value, root_value
 
 
+def verify_children(
+    analysis: Analysis,
+    path: Sequence[Unit],
+    channels: Sequence[int],
+    *,
+    seed_mode: str = "sum",
+    batch_size: int = DEFAULT_BATCH,
+    share_prefix: bool = True,
+    joint: bool = True,
+) -> tuple[list[EdgeCheck], EdgeCheck | None]:
+    """Ablate each child channel alone and (with ``joint``, for two or more) all of them together,
+    in one batched pass; each measured drop sits beside its gradient x activation estimate."""
+    channels = [int(c) for c in channels]
+    sets = [[c] for c in channels] + ([channels] if joint and len(channels) > 1 else [])
+    # The ablation hooks sit on the shared model: no other forward pass may run meanwhile.
+    with analysis.explainer.forward_lock:
+        estimates = analysis.contributions(path, "gradient", seed_mode)
+        parent_drop, root_drop, parent_value, root_value = ablate(
+            analysis, path, sets, seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix
+        )
+    checks = [
+        EdgeCheck((c,), float(estimates[c]), float(parent_drop[i]), float(root_drop[i]), parent_value, root_value)
+        for i, c in enumerate(channels)
+    ]
+    together = None
+    if len(sets) > len(channels):
+        together = EdgeCheck(
+            tuple(channels), float(estimates[channels].sum()), float(parent_drop[-1]), float(root_drop[-1]), parent_value, root_value
+        )
+    return checks, together
+
+
 def verify_edges(
     analysis: Analysis,
     path: Sequence[Unit],
@@ -185,14 +217,10 @@ def verify_edges(
 ) -> list[EdgeCheck]:
     """Ablate each child alone (batched) and return its measured drops beside its gradient x activation."""
     channels = [c if isinstance(c, int) else c.channel for c in children]
-    estimates = analysis.contributions(path, "gradient", seed_mode)
-    parent_drop, root_drop, parent_value, root_value = ablate(
-        analysis, path, [[c] for c in channels], seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix
+    checks, _ = verify_children(
+        analysis, path, channels, seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix, joint=False
     )
-    return [
-        EdgeCheck((c,), float(estimates[c]), float(p), float(r), parent_value, root_value)
-        for c, p, r in zip(channels, parent_drop.tolist(), root_drop.tolist())
-    ]
+    return checks
 
 
 def verify_tree(analysis: Analysis, tree: FeatureTree, *, batch_size: int = DEFAULT_BATCH) -> FeatureTree:
@@ -205,23 +233,11 @@ def verify_tree(analysis: Analysis, tree: FeatureTree, *, batch_size: int = DEFA
     for node in tree.walk():
         if not node.children:
             continue
-        path = parse_path(node.id)
-        channels = [child.unit for child in node.children]
-        estimates = analysis.contributions(path, "gradient", seed_mode)
-        # The k single ablations and the joint one share one batched pass.
-        sets = [[c] for c in channels] + [channels]
-        parent_drop, root_drop, parent_value, root_value = ablate(analysis, path, sets, seed_mode=seed_mode, batch_size=batch_size)
-        for i, child in enumerate(node.children):
-            check = EdgeCheck(
-                (child.unit,), float(estimates[child.unit]), float(parent_drop[i]), float(root_drop[i]), parent_value, root_value
-            )
+        checks, together = verify_children(
+            analysis, parse_path(node.id), [child.unit for child in node.children], seed_mode=seed_mode, batch_size=batch_size
+        )
+        for child, check in zip(node.children, checks):
             child.verification = check.to_dict()
-        node.verification_all = {
-            "estimate": float(estimates[channels].sum()),
-            "parent_drop": float(parent_drop[-1]),
-            "root_drop": float(root_drop[-1]),
-            "parent_value": parent_value,
-            "root_value": root_value,
-        }
+        node.verification_all = (together or checks[0]).to_dict()  # one child: zeroing "all" is zeroing it
     tree.settings["verified"] = True
     return tree

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from ..capture import capture_forward, resolve_modules
+from ..engine import central_interval
 from ..errors import FeatureTreeError, ImageInputError, LayerError, OptionError
 from ..images import Preprocess, load_image
 from ..render import png_bytes
@@ -87,8 +88,8 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], size: int, device:
         if float(mass.sum()) == 0.0:
             top, bottom, left, right = rc * sy, (rc + 1) * sy, cc * sx, (cc + 1) * sx
         else:
-            top, bottom = _interval(mass.sum(1))
-            left, right = _interval(mass.sum(0))
+            top, bottom = central_interval(mass.sum(1))
+            left, right = central_interval(mass.sum(0))
         out[name] = {
             "kind": "spatial",
             "channels": int(channels),
@@ -100,13 +101,6 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], size: int, device:
             "size": size,
         }
     return out
-
-
-def _interval(marginal: torch.Tensor) -> tuple[int, int]:
-    cdf = marginal.cumsum(0) / marginal.sum()
-    lo = int(torch.searchsorted(cdf, torch.tensor(0.05, dtype=cdf.dtype)))
-    hi = int(torch.searchsorted(cdf, torch.tensor(0.95, dtype=cdf.dtype)))
-    return lo, min(hi + 1, marginal.numel())
 
 
 def rf_boxes(rec: LayerRecord, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:

@@ -405,7 +405,6 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         if ex.child_layer is None:
             raise UnitError(f"{units[-1]} is in the first chain layer; it has no children to verify", "verify a deeper node")
         result = workspace.verification(model, image, units, [c.unit.channel for c in ex.children], seed_mode)
-        shown = sum(c.score for c in ex.children)
         return VerifyOut(
             id=path_id(units),
             child_layer=ex.child_layer,
@@ -414,7 +413,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
                 for c, check in zip(ex.children, result.children)
             ],
             all=EdgeCheckOut(**result.joint.to_dict()) if result.joint else None,
-            rest=RestOut(share=max(0.0, 1.0 - ex.coverage), score=ex.total_positive - shown, negative=ex.total_negative),
+            rest=RestOut(**ex.rest) if ex.rest else None,
             total_positive=ex.total_positive,
         )
 

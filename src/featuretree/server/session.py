@@ -31,7 +31,7 @@ from ..errors import FeatureTreeError, ImageInputError, ModelError, OptionError,
 from ..images import decode_image, load_image
 from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain, png_bytes
 from ..samples import SAMPLES, sample_path
-from ..verify import EdgeCheck, ablate
+from ..verify import EdgeCheck, verify_children
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
@@ -288,21 +288,8 @@ class Workspace:
         key = ("verify", model, image, str(analysis.explainer.device), path, channels, seed_mode)
 
         def build() -> Verification:
-            sets = [[c] for c in channels] + ([list(channels)] if len(channels) > 1 else [])
-            # The ablation hooks sit on the shared model: no other forward pass may run meanwhile.
-            with analysis.explainer.forward_lock:
-                estimates = analysis.contributions(path, "gradient", seed_mode)
-                parent_drop, root_drop, parent_value, root_value = ablate(analysis, path, sets, seed_mode=seed_mode)
-            checks = tuple(
-                EdgeCheck((c,), float(estimates[c]), float(parent_drop[i]), float(root_drop[i]), parent_value, root_value)
-                for i, c in enumerate(channels)
-            )
-            joint = None
-            if len(channels) > 1:
-                joint = EdgeCheck(
-                    channels, float(estimates[list(channels)].sum()), float(parent_drop[-1]), float(root_drop[-1]), parent_value, root_value
-                )
-            return Verification(checks, joint)
+            checks, joint = verify_children(analysis, path, channels, seed_mode=seed_mode)
+            return Verification(tuple(checks), joint)
 
         return self._once(self.verifications, key, build)
 

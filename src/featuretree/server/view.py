@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..engine import Unit
-from ..tree import FeatureTree, Node, _node_for, apply_expansion
+from ..tree import FeatureTree, Node, _node_for, apply_expansion, fill_evidence
 
 Path = tuple[Unit, ...]
 
@@ -36,9 +36,7 @@ def build_view_tree(
         node, path = frontier.pop(0)
         evidence = workspace.evidence(model, image, path, rule, seed_mode)
         tree.evidence[node.id] = evidence
-        node.activation_sum, node.activation_max = evidence.activation_sum, evidence.activation_max
-        node.location = list(evidence.location) if evidence.location else None
-        node.box = list(evidence.box)
+        fill_evidence(node, evidence)
         max_depth = max(max_depth, node.depth)
         if path not in expanded:
             continue
