@@ -31,9 +31,11 @@ class Conv2dSame(nn.Conv2d):
             out = math.ceil(size / stride)
             total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
             pads += [total // 2, total - total // 2]
-        if any(pads):
-            x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        left, right, top, bottom = pads
+        if left == right and top == bottom:
+            # Symmetric: let the convolution pad (no padded copy of the input, forward or backward).
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 @dataclass(frozen=True)
