@@ -31,3 +31,12 @@ def square_png(size: int = 64, margin: int = 16) -> bytes:
 def live_server(app):
     """A real uvicorn server on 127.0.0.1 in a background thread; yields the base URL."""
     return serve_in_thread(app)
+
+
+def assert_error(r, status: int, *words: str) -> None:
+    """A JSON error response: the status, a one-line message, and the expected words in it."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert "\n" not in body["error"] and body["problem"]
+    for word in words:
+        assert word.lower() in body["error"].lower(), body["error"]

@@ -15,7 +15,7 @@ from featuretree.server import ServerSettings, create_app
 from featuretree.server.session import Limits
 from featuretree.zoo import load_model
 
-from .server_helpers import square_png
+from .server_helpers import assert_error, square_png
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -37,14 +37,6 @@ def square_id(client) -> str:
 
 def q(image: str, **kw) -> dict:
     return {"model": TOY, "image": image, **kw}
-
-
-def assert_error(r: httpx.Response, status: int, *words: str) -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert "\n" not in body["error"] and body["problem"]
-    for word in words:
-        assert word.lower() in body["error"].lower(), body["error"]
 
 
 def test_api_info_lists_models_samples_and_options(client):

@@ -25,7 +25,7 @@ from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.indexer import index_folder
 from featuretree.server import ServerSettings, create_app
 
-from .server_helpers import square_png
+from .server_helpers import assert_error, square_png
 from .test_exemplars_index import make_squares
 
 pytest.importorskip("fastapi")
@@ -68,14 +68,6 @@ def upload_square(client: TestClient) -> str:
     r = client.post("/api/images", files={"file": ("square.png", square_png(), "image/png")})
     assert r.status_code == 200, r.text
     return r.json()["image"]
-
-
-def assert_error(r: httpx.Response, status: int, *words: str) -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert "\n" not in body["error"] and body["problem"]
-    for word in words:
-        assert word.lower() in body["error"].lower(), body["error"]
 
 
 @contextlib.contextmanager

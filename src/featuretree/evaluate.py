@@ -380,11 +380,6 @@ def plot(result: Evaluation, size: tuple[int, int] = (980, 420)) -> Image.Image:
 
 
 def save_evaluation(result: Evaluation, out_dir: str | os.PathLike[str]) -> FsPath:
-    from .export import ensure_writable
+    from .export import write_report
 
-    out = ensure_writable(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluate.md").write_text(result.to_markdown())
-    (out / "evaluate.csv").write_text(result.to_csv())
-    plot(result).save(out / "evaluate.png")
-    return out
+    return write_report(out_dir, "evaluate", result.to_markdown(), result.to_csv(), plot(result))

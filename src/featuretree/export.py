@@ -61,6 +61,16 @@ def render_images(tree: FeatureTree) -> dict[str, bytes]:
     return files
 
 
+def write_report(out_dir: str | os.PathLike[str], stem: str, markdown: str, csv: str, picture: Image.Image) -> Path:
+    """Write a report as ``stem``.md, .csv and .png into ``out_dir`` (created if needed)."""
+    out = ensure_writable(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(markdown)
+    (out / f"{stem}.csv").write_text(csv)
+    picture.save(out / f"{stem}.png")
+    return out
+
+
 def _static(name: str) -> str:
     return resources.files("featuretree").joinpath("static", name).read_text(encoding="utf-8")
 

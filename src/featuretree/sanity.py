@@ -224,11 +224,6 @@ def contact_sheet(report: SanityReport, cell: int = 112) -> Image.Image:
 
 
 def save_report(report: SanityReport, out_dir: str | os.PathLike[str]) -> FsPath:
-    from .export import ensure_writable
+    from .export import write_report
 
-    out = ensure_writable(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sanity.md").write_text(report.to_markdown())
-    (out / "sanity.csv").write_text(report.to_csv())
-    contact_sheet(report).save(out / "sanity.png")
-    return out
+    return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), contact_sheet(report))
