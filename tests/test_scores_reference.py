@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -100,6 +102,20 @@ def test_inplace_and_out_of_place_relu_agree():
     assert trees[0].to_dict() == trees[1].to_dict()
 
 
+@contextlib.contextmanager
+def guided_relus(net: nn.Module):
+    """An independent guided backprop: ReLU backward hooks that keep only positive gradient."""
+    handles = []
+    try:
+        for m in net.modules():
+            if isinstance(m, nn.ReLU):
+                handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gin[0].clamp(min=0),)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_guided_rule_matches_backward_hook_guided_backprop():
     """Guided scores against an independent guided backprop built from ReLU backward hooks."""
     net = make_net("plain")
@@ -108,36 +124,21 @@ def test_guided_rule_matches_backward_hook_guided_backprop():
     root = int(analysis.logits.argmax())
     got = analysis.contributions((Unit("3", root),), rule="guided")
 
-    handles = []
-    try:
-        for m in net.modules():
-            if isinstance(m, nn.ReLU):
-                handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gin[0].clamp(min=0),)))
-        with torch.enable_grad():
-            a2 = net[:3](x).detach().requires_grad_(True)
-            out = net[3](a2)
-            (grad,) = torch.autograd.grad(out[0, root], a2)
-    finally:
-        for h in handles:
-            h.remove()
+    with guided_relus(net), torch.enable_grad():
+        a2 = net[:3](x).detach().requires_grad_(True)
+        out = net[3](a2)
+        (grad,) = torch.autograd.grad(out[0, root], a2)
     # Stage "3" is linear, so guided and plain gradients agree there; go one level deeper.
     torch.testing.assert_close(got, (a2 * grad)[0].flatten(1).sum(1).detach())
 
     child = analysis.expand((Unit("3", root),), k=1).children[0].unit
     got_deeper = analysis.contributions((Unit("3", root), child), rule="guided")
-    try:
-        for m in net.modules():
-            if isinstance(m, nn.ReLU):
-                handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gin[0].clamp(min=0),)))
-        with torch.enable_grad():
-            a1 = net[:2](x).detach().requires_grad_(True)
-            a2 = net[2](a1)
-            mask = torch.zeros_like(a2)
-            mask[:, child.channel] = grad[:, child.channel]
-            (g1,) = torch.autograd.grad(a2, a1, mask)
-    finally:
-        for h in handles:
-            h.remove()
+    with guided_relus(net), torch.enable_grad():
+        a1 = net[:2](x).detach().requires_grad_(True)
+        a2 = net[2](a1)
+        mask = torch.zeros_like(a2)
+        mask[:, child.channel] = grad[:, child.channel]
+        (g1,) = torch.autograd.grad(a2, a1, mask)
     torch.testing.assert_close(got_deeper, (a1 * g1)[0].flatten(1).sum(1).detach())
 
 

@@ -205,6 +205,15 @@ def _error_json(status: int, problem: str, fix: str | None) -> JSONResponse:
     return JSONResponse({"error": text, "problem": problem, "fix": fix}, status_code=status)
 
 
+def png_response(request: Request, data: bytes, cache_control: str) -> Response:
+    """A PNG with a content ETag; 304 when the client already holds these bytes."""
+    etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
+    headers = {"Cache-Control": cache_control, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/png", headers=headers)
+
+
 def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     """Build the explorer app. ``loader(name, device) -> Explainer`` overrides the zoo (e.g. a custom model)."""
     settings = settings or ServerSettings()
@@ -429,13 +438,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         layer: Annotated[str, Query(min_length=1, max_length=200, description="chain layer name")],
         unit: Annotated[int, Query(ge=0, le=1_000_000, description="channel of the layer")],
     ) -> Response:
-        data = workspace.exemplar_png(model, layer, unit)
-        etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
         # Revalidated after an hour: the database can grow while the server runs.
-        headers = {"Cache-Control": "public, max-age=3600", "ETag": etag}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type="image/png", headers=headers)
+        return png_response(request, workspace.exemplar_png(model, layer, unit), "public, max-age=3600")
 
     @app.get(
         "/api/picture.png",
@@ -454,12 +458,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     ) -> Response:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
-        data = workspace.picture_png(model, image, units, view, rule, seed_mode)
-        etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
-        headers = {"Cache-Control": PNG_CACHE, "ETag": etag}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type="image/png", headers=headers)
+        return png_response(request, workspace.picture_png(model, image, units, view, rule, seed_mode), PNG_CACHE)
 
     @app.get(
         "/api/export",
