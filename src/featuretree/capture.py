@@ -90,8 +90,56 @@ def _rectifier_bounds(func, args, kwargs) -> tuple[float, float | None] | None:
     return None
 
 
+# Calls that are linear in every input-dependent argument, whatever the image: with the rectifiers
+# open, a network made only of these has one fixed linear backward ("linear" mode) for all images.
+_T = torch.Tensor
+_LINEAR_FUNCS = {
+    *(torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d),
+    *(torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d),
+    *(F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear),
+    *(F.pad, F.interpolate, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d),
+    *(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.cat, torch.stack, torch.flatten, torch.reshape),
+    *(torch.add, torch.sub, torch.mean, torch.sum, torch.mul, torch.div, torch.matmul),
+    *(_T.add, _T.add_, _T.__add__, _T.__radd__, _T.__iadd__, _T.sub, _T.sub_, _T.__sub__, _T.__isub__, _T.neg, _T.__neg__),
+    *(_T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__, _T.div, _T.div_, _T.__truediv__, _T.__itruediv__),
+    *(_T.matmul, _T.__matmul__, _T.mean, _T.sum, _T.flatten, _T.view, _T.reshape, _T.permute, _T.transpose),
+    *(_T.contiguous, _T.squeeze, _T.unsqueeze, _T.__getitem__, _T.clone, _T.to, _T.float, _T.size, _T.dim, _T.numel),
+    *(_T.__len__, _T.is_contiguous),
+}
+# Of these, products are linear only while at most one factor depends on the input, and
+# divisions only while the divisor does not.
+_PRODUCTS = {torch.mul, torch.matmul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__, _T.matmul, _T.__matmul__}
+_PRODUCTS |= {F.linear, torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d}
+_DIVISIONS = {torch.div, _T.div, _T.div_, _T.__truediv__, _T.__itruediv__}
+
+
+def _is_linear_call(func, args, kwargs, depends) -> bool:
+    """Conservatively: does this call keep the linearised backward independent of the image?
+    ``depends(value)`` tells whether a value was computed from the input."""
+    if getattr(func, "__name__", "") == "__get__":  # tensor properties: .shape, .dtype, ...
+        return True
+    if func not in _LINEAR_FUNCS:
+        return False
+    operands = (*args[:2], *kwargs.values())
+    if func in _PRODUCTS:
+        return sum(depends(a) for a in operands) <= 1
+    if func in _DIVISIONS:
+        return not depends(args[1] if len(args) > 1 else kwargs.get("other"))
+    return True
+
+
+def _is_inference_affine(func, args, kwargs) -> bool:
+    """batch_norm with running statistics and dropout in eval mode are affine."""
+    if func is F.batch_norm:
+        return not kwargs.get("training", args[5] if len(args) > 5 else False)
+    if func in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+        return not kwargs.get("training", args[2] if len(args) > 2 else True)
+    return False
+
+
 class _RectifierGates(TorchFunctionMode):
-    """Routes every ReLU-family call (module or functional) through ``_Rectifier``.
+    """Routes every ReLU-family call (module or functional) through ``_Rectifier``, and notes
+    whether every other call is linear (see ``ForwardRecord.fixed_linearisation``).
 
     In-place variants are computed out of place; their return value carries the result.
     """
@@ -100,6 +148,11 @@ class _RectifierGates(TorchFunctionMode):
         super().__init__()
         self.rule = rule
         self.count = 0
+        self.fixed_linearisation = True
+        self.input: torch.Tensor | None = None  # set by capture_forward
+
+    def _depends_on_input(self, value: object) -> bool:
+        return isinstance(value, torch.Tensor) and (value.grad_fn is not None or value is self.input)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -108,6 +161,10 @@ class _RectifierGates(TorchFunctionMode):
         if bounds is not None and isinstance(x, torch.Tensor) and x.requires_grad:
             self.count += 1
             return _Rectifier.apply(x, bounds[0], bounds[1], self.rule)
+        if self.fixed_linearisation and not (
+            _is_linear_call(func, args, kwargs, self._depends_on_input) or _is_inference_affine(func, args, kwargs)
+        ):
+            self.fixed_linearisation = False
         return func(*args, **kwargs)
 
 
@@ -122,6 +179,10 @@ class ForwardRecord:
     rectifier_count: int
     module_types: dict[str, str] = field(default_factory=dict)
     graph_bytes: int = 0  # tensors the retained autograd graph keeps alive (for cache accounting)
+    # True when every op besides the rectifiers is linear with image-independent coefficients: the
+    # "linear" backward (rectifiers open) is then the same for every image, so receptive fields
+    # are a property of the model and weights and may be shared between images.
+    fixed_linearisation: bool = False
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -176,6 +237,7 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
     rule = BackwardRule()
     gates = _RectifierGates(rule)
     x = x.detach().clone().requires_grad_(True)
+    gates.input = x
     saved: dict[int, int] = {}  # storage address -> bytes of every tensor the graph saves
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -219,4 +281,5 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         rectifier_count=gates.count,
         module_types={name: type(modules[name]).__name__ for name in layers},
         graph_bytes=sum(saved.values()),
+        fixed_linearisation=gates.fixed_linearisation,
     )

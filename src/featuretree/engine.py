@@ -35,6 +35,7 @@ RULES: tuple[str, ...] = ("gradient", "guided", "integrated", "ablation")
 SCORING_RULES: dict[str, str] = {"integrated": "gradient", "ablation": "gradient"}
 SEED_MODES: tuple[str, ...] = ("sum", "max")
 DEFAULT_CACHE_BYTES = 512 * 2**20
+RECEPTIVE_FIELD_CACHE_BYTES = 8 * 2**20  # counted as 256 bytes a box: ~32k boxes
 EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box")
 
 
@@ -171,6 +172,9 @@ class Explainer:
         self.cache_bytes = cache_bytes
         # Batched (vmapped) backward passes pay off on accelerators; on CPU a plain loop is faster.
         self.batch_backward = self.device.type != "cpu" if batch_backward is None else batch_backward
+        # Receptive-field boxes of models whose linearised backward is image-independent, shared by
+        # every analysis of this explainer (see ForwardRecord.fixed_linearisation).
+        self.receptive_fields: ByteLRU[tuple[int, int, int, int]] = ByteLRU(RECEPTIVE_FIELD_CACHE_BYTES)
         # Capture and ablation hooks sit on the shared modules during a forward pass: one forward
         # at a time. Re-entrant, so code holding it may call helpers that take it again.
         self.forward_lock = threading.RLock()
@@ -189,6 +193,11 @@ class Explainer:
             device=device,
             **kw,
         )
+
+    def weights_version(self) -> int:
+        """Changes whenever a parameter or buffer is modified in place or replaced."""
+        tensors = (*self.model.parameters(), *self.model.buffers())
+        return hash(tuple((id(t), t._version) for t in tensors))
 
     def analyze(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Analysis:
         """Prepare ``image`` and run the single forward pass every later query reuses."""
@@ -592,14 +601,19 @@ class Analysis:
     def _receptive_fields(self, layer: str, locations: list[tuple[int, int] | None]) -> list[tuple[int, int, int, int]]:
         """Receptive field of each position: the central 90% of the input-gradient mass of all the
         layer's channels there, with every rectifier open (so saturated or dead units still show
-        where they look). It depends on the layer and position only, so it is cached per pair."""
+        where they look). It depends on the layer and position only, so it is cached per pair: per
+        analysis, or per explainer and weights when no op but the rectifiers depends on the image."""
         height, width = (int(s) for s in self.record.input.shape[-2:])
+        if self.record.fixed_linearisation:
+            cache, scope = self.explainer.receptive_fields, ("rf", self.explainer.weights_version(), (height, width))
+        else:
+            cache, scope = self._memo, ("rf",)
         boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         todo = []
         for loc in locations:
             if loc is None or loc in boxes:
                 continue
-            cached = self._memo.get(("rf", layer, loc))
+            cached = cache.get((*scope, layer, loc))
             if cached is not None:
                 boxes[loc] = cached
             else:
@@ -614,7 +628,7 @@ class Analysis:
             shape = self.activation(layer).shape[-2:]
             for loc, grad in zip(todo, self._backward_many(layer, None, seeds, "linear")):
                 boxes[loc] = self._mass_box(grad[0].abs().sum(0).double().cpu(), loc, shape)
-                self._memo.put(("rf", layer, loc), boxes[loc])
+                cache.put((*scope, layer, loc), boxes[loc])
         return [(0, 0, width, height) if loc is None else boxes[loc] for loc in locations]
 
     @staticmethod
