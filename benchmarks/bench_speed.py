@@ -5,9 +5,16 @@
 Reports medians (and p95 for expansions) of:
 - one expansion: k=5 children ranked, with all their node pictures, on a warm analysis;
 - a full depth-3, k=5 tree (156 nodes) with all node evidence, and with PNG rendering;
-- the naive way (the 2015 original): a fresh forward pass and a replay from the root per node;
+- the naive way (the 2015 original): a fresh forward pass and a replay from the root per node,
+  with no cache of any kind;
 - the floor: the exact autograd calls the engine made, replayed bare on the same graph;
-- batched (vmap) sibling backward passes against the default loop.
+- batched (vmap) sibling backward passes against the default loop;
+- bulk: trees for all bundled photos on one explainer, which shares receptive-field
+  boxes between images (they are a property of the model for EfficientNet-Lite), against a
+  fresh explainer per photo.
+
+"Cold" figures clear the explainer's receptive-field cache first, so they include every box.
+Backward-pass counts are given too: unlike times, they do not depend on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import featuretree as ft
 from featuretree.engine import Analysis
 from featuretree.export import render_images
-from featuretree.samples import sample_path
+from featuretree.samples import SAMPLES, sample_path
 
 
 def median_ms(values: list[float]) -> float:
@@ -67,23 +74,28 @@ def full_tree(explainer: ft.Explainer, photo):
     return explainer.analyze(photo).tree(depth=3, k=5)
 
 
-def naive_tree(explainer: ft.Explainer, photo, depth: int = 3, k: int = 5) -> int:
-    """The original's way: every node request runs a fresh forward and replays its path from the root."""
+def naive_tree(explainer: ft.Explainer, photo, depth: int = 3, k: int = 5) -> tuple[int, int]:
+    """The original's way: every node request runs a fresh forward and replays its path from the root.
+    Returns (forward passes, backward passes)."""
     prepared = explainer.analyze(photo).image
-    count = 0
+    forwards = passes = 0
     frontier = [None]
     for level in range(depth + 1):
         next_frontier = []
         for path in frontier:
-            analysis = Analysis(explainer, prepared)  # fresh forward pass, empty memo
+            explainer.receptive_fields.clear()  # no cache of any kind
+            analysis = RecordingAnalysis(explainer, prepared)  # fresh forward pass, empty memo
             path = path or (analysis.resolve_root(None),)
             analysis.evidence(path)
-            count += 1
+            forwards += 1
+            passes += len(analysis.calls)
             if level < depth:
-                fresh = Analysis(explainer, prepared)
+                fresh = RecordingAnalysis(explainer, prepared)
                 next_frontier += [path + (c.unit,) for c in fresh.expand(path, k).children]
+                forwards += 1
+                passes += len(fresh.calls)
         frontier = next_frontier
-    return count
+    return forwards, passes
 
 
 class RecordingAnalysis(Analysis):
@@ -128,23 +140,42 @@ def main() -> None:
     photos = [sample_path(name) for name in args.photos]
     explainer.analyze(photos[0]).tree(depth=1)  # warm-up
 
-    forward, expansions, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], []
-    one_view, scores_only = [], []
+    def sibling(**kw) -> ft.Explainer:
+        return ft.Explainer(explainer.model, explainer.layers, preprocess=explainer.preprocess, device=args.device, **kw)
+
+    naive_explainer = sibling()
+    forward, expansions, expansions_boxes_known, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], [], []
+    one_view, scores_only, tree_passes, naive_passes = [], [], [], []
     for photo in photos:
         for _ in range(args.repeats):
             forward.append(timed(explainer.analyze, photo)[0])
+            explainer.receptive_fields.clear()
             expansions += expansion_latencies(explainer, photo)
+            expansions_boxes_known += expansion_latencies(explainer, photo)
             one_view += expansion_latencies(explainer, photo, kinds=("heat",))
             scores_only += expansion_latencies(explainer, photo, kinds=())
+            explainer.receptive_fields.clear()
             analysis = RecordingAnalysis(explainer, explainer.analyze(photo).image)
             elapsed, tree = timed(analysis.tree, depth=3, k=5)
             trees.append(elapsed)
+            tree_passes.append(len(analysis.calls))
             rendered.append(elapsed + timed(render_images, tree)[0])
             floors.append(floor_time(analysis))
-        batched = ft.Explainer(explainer.model, explainer.layers, preprocess=explainer.preprocess, batch_backward=True, device=args.device)
+        batched = sibling(batch_backward=True)
         batched_trees.append(timed(full_tree, batched, photo)[0])
         if not args.skip_naive:
-            naive.append(timed(naive_tree, explainer, photo)[0])
+            elapsed, (forwards, passes) = timed(naive_tree, naive_explainer, photo)
+            naive.append(elapsed)
+            naive_passes.append(passes)
+
+    # Bulk: every bundled photo once, on one explainer (boxes shared) and on a fresh one each (none).
+    shared = sibling()
+    bulk = {"shared": ([], []), "fresh": ([], [])}
+    for name in SAMPLES:
+        for label, owner in (("fresh", sibling()), ("shared", shared)):
+            analysis = RecordingAnalysis(owner, owner.analyze(sample_path(name)).image)
+            bulk[label][0].append(timed(analysis.tree, depth=3, k=5)[0])
+            bulk[label][1].append(len(analysis.calls))
 
     assert len(tree) == 156, len(tree)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -157,12 +188,15 @@ def main() -> None:
     for label, values in (
         ("scores only", scores_only),
         ("with one picture view per child (what the explorer shows; heatmap)", one_view),
-        ("with all pictures (guided, heatmap, receptive field)", expansions),
+        ("with all pictures (guided, heatmap, receptive field), cold", expansions),
+        ("with all pictures, receptive fields already known", expansions_boxes_known),
     ):
         print(
             f"| one expansion, k=5, {label} | {median_ms(values):.0f} ms (p95 {p95_ms(values):.0f} ms) | {len(values)} expansions, warm analysis |"
         )
-    print(f"| depth-3, k=5 tree (156 nodes), evidence | {median_ms(trees) / 1000:.2f} s | |")
+    print(
+        f"| depth-3, k=5 tree (156 nodes), evidence, cold | {median_ms(trees) / 1000:.2f} s | {statistics.median(tree_passes):.0f} backward passes |"
+    )
     print(f"| same, plus rendering 780 PNGs | {median_ms(rendered) / 1000:.2f} s | |")
     print(
         f"| floor: the same autograd calls, bare | {median_ms(floors) / 1000:.2f} s | engine overhead x{statistics.median(trees) / statistics.median(floors):.2f} |"
@@ -170,9 +204,17 @@ def main() -> None:
     print(
         f"| batched (vmap) sibling passes | {median_ms(batched_trees) / 1000:.2f} s | x{statistics.median(batched_trees) / statistics.median(trees):.2f} of the loop |"
     )
+    for label, note in (("fresh", "a fresh explainer per photo"), ("shared", "one explainer, boxes shared")):
+        times, passes = bulk[label]
+        print(
+            f"| bulk: {len(SAMPLES)} bundled photos, {note} | {median_ms(times) / 1000:.2f} s a tree "
+            f"| {sum(passes) / len(passes):.0f} backward passes a tree (mean) |"
+        )
     if naive:
         print(
-            f"| naive: fresh forward + replay per node | {median_ms(naive) / 1000:.2f} s | engine is x{statistics.median(naive) / statistics.median(trees):.1f} faster |"
+            f"| naive: fresh forward + replay per node, no caches | {median_ms(naive) / 1000:.2f} s "
+            f"| {statistics.median(naive_passes):.0f} backward passes, {forwards} forward passes; "
+            f"the engine (cold) is x{statistics.median(naive) / statistics.median(trees):.1f} faster |"
         )
     print(f"| peak resident memory | {peak_mb:.0f} MB | whole benchmark process |")
 
