@@ -35,6 +35,7 @@ LINEAR_OPS = {
     "average pool": lambda h: F.interpolate(F.avg_pool2d(h, 2), scale_factor=2.0, mode="bilinear"),
     "reshape": lambda h: h.flatten(2).reshape(h.shape).contiguous(),
     "constant pad": lambda h: F.pad(h, (1, 1, 1, 1))[..., 1:-1, 1:-1],
+    "float casts": lambda h: h.to(torch.float64).to(dtype=torch.float32).float(),
 }
 NONLINEAR_OPS = {
     "silu": F.silu,
@@ -45,6 +46,10 @@ NONLINEAR_OPS = {
     "training dropout": nn.Dropout(0.5).train(),
     "hardtanh(-1, 1)": F.hardtanh,
     "squeeze-excite": lambda h: h * torch.sigmoid(h.mean((2, 3), keepdim=True)),
+    "mask from a comparison": lambda h: h * (h > 0).float(),
+    "cast to bool": lambda h: h * F.relu(h).to(torch.bool),
+    "cast to int": lambda h: h * F.relu(h).to(torch.int64),
+    "boolean indexing": lambda h: h.flatten()[h.flatten() > 0].sum() + h,
 }
 
 

@@ -121,6 +121,15 @@ def _is_linear_call(func, args, kwargs, depends) -> bool:
     if func not in _LINEAR_FUNCS:
         return False
     operands = (*args[:2], *kwargs.values())
+    if func in (_T.to, _T.__getitem__):
+        # Casts to integer or bool types round; tensor indices select by value: both nonlinear.
+        values = (*args[1:], *kwargs.values())
+        return not any(
+            (isinstance(v, torch.dtype) and not v.is_floating_point)
+            or (isinstance(v, torch.Tensor) and (func is _T.__getitem__ or not v.dtype.is_floating_point))
+            or (isinstance(v, (tuple, list)) and any(isinstance(i, torch.Tensor) for i in v))
+            for v in values
+        )
     if func in _PRODUCTS:
         return sum(depends(a) for a in operands) <= 1
     if func in _DIVISIONS:
