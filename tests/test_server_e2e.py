@@ -246,6 +246,11 @@ def test_e2e_verification_badges_and_pinned_exemplars(page, db_url, tmp_path):
         assert "ok" in chip.get_attribute("class").split()
         assert "gradient × activation" in chip.get_attribute("title")
     assert "rest" in card(page, "classifier:0").locator(".pic .badge").inner_text()
+    # The root's own row: all its shown children zeroed together (linear classifier: agrees exactly).
+    joint = badge(page, "classifier:0")
+    assert re.fullmatch(r"all 4 zeroed −\d+(\.\d)?%", joint.inner_text()), joint.inner_text()
+    assert "ok" in joint.get_attribute("class").split()
+    assert "all 4 shown children together lowers this node's objective" in joint.get_attribute("title")
     # Expanding a child measures its edges too.
     card(page, corners[1]).locator(".pic").click()
     wait_idle(page)

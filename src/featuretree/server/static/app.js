@@ -154,7 +154,7 @@ function scheduleVerify() {
   }, 60);
 }
 
-function edgeBadge(check, totalPositive) {
+function edgeBadge(check, totalPositive, { what = "this unit", whose = "the parent's", label = "ablation" } = {}) {
   // Measured drop of the parent's objective when this child is zeroed, as a share of the parent's
   // positive total (the same scale as the estimated share on the line above), coloured by agreement.
   const ratio = check.estimate ? check.parent_drop / check.estimate : null;
@@ -165,15 +165,26 @@ function edgeBadge(check, totalPositive) {
   const words = { ok: "agrees with", off: "differs from", bad: "contradicts", na: "has no" }[agree];
   return el("span", {
     class: `chip ${agree}`,
-    title: `Ablation: zeroing this unit lowers the parent's objective by ${fmt(check.parent_drop)} ` +
+    title: `Ablation: zeroing ${what} lowers ${whose} objective by ${fmt(check.parent_drop)} ` +
       `(estimate, gradient × activation: ${fmt(check.estimate)}; measured/estimate ${ratio === null ? "n/a" : ratio.toFixed(2)}, ${words} the estimate) ` +
       `and the root objective by ${fmt(check.root_drop)} of ${fmt(check.root_value)}.`,
-  }, `ablation ${sign}${amount}`);
+  }, `${label} ${sign}${amount}`);
 }
 
 function verifySlot(node) {
   const slot = el("div", { class: "verify" });
-  if (node.depth === 0) return slot;
+  if (node.depth === 0) {
+    // The root has no edge above it; its row shows what zeroing all its shown children together does.
+    const own = verifications.get(childKey(node.id));
+    const kids = children.get(childKey(node.id));
+    if (state.open.has(node.id) && own?.status === "done" && own.data.all && kids?.status === "done") {
+      const count = kids.data.children.length;
+      slot.append(edgeBadge(own.data.all, own.data.total_positive, {
+        what: `all ${count} shown children together`, whose: "this node's", label: `all ${count} zeroed`,
+      }));
+    }
+    return slot;
+  }
   const entry = verifications.get(childKey(parentOf(node.id)));
   if (entry?.status === "done") {
     const check = entry.data.children.find((c) => c.id === node.id);
@@ -202,7 +213,8 @@ function fillVerification(path) {
   // Update the badges in place (no redraw: a hovered picture keeps its zoom).
   for (const cardEl of document.querySelectorAll(".card[data-node]")) {
     const id = cardEl.dataset.node;
-    if (parentOf(id) === path) cardEl.querySelector(".verify")?.replaceWith(verifySlot({ id, depth: id.split("/").length - 1 }));
+    const depth = id.split("/").length - 1;
+    if (parentOf(id) === path || (id === path && depth === 0)) cardEl.querySelector(".verify")?.replaceWith(verifySlot({ id, depth }));
     if (id === path) {
       const entry = children.get(childKey(path));
       const badge = cardEl.querySelector(".pic .badge");
