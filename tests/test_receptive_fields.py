@@ -118,3 +118,39 @@ def test_image_dependent_model_keeps_boxes_per_analysis(square_image):
     tree = analysis.tree(depth=2)
     assert all(n.box is not None for n in tree.walk())
     assert len(explainer.receptive_fields) == 0
+
+
+class KeepsInput(torch.autograd.Function):
+    """A custom function whose forward runs out of the mode's sight (like a compiled extension)
+    and whose backward reads its input from ctx."""
+
+    @staticmethod
+    def forward(ctx, x):
+        with torch._C.DisableTorchFunction():
+            ctx.x = x.detach()
+            return x * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.x
+
+
+RUNNING_MEAN, RUNNING_VAR = torch.zeros(4), torch.ones(4)  # made outside the forward pass
+HIDDEN_OPS = {
+    ".data": lambda h: h * h.data.mean((2, 3), keepdim=True),
+    "view as another dtype": lambda h: h * h.view(torch.int32).float() * 1e-9,
+    "batch norm with an input-dependent weight": lambda h: F.batch_norm(
+        h, RUNNING_MEAN, RUNNING_VAR, weight=h.mean((0, 2, 3)), training=False
+    ),
+    "custom autograd function": KeepsInput.apply,
+}
+
+
+@pytest.mark.parametrize("name", HIDDEN_OPS)
+def test_image_dependence_that_leaves_the_graph_is_detected(name):
+    """Found in review: values that leave the graph, or a backward the mode cannot see."""
+    model = Probe(HIDDEN_OPS[name]).eval()
+    images = torch.rand(2, 1, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    results = [linear_mode_gradient(model, x) for x in images]
+    assert not torch.allclose(results[0][1], results[1][1]), "this op should make the linearisation image-dependent"
+    assert not any(fixed for fixed, _ in results)

@@ -73,7 +73,17 @@ class _Rectifier(torch.autograd.Function):
         return grad, None, None, None
 
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_IN_PLACE_RECTIFIERS = {torch.relu_, F.relu_, torch.Tensor.relu_, F.hardtanh_}
+_INPLACE_FLAG_POSITION = {F.relu: 1, F.relu6: 1, F.hardtanh: 3}
+
+
+def _in_place(func, args, kwargs) -> bool:
+    position = _INPLACE_FLAG_POSITION.get(func)
+    flag = args[position] if position is not None and len(args) > position else False
+    return func in _IN_PLACE_RECTIFIERS or bool(kwargs.get("inplace", flag))
+
+
 _HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_, F.relu6}
 
 
@@ -137,10 +147,11 @@ def _is_linear_call(func, args, kwargs, depends) -> bool:
     return True
 
 
-def _is_inference_affine(func, args, kwargs) -> bool:
-    """batch_norm with running statistics and dropout in eval mode are affine."""
+def _is_inference_affine(func, args, kwargs, depends) -> bool:
+    """batch_norm with fixed running statistics and parameters, and dropout in eval mode, are affine."""
     if func is F.batch_norm:
-        return not kwargs.get("training", args[5] if len(args) > 5 else False)
+        fixed = not any(depends(a) for a in (*args[1:5], *(v for k, v in kwargs.items() if k != "input")))
+        return fixed and not kwargs.get("training", args[5] if len(args) > 5 else False)
     if func in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
         return not kwargs.get("training", args[2] if len(args) > 2 else True)
     return False
@@ -150,7 +161,8 @@ class _RectifierGates(TorchFunctionMode):
     """Routes every ReLU-family call (module or functional) through ``_Rectifier``, and notes
     whether every other call is linear (see ``ForwardRecord.fixed_linearisation``).
 
-    In-place variants are computed out of place; their return value carries the result.
+    In-place variants are computed out of place and copied back into their argument, so code
+    that ignores the return value still sees the rectified tensor.
     """
 
     def __init__(self, rule: BackwardRule) -> None:
@@ -163,18 +175,31 @@ class _RectifierGates(TorchFunctionMode):
     def _depends_on_input(self, value: object) -> bool:
         return isinstance(value, torch.Tensor) and (value.grad_fn is not None or value is self.input)
 
+    def _keeps_fixed(self, func, args, kwargs, result) -> bool:
+        depends = self._depends_on_input
+        if not (_is_linear_call(func, args, kwargs, depends) or _is_inference_affine(func, args, kwargs, depends)):
+            return False
+        # A value computed from the input that leaves the graph (.data, a view as another dtype)
+        # can scale later ops by image-dependent amounts that the graph does not show.
+        detached = isinstance(result, torch.Tensor) and not result.requires_grad
+        return not (detached and any(depends(a) for a in (*args, *kwargs.values())))
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         bounds = _rectifier_bounds(func, args, kwargs) if args else None
         x = args[0] if args else None
         if bounds is not None and isinstance(x, torch.Tensor) and x.requires_grad:
             self.count += 1
-            return _Rectifier.apply(x, bounds[0], bounds[1], self.rule)
-        if self.fixed_linearisation and not (
-            _is_linear_call(func, args, kwargs, self._depends_on_input) or _is_inference_affine(func, args, kwargs)
-        ):
+            out = _Rectifier.apply(x, bounds[0], bounds[1], self.rule)
+            if _in_place(func, args, kwargs) and not x.is_leaf:
+                # Keep in-place semantics for code that ignores the return value (``F.relu_(y); return y``).
+                x.copy_(out)
+                return x
+            return out
+        result = func(*args, **kwargs)
+        if self.fixed_linearisation and not self._keeps_fixed(func, args, kwargs, result):
             self.fixed_linearisation = False
-        return func(*args, **kwargs)
+        return result
 
 
 @dataclass
@@ -192,6 +217,21 @@ class ForwardRecord:
     # "linear" backward (rectifiers open) is then the same for every image, so receptive fields
     # are a property of the model and weights and may be shared between images.
     fixed_linearisation: bool = False
+
+
+def _has_foreign_functions(output: torch.Tensor) -> bool:
+    """Whether the graph holds custom autograd functions other than ours: their backward is
+    invisible to the torch-function mode and may read saved values of the image."""
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction) and node._forward_cls is not _Rectifier:
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -290,5 +330,5 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         rectifier_count=gates.count,
         module_types={name: type(modules[name]).__name__ for name in layers},
         graph_bytes=sum(saved.values()),
-        fixed_linearisation=gates.fixed_linearisation,
+        fixed_linearisation=gates.fixed_linearisation and not _has_foreign_functions(output),
     )
