@@ -293,7 +293,9 @@ def test_e2e_verification_badges_and_pinned_exemplars(page, db_url, tmp_path):
     exported.set_viewport_size({"width": 1280, "height": 1000})
     exported.goto(saved.as_uri())
     exported.wait_for_selector(".ft-card")
-    assert exported.locator(".ft-card .ft-badge").count() == 6  # 4 corners + 2 edges
+    assert exported.locator(".ft-card .ft-badge").count() == 7  # 4 corners + 2 edges + the root's joint one
+    root_badge = exported.locator('.ft-card[data-node="classifier:0"] .ft-badge')
+    assert re.fullmatch(r"all 4 zeroed −\d+(\.\d)?%", root_badge.inner_text()), root_badge.inner_text()
     assert exported.locator(".ft-exemplars figure img").count() == 7  # one grid per distinct unit
     exported.wait_for_function("[...document.querySelectorAll('.ft-exemplars img')].every(i => i.complete && i.naturalWidth > 0)")
     exported.screenshot(path=str(ARTIFACTS / "toy-08-exported-badges-exemplars.png"), full_page=True)

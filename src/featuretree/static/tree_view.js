@@ -163,9 +163,15 @@
         : `score ${fmt(node.score)} · max act ${fmt(node.activation_max, 1)}`;
       box.appendChild(el("div", { class: "stats", title: `score ${node.score}, activation sum ${node.activation_sum}, max ${node.activation_max}` }, stats));
       const exemplars = node.images && exemplarIds.get(node.images.exemplars);
-      if (node.verification || exemplars) {
+      // The root has no edge above it: it shows its shown children zeroed together instead.
+      const joint = !node.verification && node.verification_all && node.children.length ? node.verification_all : null;
+      if (node.verification || joint || exemplars) {
         const line = el("div", { class: "ft-line" });
         if (node.verification) line.appendChild(badge(node.verification, parents.get(node.id)));
+        if (joint) {
+          const n = node.children.length;
+          line.appendChild(badge(joint, node, { label: `all ${n} zeroed`, what: `all ${n} shown children together`, whose: "this node's" }));
+        }
         if (exemplars) line.appendChild(el("a", { class: "ft-exlink", href: "#" + exemplars, title: "this unit's exemplars: top image patches | reconstructions (below the tree)" }, "ex ↓"));
         box.appendChild(line);
       }
@@ -195,16 +201,16 @@
     // Ablation badge: the measured drop of the parent's objective when this unit is zeroed, as a
     // share of the parent's positive total (the scale of the estimated share), coloured by agreement
     // with the gradient x activation estimate.
-    function badge(v, parent) {
+    function badge(v, parent, { label = "ablation", what = "this unit", whose = "parent" } = {}) {
       const total = parent && parent.total_positive > 0 ? parent.total_positive : null;
       const agree = v.estimate ? v.parent_drop / v.estimate : null;
       const cls = agree === null ? "" : agree >= 0.5 && agree <= 2 ? " ok" : agree > 0 ? " off" : " bad";
       const sign = v.parent_drop >= 0 ? "−" : "+";
       const pct = total === null ? null : (100 * Math.abs(v.parent_drop)) / total;
-      const text = "ablation " + sign + (pct === null ? fmt(Math.abs(v.parent_drop)) : pct.toFixed(pct < 9.95 ? 1 : 0) + "%");
+      const text = label + " " + sign + (pct === null ? fmt(Math.abs(v.parent_drop)) : pct.toFixed(pct < 9.95 ? 1 : 0) + "%");
       return el("div", {
         class: "ft-badge" + cls,
-        title: `zeroing this unit: parent objective drops ${fmt(v.parent_drop)} of ${fmt(v.parent_value)}, ` +
+        title: `zeroing ${what}: ${whose} objective drops ${fmt(v.parent_drop)} of ${fmt(v.parent_value)}, ` +
           `root objective drops ${fmt(v.root_drop)} of ${fmt(v.root_value)}; gradient × activation estimated ${fmt(v.estimate)}`,
       }, text);
     }
