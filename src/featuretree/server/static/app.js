@@ -176,9 +176,8 @@ function verifySlot(node) {
   if (node.depth === 0) {
     // The root has no edge above it; its row shows what zeroing all its shown children together does.
     const own = verifications.get(childKey(node.id));
-    const kids = children.get(childKey(node.id));
-    if (state.open.has(node.id) && own?.status === "done" && own.data.all && kids?.status === "done") {
-      const count = kids.data.children.length;
+    if (state.open.has(node.id) && own?.status === "done" && own.data.all) {
+      const count = own.data.children.length;
       slot.append(edgeBadge(own.data.all, own.data.total_positive, {
         what: `all ${count} shown children together`, whose: "this node's", label: `all ${count} zeroed`,
       }));
