@@ -74,6 +74,7 @@ class _Rectifier(torch.autograd.Function):
 
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_, F.relu6}
 _IN_PLACE_RECTIFIERS = {torch.relu_, F.relu_, torch.Tensor.relu_, F.hardtanh_}
 _INPLACE_FLAG_POSITION = {F.relu: 1, F.relu6: 1, F.hardtanh: 3}
 
@@ -82,9 +83,6 @@ def _in_place(func, args, kwargs) -> bool:
     position = _INPLACE_FLAG_POSITION.get(func)
     flag = args[position] if position is not None and len(args) > position else False
     return func in _IN_PLACE_RECTIFIERS or bool(kwargs.get("inplace", flag))
-
-
-_HARDTANH_FUNCS = {F.hardtanh, F.hardtanh_, F.relu6}
 
 
 def _rectifier_bounds(func, args, kwargs) -> tuple[float, float | None] | None:
