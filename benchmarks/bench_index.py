@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from featuretree.cli import load_explainer
+from featuretree.core.images import load_image
 from featuretree.exemplars.collection import build_collection
 from featuretree.exemplars.indexer import index_folder
-from featuretree.images import load_image
+from featuretree.loading import load_explainer
 
 
 def plain_forward(model, tensors: list[torch.Tensor], batch_size: int) -> float:

@@ -27,9 +27,9 @@ import time
 import torch
 
 import featuretree as ft
-from featuretree.engine import Analysis
-from featuretree.export import render_images
-from featuretree.samples import SAMPLES, sample_path
+from featuretree.core.samples import SAMPLES, sample_path
+from featuretree.explainer import Analysis
+from featuretree.render.export import render_images
 
 
 def median_ms(values: list[float]) -> float:
@@ -105,14 +105,14 @@ class RecordingAnalysis(Analysis):
         self.calls: list[tuple] = []
         super().__init__(*args, **kwargs)
 
-    def _backward(self, upper, lower, grad_output, rule):
+    def backward(self, upper, lower, grad_output, rule):
         self.calls.append((upper, lower, grad_output, rule, False))
-        return super()._backward(upper, lower, grad_output, rule)
+        return super().backward(upper, lower, grad_output, rule)
 
-    def _backward_many(self, upper, lower, grad_outputs, rule):
+    def backward_many(self, upper, lower, grad_outputs, rule):
         if len(grad_outputs) > 1 and self.explainer.batch_backward:
             self.calls.append((upper, lower, torch.stack(grad_outputs), rule, True))
-        return super()._backward_many(upper, lower, grad_outputs, rule)
+        return super().backward_many(upper, lower, grad_outputs, rule)
 
 
 def floor_time(analysis: RecordingAnalysis) -> float:

@@ -18,8 +18,10 @@ import time
 import torch
 
 import featuretree as ft
-from featuretree.samples import sample_path
-from featuretree.verify import _objective, masked_forward, verify_edges
+from featuretree.analysis.interventions import objective as _objective
+from featuretree.analysis.interventions import scaled_forward as masked_forward
+from featuretree.core.samples import sample_path
+from featuretree.tree.verify import verify_edges
 
 
 def one_at_a_time(analysis, path, channels):

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import featuretree as ft
-from featuretree.samples import SAMPLES, sample_path
+from featuretree.core.samples import SAMPLES, sample_path
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden_trees.json"
 

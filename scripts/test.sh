@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
+.venv/bin/lint-imports  # the layer contracts in pyproject.toml
 .venv/bin/python -m pytest -q "$@"

@@ -5,7 +5,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import featuretree as ft
-from featuretree.samples import sample_path
+from featuretree.core.samples import sample_path
 
 
 @pytest.fixture(autouse=True)

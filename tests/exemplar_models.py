@@ -7,7 +7,7 @@ import time
 import torch
 
 from featuretree.models.toy import ToySquareNet
-from featuretree.zoo import ZooModel, load_model
+from featuretree.models.zoo import ZooModel, load_model
 
 
 class SlowToySquareNet(ToySquareNet):

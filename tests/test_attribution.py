@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import featuretree as ft
-from featuretree.attribution import ablation_scores, integrated_gradients
-from featuretree.engine import Unit
+from featuretree.analysis.interventions import ablate
+from featuretree.core.units import Unit
 from featuretree.models.toy import CORNER_EDGES
-from featuretree.verify import ablate
+from featuretree.rules.ablation import ablation_scores
+from featuretree.rules.integrated import integrated_gradients
 
 from .conftest import square_picture
 

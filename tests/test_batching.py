@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import featuretree as ft
-from featuretree.samples import sample_path
+from featuretree.core.samples import sample_path
 
 
 def assert_same_trees(a: ft.FeatureTree, b: ft.FeatureTree, atol: float) -> None:

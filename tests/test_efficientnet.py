@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import featuretree as ft
-from featuretree.images import Preprocess
-from featuretree.samples import sample_path
-from featuretree.zoo import EFFICIENTNET_LITE0_LAYERS
+from featuretree.core.images import Preprocess
+from featuretree.core.samples import sample_path
+from featuretree.models.zoo import EFFICIENTNET_LITE0_LAYERS
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""featuretree.evaluate on the hand-set toy net, whose right children are known."""
+"""featuretree.reports.evaluate on the hand-set toy net, whose right children are known."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import featuretree as ft
-from featuretree.evaluate import evaluate_folder, save_evaluation
 from featuretree.models.toy import CORNER_EDGES
+from featuretree.reports.evaluate import evaluate_folder, save_evaluation
 
 BOXES = [(8, 8, 23, 23), (4, 6, 20, 22), (10, 9, 27, 26)]
 

@@ -7,11 +7,11 @@ import io
 import pytest
 from PIL import Image
 
-from featuretree.cli import load_explainer
 from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.collection import CROPS, available_photos, build_collection
 from featuretree.exemplars.db import ExemplarDB
 from featuretree.exemplars.indexer import index_folder
+from featuretree.loading import load_explainer
 
 
 def test_exemplar_collection_is_real_photos_and_stable(tmp_path):

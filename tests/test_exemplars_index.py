@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featuretree.cli import load_explainer, main
-from featuretree.errors import LayerError, UnitError
+from featuretree.cli import main
+from featuretree.core.errors import LayerError, UnitError
 from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.db import DatabaseError, ExemplarDB
 from featuretree.exemplars.indexer import index_folder
+from featuretree.loading import load_explainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_MODEL = f"{ROOT / 'tests' / 'exemplar_models.py'}:slow_toy"
@@ -232,7 +233,7 @@ def test_exemplar_grid_and_units_sheet(tmp_path, capsys):
 
 
 def test_index_relevance_ranking_per_class(tmp_path, capsys):
-    from featuretree.engine import Unit
+    from featuretree.core.units import Unit
 
     folder = tmp_path / "imgs"
     truth = make_squares(folder, 30, seed=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import featuretree as ft
-from featuretree.samples import sample_path
+from featuretree.core.samples import sample_path
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_trees.json").read_text())
 

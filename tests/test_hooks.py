@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import featuretree as ft
-from featuretree.errors import FeatureTreeError, LayerError
+from featuretree.core.errors import FeatureTreeError, LayerError
 
 from .conftest import all_hooks_removed
 

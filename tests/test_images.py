@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featuretree.errors import ImageInputError
-from featuretree.images import Preprocess, load_image, prepare_image
+from featuretree.core.errors import ImageInputError
+from featuretree.core.images import Preprocess, load_image, prepare_image
 
 from .conftest import square_picture
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from featuretree.capture import capture_forward
+from featuretree.capture.forward import capture_forward
 
 STATEMENTS = {
     "torch.relu_": lambda y: torch.relu_(y),

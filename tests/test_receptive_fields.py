@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import featuretree as ft
-from featuretree.capture import capture_forward
-from featuretree.samples import sample_path
+from featuretree.capture.forward import capture_forward
+from featuretree.core.samples import sample_path
 
 
 class Probe(nn.Module):

@@ -1,11 +1,11 @@
-"""Cascading weight randomisation (featuretree.sanity) on the hand-set toy net."""
+"""Cascading weight randomisation (featuretree.reports.sanity) on the hand-set toy net."""
 
 from __future__ import annotations
 
 import torch
 
 import featuretree as ft
-from featuretree.sanity import parameter_segments, sanity_check, save_report, spearman
+from featuretree.reports.sanity import parameter_segments, sanity_check, save_report, spearman
 
 from .conftest import square_picture
 
@@ -63,7 +63,7 @@ def test_spearman_gives_ties_their_average_rank():
     from pytest import approx
     from scipy.stats import spearmanr
 
-    from featuretree.sanity import spearman
+    from featuretree.reports.sanity import spearman
 
     rng = np.random.default_rng(0)
     # Two magnitude maps that share exact zeros (e.g. letterbox padding) and are unrelated elsewhere.

@@ -10,7 +10,7 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 import featuretree as ft
-from featuretree.engine import Unit
+from featuretree.core.units import Unit
 
 
 class Residual(nn.Module):

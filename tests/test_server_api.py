@@ -11,9 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from featuretree.models.zoo import load_model
 from featuretree.server import ServerSettings, create_app
 from featuretree.server.session import Limits
-from featuretree.zoo import load_model
 
 from .server_helpers import assert_error, square_png
 
@@ -65,7 +65,8 @@ def test_api_upload_then_top5_and_children_match_the_engine(client, square_id):
     assert [c["id"] for c in kids["children"]] == [f"classifier:0/corners:{i}" for i in range(4)]
     assert kids["coverage"] == pytest.approx(sum(c["share"] for c in kids["children"]))
     # Same numbers as the engine on the same photo.
-    from featuretree.engine import Explainer, Unit
+    from featuretree.core.units import Unit
+    from featuretree.explainer import Explainer
 
     zoo = load_model(TOY)
     engine = Explainer(zoo.module, zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names)
@@ -225,7 +226,7 @@ def test_api_export_json_and_html_follow_the_view(client, square_id):
     assert [c["id"] for c in root["children"]] == ["classifier:0/corners:0", "classifier:0/corners:1", "classifier:0/corners:2"]
     assert [c["id"] for c in root["children"][1]["children"]] == ["classifier:0/corners:1/edges:1", "classifier:0/corners:1/edges:2"]
     assert root["children"][0]["children"] == [] and root["children"][0]["expanded"] is False
-    from featuretree.tree import FeatureTree
+    from featuretree.tree.model import FeatureTree
 
     assert len(FeatureTree.from_dict(tree)) == 6
     html = client.get("/api/export", params={**params, "format": "html"})

@@ -18,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from featuretree.cli import load_explainer, main
-from featuretree.engine import Explainer
-from featuretree.errors import FeatureTreeError
+from featuretree.cli import main
+from featuretree.core.errors import FeatureTreeError
 from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.indexer import index_folder
+from featuretree.explainer import Explainer
+from featuretree.loading import load_explainer
 from featuretree.server import ServerSettings, create_app
 
 from .server_helpers import assert_error, square_png

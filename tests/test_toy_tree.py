@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from featuretree.engine import Unit
+from featuretree.core.units import Unit
 from featuretree.models.toy import CORNER_EDGES
 
 

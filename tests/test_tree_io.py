@@ -7,8 +7,8 @@ import json
 import pytest
 
 import featuretree as ft
-from featuretree.errors import OptionError
-from featuretree.tree import SCHEMA_VERSION
+from featuretree.core.errors import OptionError
+from featuretree.tree.model import SCHEMA_VERSION
 
 
 def test_round_trip_through_json(toy_explainer, square_image, tmp_path):

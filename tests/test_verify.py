@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import featuretree as ft
-from featuretree.engine import Unit
-from featuretree.samples import sample_path
-from featuretree.tree import FeatureTree
-from featuretree.verify import ablate, verify_edges, verify_tree
+from featuretree.analysis.interventions import ablate
+from featuretree.core.samples import sample_path
+from featuretree.core.units import Unit
+from featuretree.tree.model import FeatureTree
+from featuretree.tree.verify import verify_edges, verify_tree
 
 from .conftest import all_hooks_removed, square_picture
 

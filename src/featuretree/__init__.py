@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from .engine import RULES, SEED_MODES, Analysis, Explainer, Unit
-from .errors import FeatureTreeError
-from .images import Preprocess, load_image
-from .tree import FeatureTree, Node
-from .zoo import MODELS, ZooModel, load_model
+from .analysis.image_analysis import SEED_MODES
+from .core.errors import FeatureTreeError
+from .core.images import Preprocess, load_image
+from .core.units import Unit
+from .explainer import Analysis, Explainer
+from .models.zoo import MODELS, ZooModel, load_model
+from .rules import rule_names
+from .tree.model import FeatureTree, Node
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "RULES",
     "SEED_MODES",
     "MODELS",
     "Analysis",
@@ -25,6 +27,7 @@ __all__ = [
     "explain",
     "load_image",
     "load_model",
+    "rule_names",
 ]
 
 

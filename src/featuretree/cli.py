@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import re
 import shutil
 import sys
@@ -13,9 +11,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import FeatureTreeError, ModelError, OptionError
+from .core.errors import FeatureTreeError, OptionError, UnitError
+from .loading import load_explainer
+from .rules import rule_names, rules_help
 
 PROG = "featuretree"
+# Rules are checked where they are used (one-line errors); the usage line lists the registered ones.
+_RULES_METAVAR = "{" + ",".join(rule_names()) + "}"
 
 
 def _whole_number(text: str) -> int:
@@ -31,58 +33,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0..65535 (0 picks a free one), got {port}")
     return port
-
-
-def load_explainer(model: str, layers: str | None, device: str):
-    """``--model`` is a zoo name or ``path/to/file.py:function`` / ``package.module:function``.
-
-    The function returns a ZooModel, or an nn.Module (then ``--layers`` is required).
-    """
-    from torch import nn
-
-    from .engine import Explainer
-    from .zoo import MODELS, ZooModel, load_model
-
-    layer_list = [part.strip() for part in layers.split(",") if part.strip()] if layers else None
-    if ":" in model and model not in MODELS:
-        source, _, func_name = model.rpartition(":")
-        if source.endswith(".py"):
-            path = Path(source)
-            if not path.is_file():
-                raise ModelError(f"model file {path} not found", "give --model path/to/file.py:function")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            try:
-                module = importlib.import_module(source)
-            except ImportError as err:
-                raise ModelError(f"cannot import {source!r} ({err})", "give --model package.module:function") from None
-        factory = getattr(module, func_name, None)
-        if factory is None:
-            raise ModelError(f"{source} has no function {func_name!r}", "name a function that returns the model")
-        built = factory()
-        if isinstance(built, ZooModel):
-            return Explainer(
-                built.module,
-                layer_list or built.default_layers,
-                preprocess=built.preprocess,
-                class_names=built.class_names,
-                name=built.name,
-                device=device,
-            )
-        if isinstance(built, nn.Module):
-            if not layer_list:
-                raise OptionError(
-                    "a custom nn.Module needs a layer chain",
-                    "pass --layers name1,name2,... (input side first; see `featuretree layers --model ...`)",
-                )
-            return Explainer(built, layer_list, name=model, device=device)
-        raise ModelError(f"{model} returned {type(built).__name__}", "return a torch.nn.Module or featuretree.ZooModel")
-    zoo = load_model(model)
-    return Explainer(
-        zoo.module, layer_list or zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names, name=zoo.name, device=device
-    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -115,11 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
     ex.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
     ex.add_argument(
-        "--rule",
-        default="gradient",
-        help="how children are scored: gradient (gradient x activation), guided (the original's guided backprop), integrated "
-        "(integrated gradients at the child layer, zero baseline) or ablation (measured drop when the child is zeroed; exact, slower) "
-        "(default: %(default)s)",
+        "--rule", default="gradient", metavar=_RULES_METAVAR, help=f"how children are scored: {rules_help()} (default: %(default)s)"
     )
     ex.add_argument(
         "--seed-mode",
@@ -153,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
     sa.add_argument("--k", type=_whole_number, default=3, help="children kept per node (default: %(default)s)")
     sa.add_argument("--depth", type=_whole_number, default=2, help="levels below the root (default: %(default)s)")
-    sa.add_argument("--rule", default="gradient", help="child-scoring rule, as for explain (default: %(default)s)")
+    sa.add_argument("--rule", default="gradient", metavar=_RULES_METAVAR, help="child-scoring rule, as for explain (default: %(default)s)")
     sa.add_argument("--steps", type=_whole_number, help="randomise at most this many chain layers (default: all up to the root)")
     sa.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
     _add_model_args(sa)
@@ -167,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("images_dir", nargs="?", help="folder of images (jpg, png, ...); default: the bundled sample photos")
     ev.add_argument("--out", help="output folder for evaluate.md/.csv/.png (default: featuretree-out/evaluate)")
     ev.add_argument("--k", type=_whole_number, default=5, help="children per node (default: %(default)s)")
-    ev.add_argument(
-        "--rules", default="gradient,guided,integrated,ablation", help="comma-separated rules to compare (default: %(default)s)"
-    )
+    ev.add_argument("--rules", default=",".join(rule_names()), help="comma-separated rules to compare (default: %(default)s)")
     ev.add_argument(
         "--parents",
         type=_whole_number,
@@ -256,9 +200,9 @@ def _version() -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .export import ensure_writable
-    from .images import load_image
-    from .samples import sample_path
+    from .core.images import load_image
+    from .core.samples import sample_path
+    from .render.export import ensure_writable
 
     photo = Path(args.photo) if args.photo else sample_path("chelsea")
     out = Path(args.out) if args.out else Path("featuretree-out") / photo.stem
@@ -313,7 +257,7 @@ def format_tree(tree, max_lines: int = 40) -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .inspect import format_layers, list_layers
+    from .reports.layers import format_layers, list_layers
 
     explainer = load_explainer(args.model, args.layers, args.device)
     rows = list_layers(explainer.model, explainer.preprocess.size, explainer.layers, explainer.device)
@@ -328,10 +272,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sanity(args: argparse.Namespace) -> int:
-    from .export import ensure_writable
-    from .images import load_image
-    from .samples import sample_path
-    from .sanity import sanity_check, save_report
+    from .core.images import load_image
+    from .core.samples import sample_path
+    from .render.export import ensure_writable
+    from .reports.sanity import sanity_check, save_report
 
     photo = Path(args.photo) if args.photo else sample_path("chelsea")
     out = Path(args.out) if args.out else Path("featuretree-out") / f"sanity-{photo.stem}"
@@ -346,7 +290,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .export import ensure_writable
+    from .render.export import ensure_writable
 
     out = Path(args.out) if args.out else Path("featuretree-out") / "evaluate"
     ensure_writable(out)
@@ -364,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace, explainer, rules: list[str], images_dir: str, out: Path) -> int:
-    from .evaluate import evaluate_folder, save_evaluation
+    from .reports.evaluate import evaluate_folder, save_evaluation
 
     result = evaluate_folder(
         explainer,
@@ -417,7 +361,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _class_index(explainer, text: str) -> int:
-    from .errors import UnitError
 
     if re.fullmatch(r"[0-9]+", text.strip()):
         return int(text)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import OutputError
-from ..images import load_image
-from ..samples import sample_dir
+from ..core.errors import OutputError
+from ..core.images import load_image
+from ..core.samples import sample_dir
 
 # Photographs (not drawings or synthetic patterns) in skimage/data.
 PHOTOS = (

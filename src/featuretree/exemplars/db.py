@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
+from ..core.errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
 
 SCHEMA_VERSION = 1
 

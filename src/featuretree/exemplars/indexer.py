@@ -28,11 +28,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..capture import capture_forward, resolve_modules
-from ..engine import central_interval
-from ..errors import FeatureTreeError, ImageInputError, LayerError, OptionError
-from ..images import Preprocess, load_image
-from ..render import png_bytes
+from ..capture.forward import capture_forward, resolve_modules
+from ..capture.hooks import forward_hooks
+from ..core.errors import FeatureTreeError, ImageInputError, LayerError, OptionError
+from ..core.images import Preprocess, load_image
+from ..evidence.receptive_field import central_interval
+from ..loading import load_explainer
+from ..models.zoo import MODELS
+from ..render.pictures import png_bytes
 from .db import ACTIVATION, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -195,13 +198,8 @@ def unit_maxima(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, t
 
         return hook
 
-    handles: list = []
-    try:
-        handles += [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    with forward_hooks((modules[name], make_hook(name)) for name in layers):
         yield found
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def unit_relevance(
@@ -219,31 +217,23 @@ def unit_relevance(
 
         return hook
 
-    handles: list = []
     found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
-    try:
-        handles += [modules[name].register_forward_hook(make_hook(name)) for name in layers]
-        with torch.enable_grad():
-            logits = model(x)
-            if logits.dim() != 2:
-                raise LayerError(
-                    f"the model output has shape {list(logits.shape)}, not [B, classes]", "relevance ranking needs class logits"
-                )
-            for k in classes:
-                if not 0 <= k < logits.shape[1]:
-                    raise OptionError(f"class {k} is out of range", f"the model has classes 0..{logits.shape[1] - 1}")
-                grads = torch.autograd.grad(logits[:, k].sum(), [acts[n] for n in layers], retain_graph=True, allow_unused=True)
-                for name, grad in zip(layers, grads):
-                    act = acts[name].detach()
-                    terms = act * grad.detach() if grad is not None else torch.zeros_like(act)
-                    if terms.dim() == 4:
-                        flat = terms.flatten(2)
-                        found[f"class:{k}", name] = (flat.sum(2).float().cpu(), flat.argmax(2).cpu(), terms.shape[-1])
-                    else:
-                        found[f"class:{k}", name] = (terms.float().cpu(), torch.zeros(terms.shape, dtype=torch.long), 1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks((modules[name], make_hook(name)) for name in layers), torch.enable_grad():
+        logits = model(x)
+        if logits.dim() != 2:
+            raise LayerError(f"the model output has shape {list(logits.shape)}, not [B, classes]", "relevance ranking needs class logits")
+        for k in classes:
+            if not 0 <= k < logits.shape[1]:
+                raise OptionError(f"class {k} is out of range", f"the model has classes 0..{logits.shape[1] - 1}")
+            grads = torch.autograd.grad(logits[:, k].sum(), [acts[n] for n in layers], retain_graph=True, allow_unused=True)
+            for name, grad in zip(layers, grads):
+                act = acts[name].detach()
+                terms = act * grad.detach() if grad is not None else torch.zeros_like(act)
+                if terms.dim() == 4:
+                    flat = terms.flatten(2)
+                    found[f"class:{k}", name] = (flat.sum(2).float().cpu(), flat.argmax(2).cpu(), terms.shape[-1])
+                else:
+                    found[f"class:{k}", name] = (terms.float().cpu(), torch.zeros(terms.shape, dtype=torch.long), 1)
     return found
 
 
@@ -603,8 +593,6 @@ def explainer_for_db(db: ExemplarDB, device: str = "cpu"):
     Only built-in models are loaded this way: a ``file.py:function`` spec read from a database
     would run code that came with the file.
     """
-    from ..cli import load_explainer
-    from ..zoo import MODELS
 
     meta = db.meta()
     if meta["model"] not in MODELS:

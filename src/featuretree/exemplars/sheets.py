@@ -8,7 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
-from ..render import png_bytes
+from ..render.pictures import png_bytes
 from .db import ACTIVATION, Exemplar, ExemplarDB
 
 TILE = 64

@@ -5,8 +5,6 @@ All compute endpoints are plain ``def`` functions, so FastAPI runs them in its t
 pool; the engine serialises backward passes per analysis, and every cache is locked.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
@@ -19,16 +17,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from ..engine import RULES, SEED_MODES, Analysis, Unit, path_id
-from ..errors import FeatureTreeError, UnitError
-from ..samples import available_samples
+from ..analysis.image_analysis import SEED_MODES
+from ..core.errors import FeatureTreeError, UnitError
+from ..core.samples import available_samples
+from ..core.units import Unit, path_id
+from ..explainer import Analysis
+from ..render.export import render_html, render_images
+from ..rules import rule_names, rules_help
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
 from .view import add_exemplar_grids, build_view_tree
 
-Rule = Literal["gradient", "guided", "integrated", "ablation"]
-SeedMode = Literal["sum", "max"]
-View = Literal["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
-assert tuple(Rule.__args__) == RULES and tuple(SeedMode.__args__) == SEED_MODES and tuple(View.__args__) == VIEWS  # type: ignore[attr-defined]
+# Annotations here are evaluated when each route is defined (no ``from __future__ import annotations``),
+# so the rule choices below are read from the registry when an app is created.
+SeedMode = Literal[SEED_MODES]  # type: ignore[valid-type]
+View = Literal[VIEWS]  # type: ignore[valid-type]
 
 ModelQ = Annotated[str, Query(min_length=1, max_length=200, description="model name, see /api/info")]
 ImageQ = Annotated[str, Query(min_length=1, max_length=200, description="a sample name or the id returned by POST /api/images")]
@@ -41,7 +43,6 @@ PathQ = Annotated[
     ),
 ]
 KQ = Annotated[int, Query(ge=1, le=64, description="children kept per node")]
-RuleQ = Annotated[Rule, Query(description="backward rule for scores: gradient or guided")]
 SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's map or its max pixel")]
 
 PNG_CACHE = "public, max-age=86400, immutable"
@@ -220,6 +221,9 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     if not settings.models:
         raise FeatureTreeError("the server needs at least one model", "pass --model")
     default_model = settings.default_model or settings.models[0]
+    # The rules registered now are the ones this app accepts and lists in its OpenAPI schema.
+    Rule = Literal[rule_names()]  # type: ignore[valid-type]
+    RuleQ = Annotated[Rule, Query(description=f"how children are scored: {rules_help()}")]
     workspace = Workspace(settings.models, settings.device, settings.limits, loader, settings.exemplar_db)
     app = FastAPI(
         title="featuretree explorer",
@@ -273,7 +277,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             default_image=settings.default_image,
             samples=samples,
             views=list(VIEWS),
-            rules=list(RULES),
+            rules=list(rule_names()),
             seed_modes=list(SEED_MODES),
             max_upload_bytes=settings.limits.max_upload_bytes,
             exemplars=exemplars_out(),
@@ -502,7 +506,6 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
                 media_type="application/json",
                 headers={"Content-Disposition": f'attachment; filename="featuretree-{stem}.json"'},
             )
-        from ..export import render_html, render_images
 
         files = render_images(tree)
         if exemplars:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import OptionError
-from ..samples import SAMPLES
-from ..zoo import MODELS
-from .session import Limits
+from ..core.errors import OptionError
+from ..core.samples import SAMPLES
+from ..loading import load_explainer
+from ..models.zoo import MODELS
+from .app import ServerSettings, create_app
+from .session import Limits, read_exemplar_info
 
 
 def is_loopback(host: str) -> bool:
@@ -37,9 +39,6 @@ def check_bind(host: str, allow_remote: bool) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..cli import load_explainer
-    from .app import ServerSettings, create_app
-
     check_bind(args.host, args.allow_remote)
     if args.image not in SAMPLES:
         raise OptionError(f"unknown sample {args.image!r}", f"use one of {', '.join(SAMPLES)}; upload other photos in the page")
@@ -49,8 +48,6 @@ def serve(args: argparse.Namespace) -> int:
     models = ("efficientnet_lite0", "toy_squares") if args.model is None else (args.model,)
     db = getattr(args, "db", None)
     if db is not None:
-        from .session import read_exemplar_info
-
         info = read_exemplar_info(db)  # a missing or foreign file fails now, in one line
         if info.model not in models:
             raise OptionError(

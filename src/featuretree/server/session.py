@@ -25,13 +25,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..cache import ByteLRU, tensor_bytes
-from ..engine import EVIDENCE_KINDS, Analysis, Explainer, NodeEvidence, Unit
-from ..errors import FeatureTreeError, ImageInputError, ModelError, OptionError, did_you_mean
-from ..images import decode_image, load_image
-from ..render import box_image, crop_image, guided_image, heatmap_image, original_tree_gain, png_bytes
-from ..samples import SAMPLES, sample_path
-from ..verify import EdgeCheck, verify_children
+from ..core.cache import ByteLRU, tensor_bytes
+from ..core.errors import FeatureTreeError, ImageInputError, ModelError, OptionError, did_you_mean
+from ..core.images import decode_image, load_image
+from ..core.samples import SAMPLES, sample_path
+from ..core.units import Unit
+from ..evidence.evidence import EVIDENCE_KINDS, NodeEvidence
+from ..exemplars import exemplar_grid_png
+from ..exemplars.db import ExemplarDB
+from ..exemplars.sheets import unit_grid
+from ..explainer import Analysis, Explainer
+from ..render.pictures import box_image, crop_image, guided_image, heatmap_image, original_tree_gain, png_bytes
+from ..tree.verify import EdgeCheck, verify_children
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
@@ -58,7 +63,7 @@ def analysis_bytes(value: object) -> int:
     gradient memo at full budget (the memo grows after the analysis is cached, so count its bound)."""
     if isinstance(value, Analysis):
         acts = sum(tensor_bytes(t) for t in value.record.activations.values())
-        return value.record.graph_bytes + acts + tensor_bytes(value.record.input) + value._memo.max_bytes + 64 * 1024
+        return value.record.graph_bytes + acts + tensor_bytes(value.record.input) + value.memo.max_bytes + 64 * 1024
     return tensor_bytes(value)
 
 
@@ -110,8 +115,6 @@ class ExemplarInfo:
 
 def read_exemplar_info(path: str | os.PathLike[str]) -> ExemplarInfo:
     """Open the database once (clear errors for a missing or foreign file) and read its model and layers."""
-    from ..exemplars.db import ExemplarDB
-    from ..exemplars.sheets import unit_grid
 
     with ExemplarDB(path) as db:
         meta = db.meta()
@@ -295,7 +298,6 @@ class Workspace:
 
     def exemplar_png(self, model: str, layer: str, unit: int) -> bytes:
         """The exemplar grid [image patches | reconstructions] of one unit from the server's database."""
-        from ..exemplars import exemplar_grid_png
 
         info = self.exemplars
         if info is None:

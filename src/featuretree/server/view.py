@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..engine import Unit
-from ..tree import FeatureTree, Node, _node_for, apply_expansion, fill_evidence
+from ..core.units import Unit
+from ..tree.builder import apply_expansion, fill_evidence, node_for
+from ..tree.model import FeatureTree, Node
 
 Path = tuple[Unit, ...]
 
@@ -46,7 +47,7 @@ def build_view_tree(
             child_path = (*path, scored.unit)
             if child_path in removed:
                 continue
-            child = _node_for(analysis, child_path, scored.score, scored.share)
+            child = node_for(analysis, child_path, scored.score, scored.share)
             node.children.append(child)
             frontier.append((child, child_path))
         if verify and node.children:

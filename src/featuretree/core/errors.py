@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class FeatureTreeError(Exception):
     """Base class for mistakes a user can fix. The CLI prints ``str(err)`` with no traceback."""
@@ -38,10 +41,14 @@ class OutputError(FeatureTreeError):
 
 def did_you_mean(name: str, candidates: list[str], limit: int = 3) -> str:
     """A short hint listing the closest names, for unknown-name errors."""
-    import difflib
-
     close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
     if not close:
         # Substring matches help with partial names such as "blocks.3".
         close = [c for c in candidates if name in c][:limit]
     return f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming them."""
+    if value not in choices:
+        raise OptionError(f"unknown {what} {value!r}", f"use one of {', '.join(choices)}")

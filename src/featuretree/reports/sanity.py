@@ -28,10 +28,14 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .capture import resolve_modules
-from .engine import Explainer, Unit, parse_path
-from .errors import OptionError
-from .tree import FeatureTree
+from ..capture.forward import resolve_modules
+from ..capture.hooks import forward_hooks
+from ..core.errors import OptionError
+from ..core.units import Unit, parse_path
+from ..explainer import Explainer
+from ..render.export import write_report
+from ..render.pictures import guided_image
+from ..tree.model import FeatureTree
 
 
 @dataclass
@@ -111,15 +115,8 @@ def parameter_segments(model: nn.Module, x: torch.Tensor, layers: Sequence[str])
         if id(module) in index:
             state["current"] = index[id(module)] + 1
 
-    handles = []
-    try:
-        for module in {id(m): m for m in [*owners, *chain.values()]}.values():
-            handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), forward_hooks((module, hook) for module in {id(m): m for m in [*owners, *chain.values()]}.values()):
+        model(x)
     return segments
 
 
@@ -201,7 +198,6 @@ def sanity_check(
 
 def contact_sheet(report: SanityReport, cell: int = 112) -> Image.Image:
     """One row per step: the root's guided picture and its first children's, as each step picks them."""
-    from .render import guided_image
 
     columns = 1 + max((len(s.tree.root.children) for s in report.steps if s.tree is not None), default=0)
     label_w = 150
@@ -224,6 +220,5 @@ def contact_sheet(report: SanityReport, cell: int = 112) -> Image.Image:
 
 
 def save_report(report: SanityReport, out_dir: str | os.PathLike[str]) -> FsPath:
-    from .export import write_report
 
     return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), contact_sheet(report))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..capture.hooks import forward_hooks
+
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -22,7 +24,6 @@ def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), de
     """Run one blank input through ``model`` and report every named module's output shape."""
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
-    handles = []
 
     def make_hook(name: str):
         def hook(module, inputs, output):
@@ -31,15 +32,9 @@ def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), de
 
         return hook
 
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = [(module, make_hook(name)) for name, module in model.named_modules() if name]
+    with torch.no_grad(), forward_hooks(hooks):
+        model.eval()(torch.zeros(1, 3, size, size, device=device))
     chain_set = set(chain)
     return [
         LayerRow(name, type(module).__name__, shapes.get(name), calls.get(name, 0), name in chain_set)

@@ -28,15 +28,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .capture import resolve_modules
-from .engine import RULES, Analysis, Explainer, Unit, _check_choice, path_id
-from .errors import ImageInputError, OptionError
-from .images import load_image
+from ..analysis.interventions import ablate, objective
+from ..capture.forward import resolve_modules
+from ..capture.hooks import watching
+from ..core.errors import ImageInputError, OptionError, check_choice
+from ..core.images import load_image
+from ..core.units import Unit, path_id
+from ..explainer import Analysis, Explainer
+from ..render.export import write_report
+from ..rules import rule_names
 from .sanity import spearman
-from .verify import _objective, _watch, ablate
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-DEFAULT_RULES = ("gradient", "guided", "integrated", "ablation")
 
 
 @dataclass
@@ -98,7 +101,9 @@ class Evaluation:
                     "spearman": float(np.mean([r.spearman for r in rows])),
                 }
             )
-        out.sort(key=lambda r: (r["pair"] == "all", str(r["pair"]), RULES.index(str(r["rule"])) if r["rule"] in RULES else 99))
+        out.sort(
+            key=lambda r: (r["pair"] == "all", str(r["pair"]), rule_names().index(str(r["rule"])) if r["rule"] in rule_names() else 99)
+        )
         return out
 
     def curve_summary(self) -> list[dict[str, object]]:
@@ -246,10 +251,10 @@ def _curve(analysis: Analysis, path: Sequence[Unit], order: torch.Tensor, steps:
     weight = analysis.delta(path, "gradient")
     store: dict[str, torch.Tensor] = {}
     module = resolve_modules(analysis.explainer.model, [unit.layer])
-    with torch.no_grad(), _watch(module, store):
+    with torch.no_grad(), watching(module, store):
         analysis.explainer.model(stacked)
-    values = _objective(store[unit.layer], weight).cpu().numpy()
-    reference = float(_objective(analysis.activation(unit.layer), weight)[0])
+    values = objective(store[unit.layer], weight).cpu().numpy()
+    reference = float(objective(analysis.activation(unit.layer), weight)[0])
     return values / reference if reference else values
 
 
@@ -285,7 +290,7 @@ def evaluate_folder(
     images_dir: str | os.PathLike[str],
     *,
     k: int = 5,
-    rules: Sequence[str] = DEFAULT_RULES,
+    rules: Sequence[str] | None = None,
     parents: int = 3,
     random_draws: int = 10,
     curve_steps: int = 16,
@@ -297,10 +302,12 @@ def evaluate_folder(
 
     if k < 1:
         raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
+    if rules is None:
+        rules = rule_names()
     if not rules:
-        raise OptionError("no rules to evaluate", f"use --rules with some of {', '.join(RULES)}")
+        raise OptionError("no rules to evaluate", f"use --rules with some of {', '.join(rule_names())}")
     for rule in rules:
-        _check_choice(rule, RULES, "rule")
+        check_choice(rule, rule_names(), "rule")
     if curve_steps < 1:
         raise OptionError(f"curve steps must be at least 1, got {curve_steps}", "use --curve-steps 16")
     files = list_images(images_dir, limit)
@@ -380,6 +387,5 @@ def plot(result: Evaluation, size: tuple[int, int] = (980, 420)) -> Image.Image:
 
 
 def save_evaluation(result: Evaluation, out_dir: str | os.PathLike[str]) -> FsPath:
-    from .export import write_report
 
     return write_report(out_dir, "evaluate", result.to_markdown(), result.to_csv(), plot(result))

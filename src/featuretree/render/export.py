@@ -15,12 +15,15 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from .errors import OutputError
-from .render import node_images, original_tree_gain, png_bytes
-from .tree import FeatureTree
+from ..core.errors import OutputError
+from .pictures import node_images, original_tree_gain, png_bytes
+
+if TYPE_CHECKING:
+    from ..tree.model import FeatureTree
 
 
 def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
-    from .engine import NodeEvidence
+    from ..evidence.evidence import NodeEvidence
 
 DISPLAY_MODES: tuple[str, ...] = ("robust", "original")
 _PERCENTILE = 99.5

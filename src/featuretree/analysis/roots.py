@@ -1,0 +1,56 @@
+"""Reading a root: the top class, ``class:N`` / ``class:NAME``, ``LAYER:CHANNEL`` or a Unit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.errors import UnitError, did_you_mean
+from ..core.units import INTEGER, Unit
+
+if TYPE_CHECKING:
+    from .image_analysis import ImageAnalysis
+
+
+def resolve_root(analysis: ImageAnalysis, root: str | Unit | None = None) -> Unit:
+    """``None`` -> the top class logit (or, without logits in the chain, the top layer's strongest unit)."""
+    if root is None or root == "":
+        layer = analysis.logits_layer
+        if layer is None:
+            top = analysis.layers[-1]
+            info = analysis.layer_info(top)
+            act = analysis.activation(top)
+            strength = info.layout.channel_totals(act)[0] if not info.spatial else act[0].flatten(1).amax(1)
+            return Unit(top, int(strength.argmax()))
+        return Unit(layer, int(analysis.logits.argmax()))
+    if isinstance(root, Unit):
+        unit = root
+    elif root.startswith("class:"):
+        unit = class_unit(analysis, root[len("class:") :].strip())
+    else:
+        unit = Unit.parse(root)
+    info = analysis.layer_info(unit.layer)
+    if not 0 <= unit.channel < info.channels:
+        raise UnitError(f"unit {unit.channel} is out of range for layer {unit.layer!r}", f"it has channels 0..{info.channels - 1}")
+    return unit
+
+
+def class_unit(analysis: ImageAnalysis, text: str) -> Unit:
+    """The logits unit of a class given by index or name."""
+    layer = analysis.logits_layer
+    if layer is None:
+        raise UnitError(
+            "class roots need the logits layer at the top of the chain",
+            "end --layers with the model's output layer, or give the root as LAYER:CHANNEL",
+        )
+    n = analysis.logits.numel()
+    if INTEGER.fullmatch(text):
+        index = int(text)
+        if not 0 <= index < n:
+            raise UnitError(f"class {index} is out of range", f"the model has classes 0..{n - 1}")
+        return Unit(layer, index)
+    class_names = analysis.explainer.class_names or []
+    names = [s.lower() for s in class_names]
+    if text.lower() in names:
+        return Unit(layer, names.index(text.lower()))
+    hint = did_you_mean(text, list(class_names))
+    raise UnitError(f"unknown class {text!r}", hint or "give the class index, e.g. class:285")

@@ -1,0 +1,1 @@
+"""Capture: the single forward pass, its rectifier switch, and the hook helper."""

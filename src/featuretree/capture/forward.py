@@ -1,0 +1,126 @@
+"""One forward pass that keeps the autograd graph and every chain activation.
+
+Hooks exist only inside ``capture_forward`` (``forward_hooks``), removed even when the model
+raises. Rectifiers are routed through ``Rectifier`` by the ``RectifierGates`` mode, so one forward
+pass serves every backward rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.errors import LayerError, ModelError, did_you_mean
+from ..core.layouts import layout_for
+from .gates import RectifierGates
+from .hooks import forward_hooks
+from .linearity import has_foreign_functions
+from .rectifiers import BackwardRule, Rectifier
+
+
+@dataclass
+class ForwardRecord:
+    """Everything one forward pass leaves behind for the backward passes that follow."""
+
+    input: torch.Tensor
+    output: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    rule: BackwardRule
+    rectifier_count: int
+    module_types: dict[str, str] = field(default_factory=dict)
+    graph_bytes: int = 0  # tensors the retained autograd graph keeps alive (for cache accounting)
+    # True when every op besides the rectifiers is linear with image-independent coefficients: the
+    # "linear" backward (rectifiers open) is then the same for every image, so receptive fields
+    # are a property of the model and weights and may be shared between images.
+    fixed_linearisation: bool = False
+
+
+def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    """Map layer names to modules, with a close-name hint for typos."""
+    named = dict(model.named_modules())
+    resolved: dict[str, nn.Module] = {}
+    for name in layers:
+        if name not in named or name == "":
+            hint = did_you_mean(name, [n for n in named if n])
+            raise LayerError(
+                f"model has no layer named {name!r}",
+                hint or "run `featuretree layers` (or featuretree.list_layers) to see the names",
+            )
+        resolved[name] = named[name]
+    return resolved
+
+
+def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> ForwardRecord:
+    """Run ``model(x)`` once, keeping the graph and the outputs of ``layers`` (input side first)."""
+    modules = resolve_modules(model, layers)
+    activations: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output):
+            if name in activations:
+                raise LayerError(
+                    f"layer {name!r} runs more than once in one forward pass (a reused module)",
+                    "pick a layer that is called once, e.g. its parent block",
+                )
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor",
+                    "pick a layer whose output is a single tensor",
+                )
+            activations[name] = output
+            order.append(name)
+            # Hand a copy downstream so in-place ops later cannot modify the saved activation.
+            return output.clone()
+
+        return hook
+
+    rule = BackwardRule()
+    gates = RectifierGates(rule)
+    x = x.detach().clone().requires_grad_(True)
+    gates.input = x
+    saved: dict[int, int] = {}  # storage address -> bytes of every tensor the graph saves
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    hooks = [(modules[name], make_hook(name)) for name in layers]
+    with forward_hooks(hooks), torch.enable_grad(), gates, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = model(x)
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(
+            f"the model returns {type(output).__name__}, not a tensor of logits",
+            "wrap it so forward() returns one [N, classes] tensor",
+        )
+    missing = [name for name in layers if name not in activations]
+    if missing:
+        raise LayerError(
+            f"layer {missing[0]!r} did not run in the forward pass",
+            "choose layers that the model's forward() actually calls",
+        )
+    if order != list(layers):
+        raise LayerError(
+            f"layers must be listed input side first; the model runs them as {', '.join(order)}",
+            "reorder --layers",
+        )
+    for name, act in activations.items():
+        if act.shape[0] != 1:
+            raise LayerError(f"layer {name!r} has output shape {list(act.shape)}; expected batch size 1", "pass one image at a time")
+        layout_for(name, tuple(act.shape[1:]))  # refuses shapes no layout can read
+        if not act.requires_grad:
+            raise LayerError(f"layer {name!r} output does not depend on the input", "pick a layer inside the network")
+    return ForwardRecord(
+        input=x,
+        output=output,
+        activations=activations,
+        rule=rule,
+        rectifier_count=gates.count,
+        module_types={name: type(modules[name]).__name__ for name in layers},
+        graph_bytes=sum(saved.values()),
+        fixed_linearisation=gates.fixed_linearisation and not has_foreign_functions(output, Rectifier),
+    )

@@ -1,0 +1,1 @@
+"""Core: errors, units and layer layouts, images, caches, sample photos. Imports nothing else of featuretree."""

@@ -1,0 +1,1 @@
+"""Evidence: what a node's pictures are made of, and receptive fields."""

@@ -1,0 +1,1 @@
+"""Reports: the layer listing, the model-randomisation sanity check and the rule evaluation."""

@@ -1,0 +1,89 @@
+"""Expanding a node: rank the units of the layer below by their scores and keep the top k."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..core.errors import ModelError, OptionError
+from ..core.units import Path, Unit, path_id
+from ..rules import get_rule, score_children
+
+if TYPE_CHECKING:
+    from ..analysis.image_analysis import ImageAnalysis
+
+
+@dataclass(frozen=True)
+class ScoredUnit:
+    unit: Unit
+    score: float  # signed first-order contribution to the root objective through the path
+    share: float  # score / parent's total positive contribution
+
+
+@dataclass(frozen=True)
+class Expansion:
+    path: Path
+    child_layer: str | None
+    children: tuple[ScoredUnit, ...]
+    negatives: tuple[ScoredUnit, ...]
+    total_positive: float
+    total_negative: float
+    coverage: float  # share of total_positive covered by the shown children
+    leaf_reason: str | None = None
+
+    @property
+    def rest(self) -> dict[str, float] | None:
+        """What the shown children leave out: share and score of the positive total, and the negative total."""
+        if self.child_layer is None:
+            return None
+        shown = sum(c.score for c in self.children)
+        return {"share": max(0.0, 1.0 - self.coverage), "score": self.total_positive - shown, "negative": self.total_negative}
+
+
+def _top(scores: torch.Tensor, count: int, sign: float, total: float, layer: str) -> tuple[ScoredUnit, ...]:
+    """The ``count`` strongest units in the direction ``sign``; zero or non-finite scores are never kept."""
+    count = min(count, scores.numel())
+    if count <= 0:
+        return ()
+    top_vals, top_idx = (sign * scores).topk(count)
+    picked = []
+    for v, i in zip(top_vals.tolist(), top_idx.tolist()):
+        if v <= 0 or not math.isfinite(v):
+            break
+        picked.append(ScoredUnit(Unit(layer, int(i)), sign * v, sign * v / total if total else 0.0))
+    return tuple(picked)
+
+
+def expand(
+    analysis: ImageAnalysis,
+    path: Sequence[Unit],
+    k: int = 5,
+    rule: str = "gradient",
+    seed_mode: str = "sum",
+    negatives: int = 0,
+) -> Expansion:
+    """Rank the units of the layer below ``path[-1]`` by their contribution through the path."""
+    if k < 1:
+        raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
+    get_rule(rule)
+    path = analysis.validate_path(path)
+    if path[-1].layer == analysis.layers[0]:
+        return Expansion(path, None, (), (), 0.0, 0.0, 0.0, "first layer of the chain: nothing below to expand")
+    scores = score_children(analysis, path, rule, seed_mode).cpu()
+    if not torch.isfinite(scores).all():
+        raise ModelError(
+            f"the scores below {path_id(path)} are not finite (NaN or inf in the model's activations or gradients)",
+            "check the model and input for overflow, e.g. run it in float32 or float64",
+        )
+    total_pos = float(scores.clamp(min=0).sum())
+    total_neg = float(scores.clamp(max=0).sum())
+    child_layer = analysis.layer_below(path[-1])
+    children = _top(scores, k, 1.0, total_pos, child_layer)
+    negs = _top(scores, negatives, -1.0, -total_neg, child_layer)
+    coverage = sum(c.share for c in children)
+    reason = None if children else "no unit below contributes positively through this path (zero gradient)"
+    return Expansion(path, child_layer, children, negs, total_pos, total_neg, coverage, reason)
