@@ -30,13 +30,26 @@ def toy_explainer() -> ft.Explainer:
 
 
 @pytest.fixture(scope="session")
-def lite0() -> ft.Explainer:
+def _lite0_once() -> ft.Explainer:
     return ft.Explainer.from_zoo("efficientnet_lite0")
 
 
+@pytest.fixture
+def lite0(request, _lite0_once) -> ft.Explainer:
+    """The real EfficientNet-Lite0 (seconds to load): only for tests marked slow."""
+    if request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"{request.node.nodeid} loads the EfficientNet-Lite0 weights: mark it @pytest.mark.slow")
+    return _lite0_once
+
+
 @pytest.fixture(scope="session")
-def chelsea_analysis(lite0) -> ft.Analysis:
-    return lite0.analyze(sample_path("chelsea"))
+def _chelsea_once(_lite0_once) -> ft.Analysis:
+    return _lite0_once.analyze(sample_path("chelsea"))
+
+
+@pytest.fixture
+def chelsea_analysis(lite0, _chelsea_once) -> ft.Analysis:
+    return _chelsea_once
 
 
 def all_hooks_removed(module: torch.nn.Module) -> bool:

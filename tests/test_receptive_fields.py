@@ -81,6 +81,7 @@ def test_image_dependent_ops_are_detected(name):
         assert not torch.allclose(results[0][1], results[1][1]), "this op should make the linearisation image-dependent"
 
 
+@pytest.mark.slow
 def test_efficientnet_boxes_shared_between_images_equal_cold_ones(lite0):
     warm = ft.Explainer(lite0.model, lite0.layers, preprocess=lite0.preprocess, class_names=lite0.class_names)
     assert warm.analyze(sample_path("chelsea")).record.fixed_linearisation

@@ -63,7 +63,6 @@ def test_api_upload_then_top5_and_children_match_the_engine(client, square_id):
     assert [c["name"] for c in an["chain"]] == ["edges", "corners", "classifier"]
     kids = client.get("/api/children", params=q(square_id, path="classifier:0", k=5)).json()
     assert [c["id"] for c in kids["children"]] == [f"classifier:0/corners:{i}" for i in range(4)]
-    assert kids["coverage"] == pytest.approx(sum(c["share"] for c in kids["children"]))
     # Same numbers as the engine on the same photo.
     from featuretree.core.units import Unit
     from featuretree.explainer import Explainer
@@ -72,6 +71,9 @@ def test_api_upload_then_top5_and_children_match_the_engine(client, square_id):
     engine = Explainer(zoo.module, zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names)
     expected = engine.analyze(Image.open(io.BytesIO(square_png()))).expand((Unit("classifier", 0),), k=5)
     assert [c["score"] for c in kids["children"]] == pytest.approx([c.score for c in expected.children], rel=1e-6)
+    # Coverage from the raw scores: the four corners' positive total is all there is.
+    raw = engine.analyze(Image.open(io.BytesIO(square_png()))).contributions((Unit("classifier", 0),))
+    assert kids["coverage"] == pytest.approx(float(raw.topk(4).values.sum() / raw.clamp(min=0).sum()), rel=1e-6)
     # Each corner's children are its two edges, the first-named edge first.
     from featuretree.models.toy import CORNER_EDGES
 
