@@ -173,7 +173,16 @@ def sanity_check(
     for step, layer in enumerate(order, start=1):
         randomise_(segments[layer], generator)
         randomised.append(layer)
-        noisy = Explainer(model, explainer.layers, preprocess=explainer.preprocess, class_names=explainer.class_names, name=explainer.name)
+        noisy = Explainer(
+            model,
+            explainer.layers,
+            preprocess=explainer.preprocess,
+            class_names=explainer.class_names,
+            name=explainer.name,
+            device=explainer.device,
+            cache_bytes=explainer.cache_bytes,
+            batch_backward=explainer.batch_backward,
+        )
         other = noisy.analyze(image)
         guided, heat, kept = [], [], []
         for node, path in nodes:
