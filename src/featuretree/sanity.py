@@ -25,10 +25,11 @@ from pathlib import Path as FsPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from matplotlib.figure import Figure
 from torch import nn
 
 from .capture import resolve_modules
+from .charts import figure_png, sanity_figure
 from .engine import Explainer, Unit, parse_path
 from .errors import OptionError
 from .tree import FeatureTree
@@ -208,31 +209,12 @@ def sanity_check(
     return report
 
 
-def contact_sheet(report: SanityReport, cell: int = 112) -> Image.Image:
-    """One row per step: the root's guided picture and its first children's, as each step picks them."""
-    from .render import guided_image
-
-    columns = 1 + max((len(s.tree.root.children) for s in report.steps if s.tree is not None), default=0)
-    label_w = 150
-    sheet = Image.new("RGB", (label_w + columns * (cell + 4), len(report.steps) * (cell + 4)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for row, s in enumerate(report.steps):
-        y = row * (cell + 4)
-        draw.text((4, y + 4), f"step {s.step}", fill="black")
-        draw.text((4, y + 18), s.randomised[-1] if s.randomised else "trained", fill="black")
-        draw.text((4, y + 32), f"guided r={s.guided_rank:.2f}", fill="black")
-        draw.text((4, y + 46), f"kept {100 * s.children_kept:.0f}%", fill="black")
-        if s.tree is None:
-            continue
-        for col, node in enumerate([s.tree.root, *s.tree.root.children]):
-            ev = s.tree.evidence.get(node.id)
-            if ev is None:
-                continue
-            sheet.paste(guided_image(ev).resize((cell, cell)), (label_w + col * (cell + 4), y))
-    return sheet
+def contact_sheet(report: SanityReport) -> Figure:
+    """The report's picture: similarity per step above each step's root and children (see featuretree.charts.sanity_figure)."""
+    return sanity_figure(report)
 
 
 def save_report(report: SanityReport, out_dir: str | os.PathLike[str]) -> FsPath:
     from .export import write_report
 
-    return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), contact_sheet(report))
+    return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), figure_png(contact_sheet(report)))
