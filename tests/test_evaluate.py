@@ -68,3 +68,48 @@ def test_cli_evaluate(squares, tmp_path, capsys):
     assert code == 0
     assert "| all | gradient |" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "missing"), "--model", "toy_squares"]) == 2
+
+
+def test_chart_shows_the_reports_numbers_readably(squares, tmp_path):
+    from featuretree.reports.evaluate import plot
+
+    from .chart_checks import assert_readable_chart, expected_size, png_size
+
+    explainer = ft.Explainer.from_zoo("toy_squares")
+    result = evaluate_folder(explainer, squares, k=2, rules=["gradient", "ablation"], parents=4, random_draws=4, curve_steps=8)
+    fig = plot(result)
+    drops, ranks, curves = fig.axes
+    for ax in (drops, ranks, curves):
+        assert_readable_chart(fig, ax)
+
+    summary = result.summary()
+    pairs = ["corners -> classifier", "edges -> corners", "all"]
+    assert [r["pair"] for r in summary if r["rule"] == "gradient"] == pairs
+    row = {(r["pair"], r["rule"]): r for r in summary}
+    assert [t.get_text().split("\n")[0] for t in drops.get_xticklabels()] == ["corners →", "edges →", "all pairs"]
+    assert [t.get_text().split("\n")[-1] for t in drops.get_xticklabels()] == [f"({row[p, 'gradient']['parents']})" for p in pairs]
+    assert all(t.get_text().endswith("%") for t in drops.get_yticklabels() if t.get_text())
+    # Bar heights are the table's numbers: each rule's top-k drop, then the random and most-active baselines.
+    bars = {c.get_label(): [p.get_height() for p in c] for c in drops.containers}
+    assert list(bars) == ["gradient", "ablation", "random 2", "most active 2"]
+    for rule in ("gradient", "ablation"):
+        assert bars[rule] == pytest.approx([100 * row[p, rule]["topk_drop"] for p in pairs])
+        assert [p.get_height() for c in ranks.containers if c.get_label() == rule for p in c] == pytest.approx(
+            [row[p, rule]["spearman"] for p in pairs]
+        )
+    assert bars["random 2"] == pytest.approx([100 * row[p, "gradient"]["random_drop"] for p in pairs])
+    assert bars["most active 2"] == pytest.approx([100 * row[p, "gradient"]["active_drop"] for p in pairs])
+    # Curves: the mean deletion/insertion curves over 0..100 % of the pixels; the legend quotes the table's AUCs.
+    lines = {line.get_gid(): line for line in curves.get_lines() if line.get_gid()}
+    assert set(lines) == {"deletion", "insertion", "random_deletion", "random_insertion"}
+    overall = {r["layer"]: r for r in result.curve_summary()}["all"]
+    legend = [t.get_text() for t in curves.get_legend().get_texts()]
+    for name, line in lines.items():
+        assert list(line.get_ydata()) == pytest.approx(result.mean_curves[name])
+        assert line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 and len(line.get_xdata()) == 9
+        auc = overall[f"{name}_auc"]
+        assert any(f"AUC {auc:.3f}" in text for text in legend), (name, legend)
+        assert f"{auc:.3f}" in result.to_markdown()
+
+    out = save_evaluation(result, tmp_path / "eval")
+    assert png_size((out / "evaluate.png").read_bytes()) == expected_size(fig) == (1600, 640)

@@ -64,13 +64,13 @@ def render_images(tree: FeatureTree) -> dict[str, bytes]:
     return files
 
 
-def write_report(out_dir: str | os.PathLike[str], stem: str, markdown: str, csv: str, picture: Image.Image) -> Path:
-    """Write a report as ``stem``.md, .csv and .png into ``out_dir`` (created if needed)."""
+def write_report(out_dir: str | os.PathLike[str], stem: str, markdown: str, csv: str, png: bytes) -> Path:
+    """Write a report as ``stem``.md, .csv and .png (``png``: encoded PNG bytes) into ``out_dir`` (created if needed)."""
     out = ensure_writable(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(markdown)
     (out / f"{stem}.csv").write_text(csv)
-    picture.save(out / f"{stem}.png")
+    (out / f"{stem}.png").write_bytes(png)
     return out
 
 

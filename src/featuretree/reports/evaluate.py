@@ -26,7 +26,7 @@ from pathlib import Path as FsPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from matplotlib.figure import Figure
 
 from ..analysis.interventions import ablate, objective
 from ..capture.forward import resolve_modules
@@ -37,6 +37,7 @@ from ..core.units import Unit, path_id
 from ..explainer import Analysis, Explainer
 from ..render.export import write_report
 from ..rules import rule_names
+from .charts import evaluation_figure, figure_png
 from .sanity import spearman
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -332,60 +333,10 @@ def evaluate_folder(
     return result
 
 
-def plot(result: Evaluation, size: tuple[int, int] = (980, 420)) -> Image.Image:
-    """Left: top-k drop / random-k drop per rule (overall). Right: mean deletion and insertion curves."""
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    width, height = size
-    half = width // 2
-    # Bars.
-    rows = [r for r in result.summary() if r["pair"] == "all"]
-    draw.text((20, 8), f"top-{result.k} ablation drop / random-{result.k} drop (all parents)", fill="black")
-    finite = [float(r["vs_random"]) for r in rows if math.isfinite(float(r["vs_random"]))]
-    top = max(finite + [1.0]) * 1.1
-    base_y, plot_h, left = height - 40, height - 90, 50
-    draw.line([(left, base_y), (half - 20, base_y)], fill="black")
-    draw.line([(left, base_y), (left, base_y - plot_h)], fill="black")
-    one = base_y - plot_h / top
-    draw.line([(left, one), (half - 20, one)], fill=(180, 180, 180))
-    draw.text((8, one - 6), "1x", fill="black")
-    colours = [(217, 72, 15), (34, 139, 230), (64, 192, 87), (250, 176, 5), (132, 94, 247)]
-    slot = (half - 20 - left) / max(1, len(rows))
-    for i, r in enumerate(rows):
-        value = float(r["vs_random"])
-        shown = min(value, top) if math.isfinite(value) else top
-        x0 = left + i * slot + slot * 0.2
-        x1 = left + (i + 1) * slot - slot * 0.2
-        draw.rectangle([x0, base_y - plot_h * shown / top, x1, base_y], fill=colours[i % len(colours)])
-        draw.text((x0, base_y + 6), str(r["rule"]), fill="black")
-        draw.text((x0, base_y - plot_h * shown / top - 14), _x(value), fill="black")
-    # Curves.
-    x0, x1, y0, y1 = half + 40, width - 20, height - 40, 40
-    draw.text((half + 20, 8), "deletion / insertion of node heatmaps (mean; y = objective / value on photo)", fill="black")
-    draw.line([(x0, y0), (x1, y0)], fill="black")
-    draw.line([(x0, y0), (x0, y1)], fill="black")
-    curves = result.mean_curves
-    values = [v for c in curves.values() for v in c] or [0.0, 1.0]
-    lo, hi = min(0.0, min(values)), max(1.0, max(values))
-    styles = {
-        "deletion": ((217, 72, 15), "heatmap deletion"),
-        "random_deletion": ((250, 176, 5), "random deletion"),
-        "insertion": ((34, 139, 230), "heatmap insertion"),
-        "random_insertion": ((132, 94, 247), "random insertion"),
-    }
-    for j, (name, (colour, label)) in enumerate(styles.items()):
-        c = curves.get(name)
-        if not c:
-            continue
-        pts = [(x0 + (x1 - x0) * i / (len(c) - 1), y0 - (y0 - y1) * (v - lo) / (hi - lo)) for i, v in enumerate(c)]
-        draw.line(pts, fill=colour, width=2)
-        draw.text((x0 + 10, y1 + 14 * j), label, fill=colour)
-    draw.text((x0 - 30, y1 - 6), f"{hi:.1f}", fill="black")
-    draw.text((x0 - 30, y0 - 6), f"{lo:.1f}", fill="black")
-    draw.text((x1 - 120, y0 + 8), "fraction of pixels", fill="black")
-    return img
+def plot(result: Evaluation) -> Figure:
+    """The report's chart (see reports.charts.evaluation_figure)."""
+    return evaluation_figure(result)
 
 
 def save_evaluation(result: Evaluation, out_dir: str | os.PathLike[str]) -> FsPath:
-
-    return write_report(out_dir, "evaluate", result.to_markdown(), result.to_csv(), plot(result))
+    return write_report(out_dir, "evaluate", result.to_markdown(), result.to_csv(), figure_png(plot(result)))

@@ -25,7 +25,7 @@ from pathlib import Path as FsPath
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from matplotlib.figure import Figure
 from torch import nn
 
 from ..capture.forward import resolve_modules
@@ -34,8 +34,8 @@ from ..core.errors import OptionError
 from ..core.units import Unit, parse_path
 from ..explainer import Explainer
 from ..render.export import write_report
-from ..render.pictures import guided_image
 from ..tree.model import FeatureTree
+from .charts import figure_png, sanity_figure
 
 
 @dataclass
@@ -170,7 +170,16 @@ def sanity_check(
     for step, layer in enumerate(order, start=1):
         randomise_(segments[layer], generator)
         randomised.append(layer)
-        noisy = Explainer(model, explainer.layers, preprocess=explainer.preprocess, class_names=explainer.class_names, name=explainer.name)
+        noisy = Explainer(
+            model,
+            explainer.layers,
+            preprocess=explainer.preprocess,
+            class_names=explainer.class_names,
+            name=explainer.name,
+            device=explainer.device,
+            cache_bytes=explainer.cache_bytes,
+            batch_backward=explainer.batch_backward,
+        )
         other = noisy.analyze(image)
         guided, heat, kept = [], [], []
         for node, path in nodes:
@@ -196,29 +205,10 @@ def sanity_check(
     return report
 
 
-def contact_sheet(report: SanityReport, cell: int = 112) -> Image.Image:
-    """One row per step: the root's guided picture and its first children's, as each step picks them."""
-
-    columns = 1 + max((len(s.tree.root.children) for s in report.steps if s.tree is not None), default=0)
-    label_w = 150
-    sheet = Image.new("RGB", (label_w + columns * (cell + 4), len(report.steps) * (cell + 4)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for row, s in enumerate(report.steps):
-        y = row * (cell + 4)
-        draw.text((4, y + 4), f"step {s.step}", fill="black")
-        draw.text((4, y + 18), s.randomised[-1] if s.randomised else "trained", fill="black")
-        draw.text((4, y + 32), f"guided r={s.guided_rank:.2f}", fill="black")
-        draw.text((4, y + 46), f"kept {100 * s.children_kept:.0f}%", fill="black")
-        if s.tree is None:
-            continue
-        for col, node in enumerate([s.tree.root, *s.tree.root.children]):
-            ev = s.tree.evidence.get(node.id)
-            if ev is None:
-                continue
-            sheet.paste(guided_image(ev).resize((cell, cell)), (label_w + col * (cell + 4), y))
-    return sheet
+def contact_sheet(report: SanityReport) -> Figure:
+    """The report's picture: similarity per step above each step's root and children (see reports.charts.sanity_figure)."""
+    return sanity_figure(report)
 
 
 def save_report(report: SanityReport, out_dir: str | os.PathLike[str]) -> FsPath:
-
-    return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), contact_sheet(report))
+    return write_report(out_dir, "sanity", report.to_markdown(), report.to_csv(), figure_png(contact_sheet(report)))

@@ -1,0 +1,245 @@
+"""Report charts drawn with matplotlib's Agg backend: axes, ticks, labels, legends.
+
+No pyplot: each chart is a ``matplotlib.figure.Figure`` with its own ``FigureCanvasAgg``, so
+nothing touches matplotlib's global state and charts can be drawn from any thread. The chart
+functions return the Figure (tests inspect its artists); ``figure_png`` encodes it at the
+figure's own size (``figsize`` x ``dpi``, no tight cropping).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MultipleLocator, PercentFormatter
+
+from ..render.pictures import guided_image, heatmap_image
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
+    from .sanity import SanityReport
+
+DPI = 100
+# Colour-blind-safe (Okabe-Ito); one colour per rule, in the order rules appear.
+RULE_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
+RANDOM_COLOUR = "#9a9a9a"
+ACTIVE_COLOUR = "#4d4d4d"
+SMALL = 8
+
+
+def new_figure(width_px: int, height_px: int) -> Figure:
+    """A Figure of exactly ``width_px`` x ``height_px`` when encoded, with an Agg canvas attached."""
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes at its own pixel size."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def _bar_labels(ax, bars, texts: list[str]) -> None:
+    for bar, text in zip(bars, texts):
+        height = bar.get_height()
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, height if math.isfinite(height) else 0.0),
+            xytext=(0, 2 if height >= 0 else -2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if height >= 0 else "top",
+            fontsize=SMALL - 1,
+            rotation=90,
+        )
+
+
+def evaluation_figure(result: Evaluation) -> Figure:
+    """Three panels: ablation drop per layer pair and rule against the random and most-active
+    baselines; Spearman rank correlation with measured drops; mean deletion/insertion curves."""
+    summary = result.summary()
+    pairs = list(dict.fromkeys(str(r["pair"]) for r in summary))  # summary() puts "all" last
+    rules = list(dict.fromkeys(str(r["rule"]) for r in summary))
+    cell = {(str(r["pair"]), str(r["rule"])): r for r in summary}
+    fig = new_figure(1600, 640)
+    ax_drop, ax_rank, ax_curve = fig.subplots(1, 3, width_ratios=[1.35, 1.0, 1.0])
+    fig.suptitle(
+        f"Evaluation of {result.model} on {len(result.images)} image(s), k = {result.k}: do the chosen children matter?",
+        fontsize=12,
+    )
+
+    # Panel 1: drop of the parent's objective (share), bars per rule plus the two baselines.
+    series = [(rule, RULE_COLOURS[i % len(RULE_COLOURS)], "topk_drop") for i, rule in enumerate(rules)]
+    series += [(f"random {result.k}", RANDOM_COLOUR, "random_drop"), (f"most active {result.k}", ACTIVE_COLOUR, "active_drop")]
+    group = np.arange(len(pairs), dtype=float)
+    width = 0.8 / len(series)
+    for j, (label, colour, key) in enumerate(series):
+        values = [100 * _value(cell, pair, rules, key, rule=label if key == "topk_drop" else None) for pair in pairs]
+        bars = ax_drop.bar(group + (j - (len(series) - 1) / 2) * width, values, width, color=colour, label=label)
+        _bar_labels(ax_drop, bars, [f"{v:.1f}" if math.isfinite(v) else "n/a" for v in values])
+    ax_drop.axhline(0, color="black", linewidth=0.8)
+    ax_drop.set_xticks(group, [_pair_label(p, cell, rules) for p in pairs], fontsize=SMALL)
+    ax_drop.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax_drop.set_ylabel("drop of the parent's objective (% of its value)")
+    ax_drop.set_xlabel("child layer → parent layer (number of parents)")
+    ax_drop.set_title(f"Zeroing each rule's top {result.k} children together")
+    ax_drop.margins(y=0.15)
+    _legend_below(ax_drop, ncols=3, title="channels zeroed")
+    ax_drop.grid(axis="y", alpha=0.3)
+
+    # Panel 2: Spearman of each rule's scores with the measured single-channel drops.
+    width = 0.8 / max(1, len(rules))
+    for j, rule in enumerate(rules):
+        values = [_value(cell, pair, rules, "spearman", rule=rule) for pair in pairs]
+        bars = ax_rank.bar(group + (j - (len(rules) - 1) / 2) * width, values, width, color=RULE_COLOURS[j % len(RULE_COLOURS)], label=rule)
+        _bar_labels(ax_rank, bars, [f"{v:.2f}" if math.isfinite(v) else "n/a" for v in values])
+    ax_rank.axhline(0, color="black", linewidth=0.8)
+    ax_rank.set_ylim(min(-0.1, _finite_min(cell, "spearman") - 0.15), 1.25)
+    ax_rank.yaxis.set_major_locator(MultipleLocator(0.25))
+    ax_rank.set_xticks(group, [_pair_label(p, cell, rules) for p in pairs], fontsize=SMALL)
+    ax_rank.set_ylabel("Spearman rank correlation")
+    ax_rank.set_xlabel("child layer → parent layer (number of parents)")
+    ax_rank.set_title("Predicted vs measured single-channel drops")
+    _legend_below(ax_rank, ncols=4, title="rule")
+    ax_rank.grid(axis="y", alpha=0.3)
+
+    # Panel 3: mean deletion and insertion curves of the node heatmaps.
+    overall = {str(r["layer"]): r for r in result.curve_summary()}.get("all", {})
+    styles = (
+        ("deletion", "heatmap order, deletion", "#D55E00", "-", "deletion_auc"),
+        ("random_deletion", "random order, deletion", "#D55E00", ":", "random_deletion_auc"),
+        ("insertion", "heatmap order, insertion", "#0072B2", "-", "insertion_auc"),
+        ("random_insertion", "random order, insertion", "#0072B2", ":", "random_insertion_auc"),
+    )
+    for name, label, colour, style, auc in styles:
+        curve = result.mean_curves.get(name)
+        if not curve:
+            continue
+        x = np.linspace(0.0, 1.0, len(curve))
+        text = f"{label} (AUC {float(overall[auc]):.3f})" if auc in overall else label
+        ax_curve.plot(x, curve, style, color=colour, linewidth=2, label=text, gid=name)
+    ax_curve.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax_curve.axhline(0.0, color="black", linewidth=0.8)
+    ax_curve.set_xlim(0, 1)
+    ax_curve.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+    ax_curve.set_xlabel("pixels deleted / inserted (share of the image)")
+    ax_curve.set_ylabel("objective / its value on the photo")
+    nodes = int(overall["nodes"]) if "nodes" in overall else 0
+    ax_curve.set_title(f"Heatmap deletion / insertion (mean of {nodes} nodes)")
+    _legend_below(ax_curve, ncols=2, title="pixel order, curve (area under it)")
+    ax_curve.grid(alpha=0.3)
+    return fig
+
+
+def _legend_below(ax, ncols: int, title: str) -> None:
+    """A legend under the axes' x label, where it cannot hide data (constrained layout makes room)."""
+    ax.legend(fontsize=SMALL + 1, title=title, title_fontsize=SMALL + 1, ncols=ncols, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+
+
+def _value(cell, pair: str, rules: list[str], key: str, rule: str | None) -> float:
+    """``key`` of (pair, rule); the baselines are the same for every rule of a pair, so any rule's row serves."""
+    for r in [rule] if rule is not None else rules:
+        row = cell.get((pair, r))
+        if row is not None:
+            return float(row[key])
+    return math.nan
+
+
+def _finite_min(cell, key: str) -> float:
+    values = [float(r[key]) for r in cell.values() if math.isfinite(float(r[key]))]
+    return min(values, default=0.0)
+
+
+def _pair_label(pair: str, cell, rules: list[str]) -> str:
+    parents = int(_value(cell, pair, rules, "parents", rule=None))
+    name = "all pairs" if pair == "all" else pair.replace(" -> ", " →\n")
+    return f"{name}\n({parents})"
+
+
+def sanity_figure(report: SanityReport, cell_px: int = 170) -> Figure:
+    """Top: similarity to the trained model's explanation after each randomisation step.
+    Below: one row per step, the root's guided picture and heatmap and its children's guided pictures."""
+    steps = report.steps
+    children = max((len(s.tree.root.children) for s in steps if s.tree is not None), default=0)
+    columns = 2 + children
+    label_px, chart_px, row_px = 110, 440, cell_px + 26
+    width = max(label_px + columns * cell_px, 1000)
+    grid_px = 40 + len(steps) * row_px
+    fig = new_figure(width, chart_px + grid_px)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[chart_px, grid_px])
+    _sanity_chart(top.subplots(), report)
+    bottom.suptitle(
+        "The root's guided backprop and heatmap, and its top children (guided backprop) as each step's model picks them",
+        fontsize=SMALL + 3,
+    )
+    axes = bottom.subplots(len(steps), columns, squeeze=False, gridspec_kw={"wspace": 0.03, "hspace": 0.12})
+    for row, s in enumerate(steps):
+        for col, image_ax in enumerate(axes[row]):
+            image_ax.set_xticks([])
+            image_ax.set_yticks([])
+            for spine in image_ax.spines.values():
+                spine.set_visible(False)
+            if col == 0:
+                image_ax.set_ylabel(f"step {s.step}\n{_step_label(s)}", fontsize=SMALL + 2, rotation=0, ha="right", va="center")
+            _sanity_cell(image_ax, s, col, cell_px)
+    return fig
+
+
+def _sanity_chart(ax, report: SanityReport) -> None:
+    steps = report.steps
+    x = np.arange(len(steps))
+    lines = (
+        ("guided_rank", "guided backprop: rank correlation", "#D55E00", "o"),
+        ("heat_rank", "heatmap: rank correlation", "#0072B2", "s"),
+        ("children_kept", "share of children kept", "#009E73", "^"),
+    )
+    for key, label, colour, marker in lines:
+        ax.plot(x, [getattr(s, key) for s in steps], marker=marker, color=colour, linewidth=2, label=label, gid=key)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [_step_label(s) for s in steps], rotation=30, ha="right", fontsize=SMALL + 1)
+    ax.set_xlim(-0.3, len(steps) - 0.7)
+    low = min([0.0] + [float(getattr(s, key)) for s in steps for key, *_ in lines if math.isfinite(float(getattr(s, key)))])
+    ax.set_ylim(low - 0.08, 1.08)
+    ax.yaxis.set_major_locator(MultipleLocator(0.2))
+    ax.set_xlabel("weights randomised from the top, down to and including")
+    ax.set_ylabel("similarity to the trained model")
+    ax.set_title(f"Sanity check for root {report.root}: cascading weight randomisation (1 = unchanged)")
+    ax.legend(fontsize=SMALL + 1, loc="upper right")
+    ax.grid(alpha=0.3)
+
+
+def _sanity_cell(ax, step, col: int, cell_px: int) -> None:
+    """Column 0: the root's guided picture; 1: its heatmap; 2...: child col-1's guided picture."""
+    tree = step.tree
+    if tree is None:
+        return
+    nodes = [tree.root, *tree.root.children]
+    node = nodes[0] if col < 2 else (nodes[col - 1] if col - 1 < len(nodes) else None)
+    ev = tree.evidence.get(node.id) if node is not None else None
+    if ev is None:
+        return
+    role = "root" if col < 2 else f"{col - 1}."
+    if col == 1:
+        if ev.heat is None or tree.picture is None:
+            return
+        picture, what = heatmap_image(ev, tree.picture), "heatmap"
+    else:
+        if ev.guided is None:
+            return
+        picture, what = guided_image(ev), "guided"
+    # Small inputs (the toy net's 32 px) are shown as pixels, not blurred; photos are anti-aliased.
+    smooth = "antialiased" if max(picture.size) >= cell_px else "nearest"
+    ax.imshow(np.asarray(picture), interpolation=smooth, gid=f"{what}:{node.id}")
+    ax.set_title(f"{role} {node.layer}:{node.unit} {what}" if col < 2 else f"{role} {node.layer}:{node.unit}", fontsize=SMALL)
+    if what == "guided" and not np.any(ev.guided):
+        ax.text(0.5, 0.5, "guided backprop\nall zero", transform=ax.transAxes, ha="center", va="center", fontsize=SMALL, color="black")
+
+
+def _step_label(step) -> str:
+    return step.randomised[-1] if step.randomised else "trained"
