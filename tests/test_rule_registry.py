@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -100,3 +101,11 @@ def test_a_rule_name_cannot_be_registered_twice():
     with registered(MostActive()), pytest.raises(OptionError, match="already registered"), registered(MostActive()):
         pass
     assert "most_active" not in rule_names()
+
+
+def test_readme_rules_table_lists_the_registry():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Scoring rules", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table = [tuple(cell.strip().strip("`") for cell in row.strip("|").split("|")) for row in rows]
+    assert table == [(n, get_rule(n).summary, get_rule(n).backward) for n in rule_names()]
