@@ -106,6 +106,7 @@ def test_a_rule_name_cannot_be_registered_twice():
 def test_readme_rules_table_lists_the_registry():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("### Scoring rules", 1)[1]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table_lines = section.split("| rule |", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = [line for line in table_lines if line.startswith("| `")]
     table = [tuple(cell.strip().strip("`") for cell in row.strip("|").split("|")) for row in rows]
     assert table == [(n, get_rule(n).summary, get_rule(n).backward) for n in rule_names()]
