@@ -48,19 +48,21 @@ REPO = Path(__file__).resolve().parents[1]
 VIEWS = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
 
 
-def child_env() -> dict[str, str]:
-    """Run this checkout's featuretree, whatever is installed."""
+def child_env(src: Path = REPO / "src") -> dict[str, str]:
+    """Run this checkout's featuretree (or the one in ``src``), whatever is installed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
-def run_explain(photo: Path, out: Path, depth: int, k: int) -> tuple[float, dict[str, float]]:
+def run_explain(photo: Path, out: Path, depth: int, k: int, src: Path = REPO / "src") -> tuple[float, dict[str, float]]:
     """Wall seconds of one fresh `featuretree explain` process, and the phases it reports."""
     command = [sys.executable, "-m", "featuretree.cli", "explain", str(photo), "--out", str(out)]
-    command += ["--depth", str(depth), "--k", str(k), "--quiet", "--timings"]
+    command += ["--depth", str(depth), "--k", str(k), "--quiet"]
+    if src == REPO / "src":
+        command.append("--timings")
     start = time.perf_counter()
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True)
+    done = subprocess.run(command, env=child_env(src), capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"explain failed ({done.returncode}):\n{done.stderr}")
@@ -181,6 +183,11 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--screenshot", metavar="DIR", help="save a screenshot of tree.html per view here (needs playwright + Chromium)")
     parser.add_argument("--keep", metavar="DIR", help="keep the last explain output here")
+    parser.add_argument(
+        "--compare-src",
+        metavar="SRC",
+        help="also run `featuretree explain` from another source tree each round (e.g. an older commit's src/), for before/after",
+    )
     parser.add_argument("--naive-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -197,13 +204,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as tmp:
         scratch = Path(tmp)
         run_explain(photo, scratch / "warm-up", args.depth, args.k)  # loads torch's libraries into the page cache
-        explain_walls, naive_walls, rounds, phases = [], [], [], {}
+        explain_walls, naive_walls, other_walls, rounds, phases = [], [], [], [], {}
         for r in range(args.repeats):
             load = os.getloadavg()[0]
-            order = ("explain", "naive") if r % 2 == 0 or args.skip_naive else ("naive", "explain")
+            order = ("explain", "naive", "other") if r % 2 == 0 else ("other", "naive", "explain")
             walls = {}
             for what in order:
-                if what == "explain":
+                if what == "other":
+                    if args.compare_src:
+                        walls[what] = run_explain(photo, scratch / f"other-{r}", args.depth, args.k, Path(args.compare_src).resolve())[0]
+                        other_walls.append(walls[what])
+                elif what == "explain":
                     walls[what], reported = run_explain(photo, scratch / f"explain-{r}", args.depth, args.k)
                     for name, seconds in reported.items():
                         phases.setdefault(name, []).append(seconds)
@@ -215,7 +226,8 @@ def main() -> None:
             rounds.append((walls, load))
             ratio = f", naive / explain x{walls['naive'] / walls['explain']:.2f}" if "naive" in walls else ""
             naive_text = f", naive {walls['naive']:.2f} s" if "naive" in walls else ""
-            print(f"round {r + 1}: load {load:.1f}; explain {walls['explain']:.2f} s{naive_text}{ratio}", flush=True)
+            other_text = f", {args.compare_src} {walls['other']:.2f} s" if "other" in walls else ""
+            print(f"round {r + 1}: load {load:.1f}; explain {walls['explain']:.2f} s{naive_text}{other_text}{ratio}", flush=True)
 
         out = scratch / f"explain-{args.repeats - 1}"
         views = check_output(out)
@@ -238,6 +250,13 @@ def main() -> None:
                 f"| naive way, fresh process, wall | {naive:.2f} s | fresh forward + replay per node, 3 PNGs per node ({mb(naive_size)}) |"
             )
             print(f"| ratio naive / explain | x{naive / explain:.2f} | per round: {paired} |")
+        if other_walls:
+            other_size, other_disk, other_count = folder_sizes(scratch / f"other-{args.repeats - 1}")
+            other_html = (scratch / f"other-{args.repeats - 1}" / "tree.html").stat().st_size
+            print(
+                f"| explain from {args.compare_src}, fresh process, wall | {statistics.median(other_walls):.2f} s "
+                f"| folder {mb(other_size)} ({other_count} files), tree.html {mb(other_html)} |"
+            )
         print(f"| output folder | {mb(size)} | {count} files; {mb(disk)} on disk |")
         print(f"| tree.html | {mb(html)} | self-contained |")
         for kind in VIEWS:

@@ -173,3 +173,27 @@ def test_efficientnet_pictures_stay_small(lite0, tmp_path):
         assert sum(sizes) / len(sizes) < limit, (kind, sum(sizes) / len(sizes))
     inlined = sum((out / node.images[kind]).stat().st_size for node in tree.walk() for kind in INLINED)
     assert (out / "tree.html").stat().st_size < 1.4 * inlined + 1e6  # base64 of the pictures plus the page
+
+
+def test_a_failure_while_encoding_leaves_no_output(toy_explainer, square_image, tmp_path, monkeypatch):
+    tree = toy_explainer.analyze(square_image).tree(depth=2, k=3)
+    existing = tmp_path / "existing"
+    tree.save(existing)
+    before = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    calls = []
+    original = export.encode_picture
+
+    def failing(kind, img):
+        calls.append(kind)
+        if len(calls) == 10:
+            raise RuntimeError("encoder broke")
+        return original(kind, img)
+
+    monkeypatch.setattr(export, "encode_picture", failing)
+    for out in (tmp_path / "fresh", existing):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="encoder broke"):
+            export.save_tree(tree, out)
+    assert not (tmp_path / "fresh").exists()
+    assert {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.rglob(".featuretree-*"))

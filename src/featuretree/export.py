@@ -51,11 +51,12 @@ def picture_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def render_images(tree: FeatureTree, workers: int | None = None) -> dict[str, bytes]:
+def render_images(tree: FeatureTree, workers: int | None = None, write_to: Path | None = None) -> dict[str, bytes]:
     """Encoded bytes of the photo and every node picture, keyed by relative file name; sets node.images.
 
     Every picture is made and encoded exactly once, nodes in parallel on ``workers`` threads
     (default: one per core); the file name's extension gives the format (``render.PICTURE_FORMATS``).
+    With ``write_to``, each worker also writes its files under that folder as soon as they are encoded.
     """
     files: dict[str, bytes] = {}
     if tree.picture is None or not tree.evidence:
@@ -73,11 +74,21 @@ def render_images(tree: FeatureTree, workers: int | None = None) -> dict[str, by
         for kind, img in node_images(tree.evidence[node.id], picture, mean, gain).items():
             extension, data = encode_picture(kind, img)
             encoded[kind] = (f"images/n{number:04d}_{kind}.{extension}", data)
+            if write_to is not None:
+                (write_to / encoded[kind][0]).write_bytes(data)
         return encoded
 
+    def encode_photo() -> tuple[str, bytes]:
+        extension, data = encode_picture("photo", picture)
+        if write_to is not None:
+            (write_to / f"photo.{extension}").write_bytes(data)
+        return extension, data
+
+    if write_to is not None:
+        (write_to / "images").mkdir(parents=True, exist_ok=True)
     workers = picture_workers() if workers is None else max(1, workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featuretree-pictures") as pool:
-        photo = pool.submit(encode_picture, "photo", picture)
+        photo = pool.submit(encode_photo)
         results = pool.map(encode_node, jobs)  # in order: file names and node.images are deterministic
         photo_extension, photo_data = photo.result()
         files[f"photo.{photo_extension}"] = photo_data
@@ -160,7 +171,8 @@ FeatureTreeView.render(document.getElementById("featuretree"), FT_DATA.tree, FT_
 def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = True, timings: dict[str, float] | None = None) -> Path:
     """Write tree.json, images/*, the photo and tree.html into ``out_dir`` atomically.
 
-    ``timings``, when given, receives the seconds spent on each phase: pictures, html, write.
+    ``timings``, when given, receives the seconds spent on each phase: pictures (made, encoded and written
+    to the staging folder), html, write (the rest, and moving everything into place).
     """
     clock = time.perf_counter()
 
@@ -172,23 +184,26 @@ def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = T
         clock = now
 
     out = ensure_writable(out_dir)
-    files = render_images(tree)
-    files["tree.json"] = tree.to_json().encode("utf-8")
-    phase("pictures")
-    if html:
-        files["tree.html"] = render_html(tree, files).encode("utf-8")
-        phase("html")
     parent = out.parent if not out.exists() else out
-    parent.mkdir(parents=True, exist_ok=True)
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".featuretree-", dir=parent))
     except OSError as err:
         raise OutputError(f"cannot write to {out} ({err.strerror})", "choose a writable --out folder") from None
     try:
+        # The pictures go into the staging folder as they are encoded; the rest follows.
+        files = render_images(tree, write_to=staging)
+        written = set(files)
+        files["tree.json"] = tree.to_json().encode("utf-8")
+        phase("pictures")
+        if html:
+            files["tree.html"] = render_html(tree, files).encode("utf-8")
+            phase("html")
         for name, data in files.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            if name not in written:
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
         if not out.exists():
             # mkdtemp makes the folder private; give it the usual permissions (umask applies).
             umask = os.umask(0)
