@@ -48,9 +48,14 @@ REPO = Path(__file__).resolve().parents[1]
 VIEWS = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
 
 
+THREADS: int | None = None  # --threads: torch's threads in every child process (None: torch's default)
+
+
 def child_env(src: Path = REPO / "src") -> dict[str, str]:
     """Run this checkout's featuretree (or the one in ``src``), whatever is installed."""
     env = dict(os.environ)
+    if THREADS is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(THREADS)
     env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -188,8 +193,16 @@ def main() -> None:
         metavar="SRC",
         help="also run `featuretree explain` from another source tree each round (e.g. an older commit's src/), for before/after",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads in every child (OMP_NUM_THREADS); default: torch's own choice. On a machine that other "
+        "jobs keep busy, torch's spinning worker threads can make both sides many times slower: 1 keeps the comparison sane there",
+    )
     parser.add_argument("--naive-child", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global THREADS
+    THREADS = args.threads
 
     photo = Path(args.photo)
     if not photo.is_file():
@@ -235,8 +248,10 @@ def main() -> None:
         html = (out / "tree.html").stat().st_size
         explain = statistics.median(explain_walls)
         print()
+        threads = f"torch threads {args.threads}" if args.threads else "torch's default threads"
         print(
-            f"photo {photo.name}, depth {args.depth}, k {args.k}, {args.repeats} rounds, {os.cpu_count()} CPUs, load now {os.getloadavg()[0]:.1f}"
+            f"photo {photo.name}, depth {args.depth}, k {args.k}, {args.repeats} rounds, {os.cpu_count()} CPUs, {threads}, "
+            f"load now {os.getloadavg()[0]:.1f}"
         )
         print("| measure | median | note |")
         print("|---|---|---|")
