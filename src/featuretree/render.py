@@ -80,7 +80,7 @@ def palette_png_bytes(img: Image.Image, colors: int = 256, compress_level: int =
 # - guided: colour that changes from pixel to pixel. JPEG 4:4:4 (no chroma subsampling) at quality 80
 #   keeps it; 4:2:0, JPEG's default and the only mode of lossy WebP, smears it. A fifth of the PNG.
 # - guided_original: saturated colour noise in deep nodes, where JPEG 4:4:4 is larger than PNG and
-#   4:2:0 or WebP destroy it: a 256-colour palette PNG, pure colours exact, 60% of the full PNG.
+#   4:2:0 or WebP destroy it: a 256-colour palette PNG, pure colours exact, half the full-colour PNG.
 # - heatmap: a smooth colour overlay on a grey photo: JPEG 4:2:0, quality 85.
 # - rf_crop, rf_box: the photo (a crop, or with a thick box): JPEG 4:2:0, quality 85.
 PICTURE_FORMATS: dict[str, tuple[str, Callable[[Image.Image], bytes]]] = {
