@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--resize", help="pad (keep aspect, letterbox; default), crop (keep aspect, centre crop) or squash (ignore aspect)")
     ex.add_argument("--no-html", action="store_true", help="skip tree.html")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ex.add_argument("--timings", action="store_true", help="print the seconds spent in each phase to stderr")
     _add_model_args(ex)
 
     sa = sub.add_parser(
@@ -202,8 +204,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .core.images import load_image
     from .core.samples import sample_path
-    from .render.export import ensure_writable
+    from .render.export import ensure_writable, save_tree
 
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    age = _process_age()
+    if age is not None:
+        timings["startup"] = age  # interpreter and imports, before this command ran
     photo = Path(args.photo) if args.photo else sample_path("chelsea")
     out = Path(args.out) if args.out else Path("featuretree-out") / photo.stem
     ensure_writable(out)
@@ -214,6 +221,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.resize:
         explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=args.resize)
     start = time.perf_counter()
+    timings["load"] = start - clock
     analysis = explainer.analyze(image)
     analysis.image.source = str(photo)
     tree = analysis.tree(
@@ -226,7 +234,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         verify=args.verify,
     )
-    tree.save(out, html=not args.no_html)
+    timings["tree"] = time.perf_counter() - start
+    save_tree(tree, out, html=not args.no_html, timings=timings)
+    if args.timings:
+        total = time.perf_counter() - clock + timings.get("startup", 0.0)
+        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in timings.items())
+        print(f"{PROG}: timings (s): {phases}; total {total:.2f}", file=sys.stderr)
     if not args.quiet:
         elapsed = time.perf_counter() - start
         top = tree.top_classes[0]
@@ -234,6 +247,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(format_tree(tree))
     print(out / ("tree.html" if not args.no_html else "tree.json"))
     return 0
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), so --timings can include interpreter start and imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def format_tree(tree, max_lines: int = 40) -> str:
@@ -300,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     with tempfile.TemporaryDirectory() as samples_dir:
         if args.images_dir is None:
-            from .samples import available_samples
+            from .core.samples import available_samples
 
             for name, path in available_samples().items():
                 shutil.copy(path, Path(samples_dir) / f"{name}{path.suffix}")

@@ -1,29 +1,30 @@
-"""Saving a tree: tree.json + PNG files, and one self-contained HTML page (images inlined).
+"""Saving a tree: tree.json + picture files, and one self-contained HTML page (pictures inlined).
 
-Output is written to a temporary folder next to the target and moved into place file by
-file only once everything is rendered, so a failure never leaves half-written output.
+Each picture is made and encoded once, in a thread pool (numpy, scipy and Pillow release the
+GIL), in the format that fits its kind (``render.PICTURE_FORMATS``); the HTML page inlines those
+very bytes. Output is written to a temporary folder next to the target and moved into place file
+by file only once everything is rendered, so a failure never leaves half-written output.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import shutil
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from ..core.errors import OutputError
-from .pictures import node_images, original_tree_gain, png_bytes
+from .pictures import MIME_TYPES, encode_picture, node_images, original_tree_gain
 
 if TYPE_CHECKING:
-    from ..tree.model import FeatureTree
+    from ..tree.model import FeatureTree, Node
 
 
 def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
@@ -43,24 +44,60 @@ def ensure_writable(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def render_images(tree: FeatureTree) -> dict[str, bytes]:
-    """PNG bytes for the photo and every node picture, keyed by relative file name; sets node.images."""
+def picture_workers() -> int:
+    """Threads that make and encode pictures: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def render_images(tree: FeatureTree, workers: int | None = None, write_to: Path | None = None) -> dict[str, bytes]:
+    """Encoded bytes of the photo and every node picture, keyed by relative file name; sets node.images.
+
+    Every picture is made and encoded exactly once, nodes in parallel on ``workers`` threads
+    (default: one per core); the file name's extension gives the format (``render.PICTURE_FORMATS``).
+    With ``write_to``, each worker also writes its files under that folder as soon as they are encoded.
+    """
     files: dict[str, bytes] = {}
     if tree.picture is None or not tree.evidence:
         return files
-    files["photo.png"] = png_bytes(tree.picture)
+    picture = tree.picture
+    picture.load()  # read by every thread below: make sure no lazy loading is left
     root_evidence = tree.evidence.get(tree.root.id)
     gain = original_tree_gain(root_evidence) if root_evidence is not None else 0.0
     mean = tuple(tree.model["preprocess"]["mean"])
-    for number, node in enumerate(tree.walk()):
-        evidence = tree.evidence.get(node.id)
-        if evidence is None:
-            continue
-        node.images = {}
-        for kind, img in node_images(evidence, tree.picture, mean, gain).items():
-            name = f"images/n{number:04d}_{kind}.png"
-            files[name] = png_bytes(img)
-            node.images[kind] = name
+    jobs = [(number, node) for number, node in enumerate(tree.walk()) if node.id in tree.evidence]
+
+    def encode_node(job: tuple[int, Node]) -> dict[str, tuple[str, bytes]]:
+        number, node = job
+        encoded = {}
+        for kind, img in node_images(tree.evidence[node.id], picture, mean, gain).items():
+            extension, data = encode_picture(kind, img)
+            encoded[kind] = (f"images/n{number:04d}_{kind}.{extension}", data)
+            if write_to is not None:
+                (write_to / encoded[kind][0]).write_bytes(data)
+        return encoded
+
+    def encode_photo() -> tuple[str, bytes]:
+        extension, data = encode_picture("photo", picture)
+        if write_to is not None:
+            (write_to / f"photo.{extension}").write_bytes(data)
+        return extension, data
+
+    if write_to is not None:
+        (write_to / "images").mkdir(parents=True, exist_ok=True)
+    workers = picture_workers() if workers is None else max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featuretree-pictures") as pool:
+        photo = pool.submit(encode_photo)
+        results = pool.map(encode_node, jobs)  # in order: file names and node.images are deterministic
+        photo_extension, photo_data = photo.result()
+        files[f"photo.{photo_extension}"] = photo_data
+        for (_, node), encoded in zip(jobs, results):
+            node.images = {}
+            for kind, (name, data) in encoded.items():
+                files[name] = data
+                node.images[kind] = name
     return files
 
 
@@ -82,26 +119,39 @@ def _static(name: str) -> str:
 _CSS_VIEWS = ("rf_crop", "rf_box")
 
 
-def _jpeg_data_uri(png: bytes) -> str:
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG", quality=88)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def _data_uri(name: str, data: bytes) -> str | None:
+    """The file's own bytes as a data URI (never decoded or re-encoded); None if ``name`` is not a picture."""
+    mime = MIME_TYPES.get(name.rpartition(".")[2].lower())
+    return None if mime is None else f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def html_images(tree: FeatureTree, files: dict[str, bytes]) -> dict[str, str]:
+    """The pictures the page shows, by file name (the photo as "photo"), each inlined exactly once.
+
+    The receptive-field views are left out: the page draws them from the photo and each node's box.
+    """
+    drawn = {node.images[view] for node in tree.walk() for view in _CSS_VIEWS if view in node.images}
+    photo = next((name for name in files if name.rpartition(".")[0] == "photo"), None)
+    images = {}
+    for name, data in files.items():
+        if name in drawn:
+            continue
+        uri = _data_uri(name, data)
+        if uri is not None:
+            images["photo" if name == photo else name] = uri
+    images.setdefault("photo", "")
+    return images
 
 
 def render_html(tree: FeatureTree, files: dict[str, bytes] | None = None, inline_frame: bool = False) -> str:
     """One HTML page with the tree, its pictures as data URIs, and the viewer script inlined.
 
-    Node pictures are inlined as JPEG (a tenth of the PNG size); the receptive-field views
-    are drawn from the photo and each node's box, so the page stays a few MB for 150 nodes.
+    Node pictures are inlined with the bytes of their files (see ``html_images``); the receptive-field
+    views are drawn from the photo and each node's box.
     """
     if files is None:
         files = render_images(tree)
-    images = {
-        name: _jpeg_data_uri(data)
-        for name, data in files.items()
-        if name.endswith(".png") and not name.endswith(tuple(f"_{v}.png" for v in _CSS_VIEWS))
-    }
-    images["photo"] = images.get("photo.png", "")
+    images = html_images(tree, files)
     payload = json.dumps({"tree": tree.to_dict(), "images": images}).replace("</", "<\\/")
     title = html.escape(f"featuretree: {tree.root.label or tree.root.id} ({tree.image.get('source', '')})")
     page = f"""<!doctype html>
@@ -119,24 +169,42 @@ FeatureTreeView.render(document.getElementById("featuretree"), FT_DATA.tree, FT_
     return page
 
 
-def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = True) -> Path:
-    """Write tree.json, images/*.png, photo.png and tree.html into ``out_dir`` atomically."""
+def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = True, timings: dict[str, float] | None = None) -> Path:
+    """Write tree.json, images/*, the photo and tree.html into ``out_dir`` atomically.
+
+    ``timings``, when given, receives the seconds spent on each phase: pictures (made, encoded and written
+    to the staging folder), html, write (the rest, and moving everything into place).
+    """
+    clock = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
     out = ensure_writable(out_dir)
-    files = render_images(tree)
-    files["tree.json"] = tree.to_json().encode("utf-8")
-    if html:
-        files["tree.html"] = render_html(tree, files).encode("utf-8")
     parent = out.parent if not out.exists() else out
-    parent.mkdir(parents=True, exist_ok=True)
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".featuretree-", dir=parent))
     except OSError as err:
         raise OutputError(f"cannot write to {out} ({err.strerror})", "choose a writable --out folder") from None
     try:
+        # The pictures go into the staging folder as they are encoded; the rest follows.
+        files = render_images(tree, write_to=staging)
+        written = set(files)
+        files["tree.json"] = tree.to_json().encode("utf-8")
+        phase("pictures")
+        if html:
+            files["tree.html"] = render_html(tree, files).encode("utf-8")
+            phase("html")
         for name, data in files.items():
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            if name not in written:
+                target = staging / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
         if not out.exists():
             # mkdtemp makes the folder private; give it the usual permissions (umask applies).
             umask = os.umask(0)
@@ -147,12 +215,14 @@ def save_tree(tree: FeatureTree, out_dir: str | os.PathLike[str], html: bool = T
         for name in files:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, out / name)
-        # Node pictures of an earlier, larger tree in the same folder would be stale: remove ours only.
-        for old in (out / "images").glob("n[0-9][0-9][0-9][0-9]_*.png"):
-            if f"images/{old.name}" not in files:
+        # Node pictures of an earlier, larger tree in the same folder (or an earlier format) would be
+        # stale: remove ours only.
+        for old in (out / "images").glob("n[0-9][0-9][0-9][0-9]_*.*"):
+            if old.suffix.lower() in (".png", ".jpg", ".webp") and f"images/{old.name}" not in files:
                 old.unlink()
         return out
     except OSError as err:
         raise OutputError(f"cannot write to {out} ({err.strerror})", "choose a writable --out folder with free space") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        phase("write")

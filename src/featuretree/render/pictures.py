@@ -1,4 +1,4 @@
-"""Turning node evidence into pictures (PIL images, saved as PNG by export).
+"""Turning node evidence into pictures (PIL images), and encoding each picture kind in its format.
 
 Guided-backprop display:
 - ``robust`` (default): each node image is scaled by its own 99.5th percentile of |delta|,
@@ -10,6 +10,7 @@ Guided-backprop display:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,8 +32,78 @@ def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def _to_image(rgb01: np.ndarray) -> Image.Image:
+def jpeg_bytes(img: Image.Image, quality: int = 85, chroma_subsampling: bool = True) -> bytes:
+    """JPEG-encode a picture (Huffman tables optimised: about 10% fewer bytes).
+
+    ``chroma_subsampling=False`` keeps colour at full resolution (4:4:4): pictures whose colour
+    changes from pixel to pixel (guided backprop) need it; 4:2:0 smears them.
+    """
+    import io
+
+    options = {"quality": quality, "subsampling": 2 if chroma_subsampling else 0}
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format="JPEG", optimize=True, **options)
+    except OSError:
+        # Pillow sizes its in-memory buffer for optimised JPEGs at one byte a pixel; a picture
+        # that needs more (pure noise) is written without the optimised tables instead.
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", **options)
+    return buf.getvalue()
+
+
+# Palette entries this close to 0 or 255 are snapped there, so saturated colours stay pure.
+_SNAP = 8
+
+
+def palette_png_bytes(img: Image.Image, colors: int = 256, compress_level: int = 1) -> bytes:
+    """PNG with an adaptive palette of ``colors`` colours (no dithering), for saturated pictures.
+
+    A saturated picture is mostly a few pure colours: the palette keeps them (snapped to exactly
+    0 and 255) and approximates the few in-between pixels; half the bytes of a full-colour PNG.
+    """
+    import io
+
+    quantized = img.convert("RGB").quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    palette = np.frombuffer(bytes(quantized.getpalette() or []), dtype=np.uint8).copy()
+    palette[palette < _SNAP] = 0
+    palette[palette > 255 - _SNAP] = 255
+    quantized.putpalette(palette.tobytes())
+    buf = io.BytesIO()
+    quantized.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+# How each picture kind is stored: (file extension, encoder). Decided per view by what it shows
+# (sizes and looks compared in benchmarks/bench_explain.py's docstring):
+# - photo: PNG, the exact model input (once per tree; the page draws the receptive-field views from it).
+# - guided: colour that changes from pixel to pixel. JPEG 4:4:4 (no chroma subsampling) at quality 80
+#   keeps it; 4:2:0, JPEG's default and the only mode of lossy WebP, smears it. A fifth of the PNG.
+# - guided_original: saturated colour noise in deep nodes, where JPEG 4:4:4 is larger than PNG and
+#   4:2:0 or WebP destroy it: a 256-colour palette PNG, pure colours exact, half the full-colour PNG.
+# - heatmap: a smooth colour overlay on a grey photo: JPEG 4:2:0, quality 85.
+# - rf_crop, rf_box: the photo (a crop, or with a thick box): JPEG 4:2:0, quality 85.
+PICTURE_FORMATS: dict[str, tuple[str, Callable[[Image.Image], bytes]]] = {
+    "photo": ("png", png_bytes),
+    "guided": ("jpg", lambda img: jpeg_bytes(img, 80, chroma_subsampling=False)),
+    "guided_original": ("png", palette_png_bytes),
+    "heatmap": ("jpg", lambda img: jpeg_bytes(img, 85)),
+    "rf_crop": ("jpg", lambda img: jpeg_bytes(img, 85)),
+    "rf_box": ("jpg", lambda img: jpeg_bytes(img, 85)),
+}
+MIME_TYPES: dict[str, str] = {"png": "image/png", "jpg": "image/jpeg"}
+
+
+def encode_picture(kind: str, img: Image.Image) -> tuple[str, bytes]:
+    """``(file extension, bytes)`` of a picture of ``kind`` in that kind's format (PNG for unknown kinds)."""
+    extension, encode = PICTURE_FORMATS.get(kind, ("png", png_bytes))
+    return extension, encode(img)
+
+
+def _to_image(rgb01: np.ndarray, channels_first: bool = False) -> Image.Image:
     arr = (np.clip(rgb01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if channels_first:  # 3xHxW: arithmetic on contiguous planes, one transposing copy of the bytes at the end
+        arr = np.ascontiguousarray(arr.transpose(1, 2, 0))
     return Image.fromarray(arr, "RGB")
 
 
@@ -49,14 +120,14 @@ def guided_image(
     evidence: NodeEvidence, display: str = "robust", mean=(0.485, 0.456, 0.406), tree_gain: float | None = None
 ) -> Image.Image:
     """The path-conditioned guided backprop at the input, as an RGB picture."""
-    delta = np.transpose(evidence.guided, (1, 2, 0))  # HxWx3, d objective / d pixel
+    delta = evidence.guided  # 3xHxW, d objective / d pixel
     if display == "original":
         gain = (tree_gain or 0.0) * evidence.path_gain
-        return _to_image(np.asarray(mean, dtype=np.float32) + gain * delta)
+        return _to_image(np.asarray(mean, dtype=np.float32)[:, None, None] + gain * delta, channels_first=True)
     scale = robust_scale(delta)
     if scale == 0.0:
-        return _to_image(np.full(delta.shape, 0.5, dtype=np.float32))
-    return _to_image(0.5 + 0.5 * np.clip(delta / scale, -1.0, 1.0))
+        return _to_image(np.full(delta.shape, 0.5, dtype=np.float32), channels_first=True)
+    return _to_image(0.5 + 0.5 * np.clip(delta / scale, -1.0, 1.0), channels_first=True)
 
 
 def original_tree_gain(root: NodeEvidence) -> float:
@@ -68,18 +139,29 @@ def original_tree_gain(root: NodeEvidence) -> float:
 
 
 def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a 2-D map (separable, reflect padding), for display only."""
-    import torch
-    from torch.nn import functional as F
+    """Gaussian blur of a 2-D map (separable, reflect padding without repeating the edge), for display only.
 
+    Plain numpy, one shifted multiply-add per tap: pictures are made in a thread pool, where a tiny
+    torch convolution per picture costs more in thread hand-offs than in arithmetic (30 times slower
+    on a busy 2-core machine), and importing scipy.ndimage would cost half a second.
+    """
     radius = max(1, int(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    taps = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-0.5 * (taps / np.float32(sigma)) ** 2)
     kernel /= kernel.sum()
-    x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x[0, 0].numpy()
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    for axis in (1, 0):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(x, pad, mode="reflect")
+        length = x.shape[axis]
+        out = np.zeros_like(x)
+        term = np.empty_like(x)
+        for i, weight in enumerate(kernel):
+            np.multiply(padded[:, i : i + length] if axis == 1 else padded[i : i + length], weight, out=term)
+            out += term
+        x = out
+    return x
 
 
 def heatmap_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
@@ -95,13 +177,12 @@ def heatmap_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
     signed = smooth(evidence.heat, sigma)
     scale = robust_scale(magnitude)
     base = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255.0
-    base = np.repeat(0.3 + 0.45 * base, 3, axis=2)
+    base = 0.3 + 0.45 * base  # HxWx1: broadcast against the colours below, not copied three times
     if scale == 0.0:
-        return _to_image(base)
+        return _to_image(np.repeat(base, 3, axis=2))
     alpha = np.clip(magnitude / scale, 0.0, 1.0)[..., None] ** 1.5 * 0.9
-    red = np.array([0.93, 0.16, 0.05], dtype=np.float32)
-    blue = np.array([0.1, 0.4, 1.0], dtype=np.float32)
-    colour = np.where(signed[..., None] >= 0, red, blue)
+    blue_red = np.array([[0.1, 0.4, 1.0], [0.93, 0.16, 0.05]], dtype=np.float32)
+    colour = blue_red[(signed >= 0).astype(np.intp)]  # red where the blurred sign is positive, else blue
     return _to_image(base * (1 - alpha) + colour * alpha)
 
 
