@@ -68,18 +68,19 @@ def original_tree_gain(root: NodeEvidence) -> float:
 
 
 def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a 2-D map (separable, reflect padding), for display only."""
-    import torch
-    from torch.nn import functional as F
+    """Gaussian blur of a 2-D map (separable, reflect padding), for display only.
+
+    scipy's 1-D correlations, not torch convolutions: a tenth of the time for one picture, and no
+    thread pool to wait for (the explorer renders a node's children's pictures per click)."""
+    from scipy.ndimage import correlate1d
 
     radius = max(1, int(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    taps = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-0.5 * (taps / np.float32(sigma)) ** 2)
     kernel /= kernel.sum()
-    x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return x[0, 0].numpy()
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    # "mirror" is torch's "reflect": the edge pixel is not repeated.
+    return correlate1d(correlate1d(x, kernel, axis=1, mode="mirror"), kernel, axis=0, mode="mirror")
 
 
 def heatmap_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
