@@ -146,7 +146,7 @@ def test_renderer_parity_export_and_explorer_show_identical_cards(context, tmp_p
     assert re.fullmatch(r"all 4 zeroed −\d+(\.\d)?%", root["badges"][0][0]), root["badges"]
     assert root["rest"][0][0].startswith("4 ▾ · rest ")
     corner = export_cards["classifier:0/corners:0"]
-    assert re.fullmatch(r"\d+\.\d%", corner["share"]) and re.fullmatch(r"score \S+", corner["sub"])
+    assert re.fullmatch(r"\d+\.\d%", corner["share"]) and re.fullmatch(r"\d+\.\d% · score \S+", corner["sub"])
     assert re.fullmatch(r"ablation −\d+(\.\d)?%", corner["badges"][0][0]) and "ok" in corner["badges"][0][1]
     assert export_cards["classifier:0/corners:0/edges:0"]["notes"] == ["first layer"]
     assert all(card["picture"] for card in export_cards.values())
@@ -154,7 +154,8 @@ def test_renderer_parity_export_and_explorer_show_identical_cards(context, tmp_p
     score = tree.find("classifier:0/corners:1").score
     assert 0.1 <= abs(score) < 100
     decimals = 2 - math.floor(math.log10(abs(score)))
-    assert explorer_cards["classifier:0/corners:1"]["sub"] == f"score {score:.{decimals}f}"
+    share = tree.find("classifier:0/corners:1").share
+    assert explorer_cards["classifier:0/corners:1"]["sub"] == f"{100 * share:.1f}% · score {score:.{decimals}f}"
 
 
 # ----- zoom, pan and fit -------------------------------------------------------------------------------

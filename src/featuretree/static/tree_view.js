@@ -278,11 +278,11 @@
         "data-node": node.id, "aria-busy": node.loading ? "true" : null,
       });
       Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });
-      box.append(el("div", { class: "ft-title" },
-        el("span", { class: "ft-unit", title: node.id }, `${node.layer}:${node.unit}`),
-        node.depth === 0 || node.share === null || node.share === undefined ? null : el("span", { class: "ft-share" }, pct(node.share))));
+      box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: node.id }, `${node.layer}:${node.unit}`)));
       const sub = this.subText(node);
-      box.append(el("div", { class: "ft-sub", title: sub }, sub));
+      const share = node.depth === 0 || node.share === null || node.share === undefined ? null : pct(node.share);
+      box.append(el("div", { class: "ft-sub", title: share ? `${share} · ${sub}` : sub },
+        share ? el("span", { class: "ft-share" }, share) : null, share ? ` · ${sub}` : sub));
       box.append(this.verifyRow(node, parent));
       box.append(this.picture(node, kids, collapsed));
       if (this.opt.buttons) box.append(el("div", { class: "ft-buttons" }, ...(this.opt.buttons(node) || [])));
