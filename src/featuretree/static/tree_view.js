@@ -75,7 +75,7 @@
   //   pictureTitle(node) -> tooltip; buttons(node) -> elements for a row of buttons (reserved when given)
   //   panel(node) -> {src, caption, onClose} for a pinned side panel (e.g. exemplars); panelAspect: w / h (or a function)
   //   keys: handle f / + / - / 0 / arrows on the document (default true)
-  //   compactLeaves: stack leaf siblings in columns when the tree has more leaves than this (default 30)
+  //   compactLeaves: past this many leaves (default 30), stack leaf siblings in columns if that fits the tree larger
   class TreeView {
     constructor(host, options = {}) {
       this.host = host;
@@ -145,12 +145,8 @@
 
     // Tidy layout: every leaf gets its own column, a parent sits over the middle of its shown children;
     // a pinned side panel widens its node, so nothing to its right on any row can overlap it.
-    // Wide trees (more than opt.compactLeaves leaves) stack each group of leaf siblings in a column
-    // under its parent, so a 156-node tree fits a screen at a readable size.
-    layout(root, S) {
-      let leaves = 0;
-      (function count(n, self) { const kids = self.kids(n); if (!kids.length) leaves++; kids.forEach((c) => count(c, self)); })(root, this);
-      const compact = leaves > (this.opt.compactLeaves ?? 30);
+    // With compact, each group of leaf siblings is stacked in a column under its parent instead.
+    layout(root, S, compact) {
       const indent = Math.round(S.cardW * 0.25), gapY = Math.round(S.pic * 0.1);
       const placed = [];
       let cursor = 0;
@@ -196,7 +192,16 @@
       this.message.hidden = true;
       this.bar.hidden = false;
       const S = (this.S = this.metrics());
-      const { placed, width, height, depthMax, tops, band, indent } = this.layout(root, S);
+      // Trees with many leaves (more than opt.compactLeaves) stack leaf siblings when that shows the whole
+      // tree larger on this screen (a 156-node tree: about four times larger than side by side).
+      let leaves = 0;
+      (function count(n, self) { const kids = self.kids(n); if (!kids.length) leaves++; kids.forEach((c) => count(c, self)); })(root, this);
+      let layout = this.layout(root, S, false);
+      if (leaves > (this.opt.compactLeaves ?? 30)) {
+        const compact = this.layout(root, S, true);
+        if (this.fitScale(compact) > this.fitScale(layout)) layout = compact;
+      }
+      const { placed, width, height, depthMax, tops, band, indent } = layout;
       this.size = { width, height };
       this.parents = new Map(placed.map((p) => [p.node.id, p.parent]));
       this.pos = new Map(placed.map((p) => [p.node.id, { left: p.x, top: p.top, width: S.cardW, height: S.cardH, stacked: p.stack !== null }]));
@@ -433,9 +438,9 @@
       return { W, H, left, w: Math.max(40, W - left - 2 * MARGIN), h: Math.max(40, H - 2 * MARGIN - bar) };
     }
 
-    fitScale() {
+    fitScale(size = this.size) {
       const v = this.viewport();
-      return Math.min(1, v.w / this.size.width, v.h / this.size.height);
+      return Math.min(1, v.w / size.width, v.h / size.height);
     }
 
     fit() {
