@@ -314,3 +314,16 @@ def test_explorer_opens_fitted_and_zoom_fit_work(context):
         pic.click()
         page.wait_for_function("document.querySelectorAll('.ft-card').length === 11")
         assert off_stage(page) == []
+
+
+def test_a_single_row_of_many_leaves_stays_side_by_side(context, tmp_path):
+    """Stacking leaves is chosen only when it fits the tree larger: 64 children of the root stay in one row."""
+    tree = wide_tree(k=64, depth=1)
+    page_file = tmp_path / "row.html"
+    page_file.write_text(render_html(tree, files={}))
+    page = context.new_page()
+    page.goto(page_file.as_uri())
+    page.wait_for_selector(".ft-card")
+    tops = page.eval_on_selector_all('.ft-card:not([data-node="fc:0"])', "els => els.map(e => e.style.top)")
+    assert len(tops) == 64 and len(set(tops)) == 1
+    assert page.get_attribute(".ft-tree", "data-fitted") == "true" and off_stage(page) == []
