@@ -10,8 +10,9 @@ pass and the pictures of the root's children, which the page shows before the cl
 The three alternate node by node, so machine load hits them alike.
 
 Browser: headless Chromium clicks a node's picture; the page records the time until every child card
-is drawn with its picture loaded (window.ftTimings: `ms`, and `painted`: decoded and the next frame
-started), and the Resource Timing API gives the /api/expand request's share of it. Each round starts
+is drawn with its picture loaded (window.ftTimings: `ms`; `painted`: decoded and the next frame
+started; `received` and `drawn`: when the response was parsed and the tree redrawn), and the Resource
+Timing API gives the /api/expand request's share of it. Each round starts
 a fresh server and page and clicks each of the root's k children once. Medians are printed.
 
     PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5] [--rounds 2] [--view heatmap]
@@ -98,7 +99,7 @@ def server_side(image: str, k: int, reps: int, view: str) -> dict[str, list[floa
 def in_browser(image: str, k: int, rounds: int, view: str) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {"click": [], "painted": [], "request": []}
+    out: dict[str, list[float]] = {"click": [], "painted": [], "request": [], "received": [], "drawn": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(rounds):
@@ -125,6 +126,8 @@ def in_browser(image: str, k: int, rounds: int, view: str) -> dict[str, list[flo
                     out["click"].append(last["ms"] / 1000)
                     out["painted"].append(last["painted"] / 1000)
                     out["request"].append(request[0] / 1000)
+                    out["received"].append(last["received"] / 1000)
+                    out["drawn"].append((last["drawn"] - last["received"]) / 1000)
                     # The page measures the new edges by ablation once the pictures are in: let that finish.
                     page.wait_for_function("!document.querySelector('.ft-badge.pending')")
                     page.locator(f'.ft-card[data-node="{node}"] .ft-pic').click()  # collapse again
@@ -156,6 +159,8 @@ def main() -> None:
             ("browser: click to rendered children", browser["click"]),
             ("browser: same, decoded and next frame", browser["painted"]),
             ("browser: of which the /api/expand request", browser["request"]),
+            ("browser: click to response parsed", browser["received"]),
+            ("browser: response parsed to tree drawn", browser["drawn"]),
         ]
     print(f"{MODEL} on {args.image}, k={args.k}, view={args.view}, one expansion of a child of the top-class root")
     print(f"{'measure':52s} {'n':>3s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")

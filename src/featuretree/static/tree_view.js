@@ -105,7 +105,10 @@
       this._bindGestures();
       if (this.opt.keys) this._bindKeys();
       if (window.ResizeObserver) {
-        this._resize = new ResizeObserver(() => {
+        this._resize = new ResizeObserver((entries) => {
+          // The stage's size, kept here so that drawing never has to force a layout to read it.
+          const box = entries[entries.length - 1].contentRect;
+          this._dims = { W: box.width, H: box.height };
           if (!this.root) return;
           if (this.auto) this.fit(); else this.apply();
         });
@@ -127,8 +130,12 @@
     }
 
     metrics() {
-      const rem = parseFloat(getComputedStyle(this.host).fontSize) || 13;
       const wide = window.innerWidth;
+      if (!this._rem || this._remFor !== wide) { // the font size follows the window width only (a media query)
+        this._rem = parseFloat(getComputedStyle(this.host).fontSize) || 13;
+        this._remFor = wide;
+      }
+      const rem = this._rem;
       const pic = wide >= 2400 ? 220 : wide >= 1700 ? 160 : 128;
       this.host.style.setProperty("--ft-pic", `${pic}px`);
       const buttons = this.opt.buttons ? Math.round(rem * 1.35 + 10) : 0;
@@ -272,6 +279,15 @@
         const rest = this.restBadge(node);
         if (old && rest) old.replaceWith(rest);
       }
+    }
+
+    // Show a card as waiting for its children without redrawing the tree; false if it is not drawn.
+    markLoading(id) {
+      const cardEl = [...this.canvas.querySelectorAll(".ft-card[data-node]")].find((e) => e.dataset.node === id);
+      if (!cardEl) return false;
+      cardEl.classList.add("loading", "open");
+      cardEl.setAttribute("aria-busy", "true");
+      return true;
     }
 
     card(node, at, parent) {
@@ -431,10 +447,12 @@
 
     // ----- zoom, pan, fit --------------------------------------------------------------------
     viewport() {
-      const W = this.host.clientWidth, H = this.host.clientHeight;
+      if (!this._dims) this._dims = { W: this.host.clientWidth, H: this.host.clientHeight };
+      if (!this._barH && !this.bar.hidden) this._barH = this.bar.offsetHeight;
+      const { W, H } = this._dims;
       const left = this.S ? this.S.gutter : 0; // the row labels' strip
       // The zoom buttons sit in the bottom-right corner: a fitted tree stays above them.
-      const bar = this.bar.hidden ? 0 : this.bar.offsetHeight + 10;
+      const bar = this.bar.hidden ? 0 : (this._barH || 0) + 10;
       return { W, H, left, w: Math.max(40, W - left - 2 * MARGIN), h: Math.max(40, H - 2 * MARGIN - bar) };
     }
 
@@ -509,14 +527,21 @@
       }
       if (!this.S) return;
       const line = this.S.rem * 1.25;
+      const shown = [];
       for (const [label, top, band] of this.rowLabels || []) {
-        // Each label stays at the top of the stage while its row is partly scrolled off above.
         const y = this.ty + top * this.s, hgt = band * this.s;
         label.hidden = y > v.H || y + Math.max(line, hgt) < 0;
         if (label.hidden) continue;
         label.style.maxHeight = `${Math.max(line, hgt)}px`;
         label.classList.toggle("short", hgt < 2.6 * line);
-        label.style.top = `${Math.max(Math.min(y + hgt - label.offsetHeight, 0), y)}px`;
+        shown.push([label, y, hgt]);
+      }
+      // Each label stays at the top of the stage while its row is partly scrolled off above (its height,
+      // which costs a layout to read, is needed only then).
+      const above = shown.filter(([, y]) => y < 0).map(([label]) => [label, label.offsetHeight]);
+      for (const [label, y, hgt] of shown) {
+        const h = y < 0 ? above.find(([l]) => l === label)[1] : 0;
+        label.style.top = `${y < 0 ? Math.min(0, y + hgt - h) : y}px`;
       }
     }
 

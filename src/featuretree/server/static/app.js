@@ -123,6 +123,7 @@ function requestChildren(path) {
   entry.promise = api("/api/expand", {
     model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed, view,
   }).then((data) => {
+    entry.received = performance.now();
     for (const c of data.children) { keepPicture(keyOf(c.id), c.picture); delete c.picture; }
     entry.status = "done";
     entry.data = data;
@@ -285,11 +286,17 @@ function toggle(path) {
   state.open.add(path);
   const t0 = performance.now();
   const entry = requestChildren(path);
-  draw();
+  // Mark the card as loading in place; the whole tree is drawn once, when the children arrive.
+  writeUrl();
+  if (entry.status === "loading" && tree.markLoading(path)) {
+    document.body.dataset.busy = "true";
+    status("computing children…");
+  } else draw();
   entry.promise.then(async () => {
     draw();
     ensureOpenLoaded();
     tree.reveal([path, ...kidsOf(node).map((c) => c.id)]);
+    const drawn = performance.now();
     // Time until every child card is drawn with its picture decoded (re-checked each frame,
     // since a redraw may replace the img elements).
     const childImgs = () => [...document.querySelectorAll(".ft-card[data-node] .ft-pic img")]
@@ -302,7 +309,10 @@ function toggle(path) {
     // Stricter: also decoded, and the next frame started (what a user sees).
     await Promise.all(imgs.map((i) => i.decode().catch(() => {})));
     await new Promise((resolve) => requestAnimationFrame(resolve));
-    window.ftTimings.push({ path, ms, painted: performance.now() - t0, children: imgs.length, loaded: imgs.filter((i) => i.naturalWidth > 0).length });
+    window.ftTimings.push({
+      path, ms, painted: performance.now() - t0, received: entry.received - t0, drawn: drawn - t0,
+      children: imgs.length, loaded: imgs.filter((i) => i.naturalWidth > 0).length,
+    });
   });
 }
 
