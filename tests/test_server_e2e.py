@@ -328,3 +328,18 @@ def test_e2e_efficientnet_cat_deep_link(page, base_url, size):
     wait_idle(fresh)
     assert cards(fresh) == cards(page)
     fresh.close()
+
+
+def test_e2e_pinned_exemplars_show_the_servers_error_when_the_grid_fails(page, tmp_path):
+    """The shared renderer shows a failed panel picture with the reason the explorer's server gives."""
+    db = build_exemplar_db(tmp_path / "ex")
+    with live_server(create_app(ServerSettings(models=("toy_squares",), exemplar_db=str(db)))) as url:
+        open_page(page, url, "model=toy_squares")
+        upload_square(page)
+        for path in tmp_path.joinpath("ex").glob("toy.db*"):
+            path.unlink()  # the database is gone while the server runs
+        card(page, "classifier:0/corners:2").locator('button[data-action="exemplars"]').click()
+        note = page.locator('figure.ft-pinned[data-exemplars="classifier:0/corners:2"] .ft-note.error')
+        note.wait_for(state="visible")
+        text = note.inner_text()
+        assert "\n" not in text and "could not load" not in text and "toy.db" in text, text

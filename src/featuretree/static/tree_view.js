@@ -73,7 +73,8 @@
   //   tiny: pixelated pictures (small inputs); view: the initial view
   //   onPicture(node): click on a picture (default: collapse / expand the shown children)
   //   pictureTitle(node) -> tooltip; buttons(node) -> elements for a row of buttons (reserved when given)
-  //   panel(node) -> {src, caption, onClose} for a pinned side panel (e.g. exemplars); panelAspect: w / h (or a function)
+  //   panel(node) -> {src, caption, onClose, explain(src) -> Promise<error text>} for a pinned side panel (e.g.
+  //   exemplars); panelAspect: w / h (or a function)
   //   keys: handle f / + / - / 0 / arrows on the document (default true)
   //   compactLeaves: past this many leaves (default 30), stack leaf siblings in columns if that fits the tree larger
   class TreeView {
@@ -411,10 +412,10 @@
       const fig = el("figure", { class: "ft-pinned", "data-exemplars": node.id });
       Object.assign(fig.style, { left: `${at.left + S.cardW + S.gapX / 2}px`, top: `${at.top}px`, width: `${S.panelW}px`, height: `${at.height}px` });
       const img = el("img", { alt: panel.alt || `exemplars of ${node.layer}:${node.unit}`, draggable: "false" });
-      img.addEventListener("error", () => {
-        // A server answers a failed picture with a one-line JSON error: show it.
-        fetch(img.src).then((r) => r.json()).then((body) => fig.replaceChildren(el("div", { class: "ft-note error" }, body.error)),
-          () => fig.replaceChildren(el("div", { class: "ft-note error" }, "could not load the exemplars")));
+      img.addEventListener("error", async () => {
+        // The host may know why (the explorer's server answers with a one-line JSON error).
+        const why = panel.explain ? await panel.explain(img.src).catch(() => null) : null;
+        fig.replaceChildren(el("div", { class: "ft-note error" }, why || "could not load this picture"));
       });
       img.addEventListener("load", () => { img.classList.toggle("tiny", img.naturalHeight < img.clientHeight); });
       img.src = panel.src;

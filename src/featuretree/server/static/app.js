@@ -441,7 +441,11 @@ function setupControls() {
       ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
     buttons: cardButtons,
     panel: (node) => state.pinned.has(node.id) && hasExemplars(node)
-      ? { src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`, onClose: () => togglePinned(node.id) }
+      ? {
+        src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`,
+        onClose: () => togglePinned(node.id),
+        explain: (src) => fetch(src).then((r) => r.json()).then((body) => body.error), // the server's one-line error
+      }
       : null,
     panelAspect: () => (info.exemplars ? info.exemplars.grid_width / info.exemplars.grid_height : 1),
   });
