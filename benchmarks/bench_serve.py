@@ -1,12 +1,21 @@
 """Click-to-rendered-children for one expansion in the explorer, EfficientNet-Lite0 on this CPU.
 
-Server side: GET /api/children for a node plus GET /api/picture.png for each child (six at
-once, as a browser does) over real HTTP to a real uvicorn server (a fresh node each repetition; the forward pass
-and the pictures of the root's children, which the page shows before the click, already done).
-Browser: headless Chromium clicks the node's picture; the page records the time until every
-child card is drawn and its picture decoded (window.ftTimings). Medians are printed.
+Server side, over real HTTP to a real uvicorn server, each repetition on a fresh node (the forward
+pass and the pictures of the root's children, which the page shows before the click, already done):
+- batched: one GET /api/expand (the node's children with each child's picture as a data URI), what
+  the page does;
+- separate: GET /api/children plus GET /api/picture.png for each child (six at once, as a browser
+  fetches), what the page did before /api/expand;
+- in-process: Analysis.expand + Workspace.pictures_png_many, the same work without HTTP.
+The three alternate node by node, so machine load hits them alike.
 
-    PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5]
+Browser: headless Chromium clicks a node's picture; the page records the time until every child card
+is drawn with its picture loaded (window.ftTimings: `ms`; `painted`: decoded and the next frame
+started; `received` and `drawn`: when the response was parsed and the tree redrawn), and the Resource
+Timing API gives the /api/expand request's share of it. Each round starts
+a fresh server and page and clicks each of the root's k children once. Medians are printed.
+
+    PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5] [--rounds 2] [--view heatmap]
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from featuretree.core.units import Unit
 from featuretree.server import ServerSettings, create_app
 from featuretree.server.run import serve_in_thread
 
@@ -37,86 +47,125 @@ def app():
     return create_app(ServerSettings(models=(MODEL,)))
 
 
-def root_children(client: httpx.Client, image: str, k: int) -> tuple[str, list[str]]:
+def root_children(client: httpx.Client, image: str, k: int, view: str) -> tuple[str, list[str]]:
     an = client.get("/api/analysis", params={"model": MODEL, "image": image}).json()
     root = an["default_root"]
-    kids = client.get("/api/children", params={"model": MODEL, "image": image, "path": root, "k": k}).json()
+    kids = client.get("/api/expand", params={"model": MODEL, "image": image, "path": root, "k": k, "view": view}).json()
     return root, [c["id"] for c in kids["children"]]
 
 
-def server_side(image: str, k: int, reps: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"children": [], "pictures": [], "total": []}
-    with serve_in_thread(app()) as url, httpx.Client(base_url=url, timeout=300) as client:
-        _, nodes = root_children(client, image, max(k, reps))
-        # What the page has already shown before the click: the root's children with their pictures.
-        for node in nodes:
-            client.get("/api/picture.png", params={"model": MODEL, "image": image, "path": node, "view": "guided"}).raise_for_status()
-        for node in nodes[:reps]:
-            t0 = time.perf_counter()
-            kids = client.get("/api/children", params={"model": MODEL, "image": image, "path": node, "k": k}).json()["children"]
-            t1 = time.perf_counter()
-            # Six connections at once, as a browser fetches the child pictures.
-            with ThreadPoolExecutor(6) as pool:
-                for r in pool.map(
-                    lambda kid: client.get(
-                        "/api/picture.png", params={"model": MODEL, "image": image, "path": kid["id"], "view": "guided"}
-                    ),
-                    kids,
-                ):
+def server_side(image: str, k: int, reps: int, view: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"batched": [], "separate": [], "separate_children": [], "separate_pictures": [], "in_process": []}
+    base = {"model": MODEL, "image": image}
+    application = app()
+    workspace = application.state.workspace
+    with serve_in_thread(application) as url, httpx.Client(base_url=url, timeout=300) as client:
+        # 3 fresh nodes per repetition (one per way) plus one to warm up: the root's top children.
+        _, nodes = root_children(client, image, 3 * reps + 1, view)
+        client.get("/api/expand", params={**base, "path": nodes[0], "k": k, "view": view}).raise_for_status()
+        analysis = workspace.analysis(MODEL, image)
+        for rep in range(reps):
+            batched, separate, local = nodes[1 + 3 * rep : 4 + 3 * rep]
+            ways = [batched, separate, local]
+            ways = ways[rep % 3 :] + ways[: rep % 3]  # rotate the order too
+            for node in ways:
+                t0 = time.perf_counter()
+                if node == batched:
+                    r = client.get("/api/expand", params={**base, "path": node, "k": k, "view": view})
                     r.raise_for_status()
-            t2 = time.perf_counter()
-            out["children"].append(t1 - t0)
-            out["pictures"].append(t2 - t1)
-            out["total"].append(t2 - t0)
+                    assert len(r.json()["children"]) == k
+                    out["batched"].append(time.perf_counter() - t0)
+                elif node == separate:
+                    kids = client.get("/api/children", params={**base, "path": node, "k": k}).json()["children"]
+                    t1 = time.perf_counter()
+                    with ThreadPoolExecutor(6) as pool:  # six connections at once, as a browser
+                        for r in pool.map(
+                            lambda kid: client.get("/api/picture.png", params={**base, "path": kid["id"], "view": view}), kids
+                        ):
+                            r.raise_for_status()
+                    t2 = time.perf_counter()
+                    out["separate_children"].append(t1 - t0)
+                    out["separate_pictures"].append(t2 - t1)
+                    out["separate"].append(t2 - t0)
+                else:
+                    units = tuple(Unit.parse(p) for p in node.split("/"))
+                    expansion = analysis.expand(units, k)
+                    paths = [(*units, c.unit) for c in expansion.children]
+                    workspace.pictures_png_many(MODEL, image, paths, view, "gradient", "sum")
+                    out["in_process"].append(time.perf_counter() - t0)
     return out
 
 
-def in_browser(image: str, k: int, reps: int) -> list[float]:
+def in_browser(image: str, k: int, rounds: int, view: str) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    times: list[float] = []
-    with serve_in_thread(app()) as url, sync_playwright() as p:
+    out: dict[str, list[float]] = {"click": [], "painted": [], "request": [], "received": [], "drawn": []}
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.set_default_timeout(300_000)
-        page.goto(f"{url}/?model={MODEL}&image={image}&k={max(k, reps)}")
-        page.wait_for_selector("body[data-ready=true]")
-        page.wait_for_selector("body[data-busy=false]", state="attached")
-        nodes = page.eval_on_selector_all(".card:not(.root)", "els => els.map(e => e.dataset.node)")
-        page.fill("#k", str(k))
-        page.press("#k", "Enter")
-        page.wait_for_selector("body[data-busy=false]", state="attached")
-        for node in [n for n in nodes][:reps]:
-            done = page.evaluate("window.ftTimings.length")
-            page.locator(f'.card[data-node="{node}"] .pic').click()
-            page.wait_for_function(f"window.ftTimings.length > {done}")
-            last = page.evaluate("window.ftTimings[window.ftTimings.length - 1]")
-            assert last["children"] == last["loaded"] == k, last
-            times.append(last["ms"] / 1000)
-            page.locator(f'.card[data-node="{node}"] .pic').click()  # collapse again
+        for _ in range(rounds):
+            with serve_in_thread(app()) as url:
+                page = browser.new_page(viewport={"width": 1920, "height": 1080})
+                page.set_default_timeout(300_000)
+                page.goto(f"{url}/?model={MODEL}&image={image}&k={k}&view={view}")
+                page.wait_for_selector("body[data-ready=true]")
+                page.wait_for_selector("body[data-busy=false]", state="attached")
+                page.wait_for_function("[...document.querySelectorAll('.ft-card img')].every(i => i.complete)")
+                nodes = page.eval_on_selector_all(".ft-card:not(.root)", "els => els.map(e => e.dataset.node)")
+                for node in nodes:
+                    done = page.evaluate("window.ftTimings.length")
+                    page.evaluate("performance.clearResourceTimings()")
+                    page.locator(f'.ft-card[data-node="{node}"] .ft-pic').click()
+                    page.wait_for_function(f"window.ftTimings.length > {done}")
+                    last = page.evaluate("window.ftTimings[window.ftTimings.length - 1]")
+                    assert last["children"] == last["loaded"] == k, last
+                    request = page.evaluate(
+                        "performance.getEntriesByType('resource').filter(e => e.name.includes('/api/expand'))"
+                        ".map(e => e.responseEnd - e.startTime)"
+                    )
+                    assert len(request) == 1, request  # one call for the children and all their pictures
+                    out["click"].append(last["ms"] / 1000)
+                    out["painted"].append(last["painted"] / 1000)
+                    out["request"].append(request[0] / 1000)
+                    out["received"].append(last["received"] / 1000)
+                    out["drawn"].append((last["drawn"] - last["received"]) / 1000)
+                    # The page measures the new edges by ablation once the pictures are in: let that finish.
+                    page.wait_for_function("!document.querySelector('.ft-badge.pending')")
+                    page.locator(f'.ft-card[data-node="{node}"] .ft-pic').click()  # collapse again
+                page.close()
         browser.close()
-    return times
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="chelsea")
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=5, help="server-side repetitions (fresh nodes each)")
+    parser.add_argument("--rounds", type=int, default=2, help="browser rounds: a fresh server and page, k clicks each")
+    parser.add_argument("--view", default="heatmap")
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
-    server = server_side(args.image, args.k, args.reps)
+    server = server_side(args.image, args.k, args.reps, args.view)
     rows = [
-        ("server: GET /api/children", server["children"]),
-        (f"server: {args.k} child pictures (PNG, 6 at once)", server["pictures"]),
-        ("server: children + pictures", server["total"]),
+        (f"server: GET /api/expand (children + {args.k} pictures)", server["batched"]),
+        ("server: GET /api/children", server["separate_children"]),
+        (f"server: then {args.k} GET /api/picture.png (6 at once)", server["separate_pictures"]),
+        ("server: children + pictures, separate requests", server["separate"]),
+        ("in-process: expand + pictures_png_many", server["in_process"]),
     ]
     if not args.no_browser:
-        rows.append(("browser: click to rendered children", in_browser(args.image, args.k, args.reps)))
-    print(f"{MODEL} on {args.image}, k={args.k}, one expansion of a child of the top-class root, {args.reps} repetitions")
-    print(f"{'measure':42s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
+        browser = in_browser(args.image, args.k, args.rounds, args.view)
+        rows += [
+            ("browser: click to rendered children", browser["click"]),
+            ("browser: same, decoded and next frame", browser["painted"]),
+            ("browser: of which the /api/expand request", browser["request"]),
+            ("browser: click to response parsed", browser["received"]),
+            ("browser: response parsed to tree drawn", browser["drawn"]),
+        ]
+    print(f"{MODEL} on {args.image}, k={args.k}, view={args.view}, one expansion of a child of the top-class root")
+    print(f"{'measure':52s} {'n':>3s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
     for name, values in rows:
-        print(f"{name:42s} {statistics.median(values):9.3f} {min(values):7.3f} {max(values):7.3f}")
+        print(f"{name:52s} {len(values):3d} {statistics.median(values):9.3f} {min(values):7.3f} {max(values):7.3f}")
 
 
 if __name__ == "__main__":

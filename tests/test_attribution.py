@@ -1,4 +1,4 @@
-"""The extra child-scoring rules (featuretree.attribution) and their wiring into rule=."""
+"""The extra child-scoring rules (featuretree.rules) and their wiring into rule=."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import re
@@ -51,7 +52,16 @@ def test_api_info_lists_models_samples_and_options(client):
 
 def test_api_openapi_schema_documents_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for route in ("/api/info", "/api/images", "/api/analysis", "/api/children", "/api/node", "/api/picture.png", "/api/export"):
+    for route in (
+        "/api/info",
+        "/api/images",
+        "/api/analysis",
+        "/api/children",
+        "/api/expand",
+        "/api/node",
+        "/api/picture.png",
+        "/api/export",
+    ):
         assert route in paths
 
 
@@ -169,10 +179,16 @@ def test_api_path_traversal_is_refused(client, url):
 def test_api_static_files_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and '<script type="module" src="/static/app.js">' in page.text
-    for name, kind in (("app.js", "javascript"), ("style.css", "css")):
+    for name, kind in (("app.js", "javascript"), ("style.css", "css"), ("tree_view.js", "javascript"), ("tree_view.css", "css")):
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
-    assert not re.search(r"https?://(?!www\.w3\.org)", client.get("/static/app.js").text + page.text), "no CDN or remote URL"
+    # The explorer draws its tree with the renderer the HTML export inlines: the very same file.
+    from importlib import resources
+
+    shared = resources.files("featuretree").joinpath("static", "tree_view.js").read_text(encoding="utf-8")
+    assert client.get("/static/tree_view.js").text == shared and '<script src="/static/tree_view.js">' in page.text
+    scripts = "".join(client.get(f"/static/{n}").text for n in ("app.js", "tree_view.js"))
+    assert not re.search(r"https?://(?!www\.w3\.org)", scripts + page.text), "no CDN or remote URL"
 
 
 def _png(size: tuple[int, int], mode: str = "RGB") -> bytes:
@@ -283,3 +299,104 @@ def test_api_efficientnet_cat_tree():
     pic = client.get("/api/picture.png", params={"model": "efficientnet_lite0", "image": "chelsea", "path": kids["children"][0]["id"]})
     assert Image.open(io.BytesIO(pic.content)).size == (224, 224)
     assert json.loads(client.get("/api/info").text)["models"] == ["efficientnet_lite0"]
+
+
+# ----- /api/expand: children and their pictures in one call ---------------------------------
+def _decoded(png: bytes) -> tuple:
+    img = Image.open(io.BytesIO(png))
+    return img.mode, img.size, img.tobytes()
+
+
+@pytest.mark.parametrize("view", ["heatmap", "guided", "guided_original", "rf_crop", "rf_box"])
+def test_api_expand_returns_the_engines_children_with_the_single_picture_of_each(view):
+    """A fresh app (cold caches) answers /api/expand; a second, independent app answers the single
+    /api/picture.png requests, so the comparison is between two computations, not one cache entry."""
+    batched = TestClient(create_app(ServerSettings(models=(TOY,))))
+    single = TestClient(create_app(ServerSettings(models=(TOY,))))
+    image = batched.post("/api/images", files={"file": ("square.png", square_png(), "image/png")}).json()["image"]
+    assert single.post("/api/images", files={"file": ("square.png", square_png(), "image/png")}).json()["image"] == image
+    for path in ("classifier:0", "classifier:0/corners:1"):
+        r = batched.get("/api/expand", params=q(image, path=path, k=5, view=view))
+        assert r.status_code == 200, r.text
+        got = r.json()
+        # The same listing as /api/children (without pictures) ...
+        listed = single.get("/api/children", params=q(image, path=path, k=5)).json()
+        assert {key: v for key, v in got.items() if key not in ("children", "view")} == {
+            key: v for key, v in listed.items() if key != "children"
+        }
+        assert [{key: v for key, v in c.items() if key != "picture"} for c in got["children"]] == listed["children"]
+        assert got["view"] == view and got["rest"] is not None
+        # ... as the engine computes it in-process ...
+        from featuretree.core.units import Unit
+        from featuretree.explainer import Explainer
+
+        zoo = load_model(TOY)
+        engine = Explainer(zoo.module, zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names)
+        units = tuple(Unit.parse(p) for p in path.split("/"))
+        expected = engine.analyze(Image.open(io.BytesIO(square_png()))).expand(units, k=5)
+        assert [(c["layer"], c["unit"]) for c in got["children"]] == [(c.unit.layer, c.unit.channel) for c in expected.children]
+        assert [c["score"] for c in got["children"]] == pytest.approx([c.score for c in expected.children], rel=1e-6)
+        assert got["coverage"] == pytest.approx(expected.coverage, rel=1e-6)
+        # ... and each picture is the one /api/picture.png gives for that child.
+        assert got["children"]
+        for child in got["children"]:
+            prefix = "data:image/png;base64,"
+            assert child["picture"].startswith(prefix)
+            png = base64.b64decode(child["picture"][len(prefix) :])
+            one = single.get("/api/picture.png", params=q(image, path=child["id"], view=view))
+            assert one.status_code == 200
+            assert _decoded(png) == _decoded(one.content), child["id"]
+
+
+def test_api_expand_computes_the_siblings_evidence_in_one_batched_call():
+    client = TestClient(create_app(ServerSettings(models=(TOY,))))
+    image = client.post("/api/images", files={"file": ("square.png", square_png(), "image/png")}).json()["image"]
+    analysis = client.app.state.workspace.analysis(TOY, image)
+    calls: list[int] = []
+    original = analysis.evidence_many
+
+    def counting(paths, *args, **kwargs):
+        calls.append(len(paths))
+        return original(paths, *args, **kwargs)
+
+    analysis.evidence_many = counting
+    r = client.get("/api/expand", params=q(image, path="classifier:0", view="heatmap"))
+    assert r.status_code == 200 and len(r.json()["children"]) == 4
+    assert calls == [4]  # the four corners together, not one call per picture
+    # Asked again (or picture by picture), everything comes from the caches.
+    assert client.get("/api/expand", params=q(image, path="classifier:0", view="heatmap")).json() == r.json()
+    for child in r.json()["children"]:
+        assert client.get("/api/picture.png", params=q(image, path=child["id"], view="heatmap")).status_code == 200
+    assert calls == [4]
+
+
+def test_api_expand_first_layer_node_is_a_leaf_with_its_reason(client, square_id):
+    leaf = client.get("/api/expand", params=q(square_id, path="classifier:0/corners:0/edges:0")).json()
+    assert leaf["children"] == [] and "first layer" in leaf["leaf_reason"] and leaf["rest"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({"model": "resnet9000"}, 404, ("unknown model",)),
+        ({"image": "0" * 64}, 404, ("upload",)),
+        ({"path": "classifier:7"}, 400, ("out of range",)),
+        ({"path": "classifier:0/edges:1"}, 400, ("cannot follow",)),
+        ({"path": "classifier:0//corners:1"}, 400, ("malformed",)),
+        ({"view": "x"}, 422, ("view",)),
+        ({"k": 65}, 422, ("k",)),
+        ({"rule": "magic"}, 422, ("rule",)),
+    ],
+)
+def test_api_expand_bad_input_is_a_clear_json_4xx(client, params, status, words):
+    r = client.get("/api/expand", params={"model": TOY, "image": "chelsea", "path": "classifier:0", **params})
+    assert_error(r, status, *words)
+    assert client.get("/api/info").status_code == 200  # still serving
+
+
+def test_api_expand_is_documented_with_enums(client):
+    schema = client.get("/openapi.json").json()
+    params = {p["name"]: p for p in schema["paths"]["/api/expand"]["get"]["parameters"]}
+    assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
+    assert params["rule"]["schema"]["enum"] == ["gradient", "guided", "integrated", "ablation"]
+    assert set(schema["paths"]["/api/expand"]["get"]["responses"]) >= {"200", "400", "404"}

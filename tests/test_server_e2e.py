@@ -63,17 +63,17 @@ def shot(page, name: str) -> None:
 
 
 def card(page, node_id: str):
-    return page.locator(f'.card[data-node="{node_id}"]')
+    return page.locator(f'.ft-card[data-node="{node_id}"]')
 
 
 def cards(page) -> list[str]:
-    return page.eval_on_selector_all(".card", "els => els.map(e => e.dataset.node).sort()")
+    return page.eval_on_selector_all(".ft-card", "els => els.map(e => e.dataset.node).sort()")
 
 
 def wait_idle(page) -> None:
     page.wait_for_selector("body[data-ready=true]")
     page.wait_for_selector("body[data-busy=false]", state="attached")
-    page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("[...document.querySelectorAll('.ft-card img')].every(i => i.complete && i.naturalWidth > 0)")
 
 
 def open_page(page, base_url: str, query: str) -> None:
@@ -83,7 +83,7 @@ def open_page(page, base_url: str, query: str) -> None:
 
 def no_overlap(page) -> None:
     boxes = page.eval_on_selector_all(
-        ".card, figure.exemplars",
+        ".ft-card, figure.ft-pinned",
         "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })",
     )
     for i, a in enumerate(boxes):
@@ -93,7 +93,7 @@ def no_overlap(page) -> None:
 
 def badge(page, node_id: str):
     """The node's ablation badge once its parent's edges are measured."""
-    chip = card(page, node_id).locator(".verify .chip:not(.pending)")
+    chip = card(page, node_id).locator(".ft-verify .ft-badge:not(.pending)")
     chip.wait_for(state="visible")
     return chip
 
@@ -123,17 +123,17 @@ def test_e2e_toy_page_expand_hover_remove_reroot_reload(page, base_url):
     shot(page, "toy-01-default")
 
     # Expand a child: loading state, then its two edges.
-    card(page, corners[1]).locator(".pic").click()
+    card(page, corners[1]).locator(".ft-pic").click()
     wait_idle(page)
     assert sorted(c for c in cards(page) if c.startswith(corners[1] + "/")) == [f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"]
     no_overlap(page)
 
     # Hover zoom shows a large copy of the same picture.
     target = card(page, f"{corners[1]}/edges:1")
-    target.locator(".pic").hover()
-    zoom = page.locator("#zoom")
+    target.locator(".ft-pic").hover()
+    zoom = page.locator(".ft-zoom")
     zoom.wait_for(state="visible")
-    assert zoom.bounding_box()["width"] > 2 * target.locator(".pic").bounding_box()["width"]
+    assert zoom.bounding_box()["width"] > 2 * target.locator(".ft-pic").bounding_box()["width"]
     assert zoom.locator("img").evaluate("i => i.src") == target.locator("img").evaluate("i => i.src")
     shot(page, "toy-02-expanded-hover")
     page.mouse.move(5, 5)
@@ -144,7 +144,7 @@ def test_e2e_toy_page_expand_hover_remove_reroot_reload(page, base_url):
     assert "view=heatmap" in page.url and "view%3Dheatmap" not in page.url
     page.fill("#k", "2")
     page.press("#k", "Enter")
-    page.wait_for_function("document.querySelectorAll('.card').length === 5")
+    page.wait_for_function("document.querySelectorAll('.ft-card').length === 5")
     wait_idle(page)
     assert cards(page) == sorted(["classifier:0", corners[0], corners[1], f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"])
 
@@ -162,7 +162,7 @@ def test_e2e_toy_page_expand_hover_remove_reroot_reload(page, base_url):
     page.keyboard.press("h")
     assert not page.locator("#panel").is_visible()
     page.keyboard.press("b")
-    assert not card(page, "classifier:0").locator(".buttons button").first.is_visible()
+    assert not card(page, "classifier:0").locator(".ft-buttons button").first.is_visible()
     shot(page, "toy-04-no-panel-no-buttons")
     page.keyboard.press("h")
     page.keyboard.press("b")
@@ -176,7 +176,7 @@ def test_e2e_toy_page_expand_hover_remove_reroot_reload(page, base_url):
     # Remove the root: no crash, a hint to pick a new one; then pick from the top-5.
     card(page, "corners:1").locator('button[data-action="remove"]').click()
     assert cards(page) == []
-    assert "No root" in page.locator("#canvas").inner_text()
+    assert "No root" in page.locator("#stage").inner_text()
     page.locator("#top5 button", has_text="line").click()
     wait_idle(page)
     assert cards(page)[0] == "classifier:1"
@@ -213,7 +213,7 @@ def test_e2e_gallery_upload_errors_and_export_html(page, base_url, tmp_path):
     page.wait_for_function("new URLSearchParams(location.search).get('image')?.length === 64")
     wait_idle(page)
     assert page.locator("#top5").inner_text().splitlines()[0].strip() == "square"
-    card(page, "classifier:0/corners:0").locator(".pic").click()
+    card(page, "classifier:0/corners:0").locator(".ft-pic").click()
     wait_idle(page)
     shown = cards(page)
 
@@ -245,44 +245,44 @@ def test_e2e_verification_badges_and_pinned_exemplars(page, db_url, tmp_path):
         assert re.fullmatch(r"ablation −\d+(\.\d)?%", chip.inner_text()), chip.inner_text()
         assert "ok" in chip.get_attribute("class").split()
         assert "gradient × activation" in chip.get_attribute("title")
-    assert "rest" in card(page, "classifier:0").locator(".pic .badge").inner_text()
+    assert "rest" in card(page, "classifier:0").locator(".ft-pic .ft-rest").inner_text()
     # The root's own row: all its shown children zeroed together (linear classifier: agrees exactly).
     joint = badge(page, "classifier:0")
     assert re.fullmatch(r"all 4 zeroed −\d+(\.\d)?%", joint.inner_text()), joint.inner_text()
     assert "ok" in joint.get_attribute("class").split()
     assert "all 4 shown children together lowers this node's objective" in joint.get_attribute("title")
     # Expanding a child measures its edges too.
-    card(page, corners[1]).locator(".pic").click()
+    card(page, corners[1]).locator(".ft-pic").click()
     wait_idle(page)
     grand = [f"{corners[1]}/edges:1", f"{corners[1]}/edges:2"]
     for node in grand:
         assert badge(page, node).inner_text().startswith("ablation ")
-    fits(page, ".card .verify")
+    fits(page, ".ft-card .ft-verify")
     shot(page, "toy-06-verification-badges")
 
     # Pin two exemplar grids: both show, beside their nodes, nothing overlaps; the URL keeps them.
     for node in ("classifier:0", corners[2]):
         card(page, node).locator('button[data-action="exemplars"]').click()
-    grids = page.locator("figure.exemplars")
+    grids = page.locator("figure.ft-pinned")
     assert grids.count() == 2
-    page.wait_for_function("[...document.querySelectorAll('figure.exemplars img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("[...document.querySelectorAll('figure.ft-pinned img')].every(i => i.complete && i.naturalWidth > 0)")
     for node in ("classifier:0", corners[2]):
-        fig = page.locator(f'figure.exemplars[data-exemplars="{node}"]').bounding_box()
+        fig = page.locator(f'figure.ft-pinned[data-exemplars="{node}"]').bounding_box()
         box = card(page, node).bounding_box()
         assert fig["x"] >= box["x"] + box["width"] and abs(fig["y"] - box["y"]) < 1  # right beside its card
         assert fig["height"] == pytest.approx(box["height"], abs=1)
     no_overlap(page)
-    fits(page, "figure.exemplars figcaption")
+    fits(page, "figure.ft-pinned figcaption")
     assert page.url.count("ex=") == 2
     page.keyboard.press("h")  # the whole tree in view
     shot(page, "toy-07-two-exemplar-grids")
     page.keyboard.press("h")
     page.reload()
     wait_idle(page)
-    assert page.locator("figure.exemplars").count() == 2
+    assert page.locator("figure.ft-pinned").count() == 2
     # Unpin one.
-    page.locator(f'figure.exemplars[data-exemplars="{corners[2]}"] button[data-action="unpin"]').click()
-    assert page.locator("figure.exemplars").count() == 1 and page.url.count("ex=") == 1
+    page.locator(f'figure.ft-pinned[data-exemplars="{corners[2]}"] button[data-action="unpin"]').click()
+    assert page.locator("figure.ft-pinned").count() == 1 and page.url.count("ex=") == 1
 
     # The exported HTML shows the badges and the exemplar grids.
     with page.expect_download() as download_info:
@@ -308,12 +308,12 @@ def test_e2e_efficientnet_cat_deep_link(page, base_url, size):
     page.set_viewport_size({"width": size[0], "height": size[1]})
     open_page(page, base_url, "model=efficientnet_lite0&image=chelsea")
     assert "Egyptian cat" in page.locator("#top5").inner_text()
-    root = page.eval_on_selector(".card.root", "e => e.dataset.node")
+    root = page.eval_on_selector(".ft-card.root", "e => e.dataset.node")
     assert root == "_fc:285"
     kids = sorted(c for c in cards(page) if c != root)
     assert len(kids) == 5
     child = kids[0]
-    card(page, child).locator(".pic").click()
+    card(page, child).locator(".ft-pic").click()
     wait_idle(page)
     grand = [c for c in cards(page) if c.startswith(child + "/")]
     assert len(grand) == 5
@@ -328,3 +328,18 @@ def test_e2e_efficientnet_cat_deep_link(page, base_url, size):
     wait_idle(fresh)
     assert cards(fresh) == cards(page)
     fresh.close()
+
+
+def test_e2e_pinned_exemplars_show_the_servers_error_when_the_grid_fails(page, tmp_path):
+    """The shared renderer shows a failed panel picture with the reason the explorer's server gives."""
+    db = build_exemplar_db(tmp_path / "ex")
+    with live_server(create_app(ServerSettings(models=("toy_squares",), exemplar_db=str(db)))) as url:
+        open_page(page, url, "model=toy_squares")
+        upload_square(page)
+        for path in tmp_path.joinpath("ex").glob("toy.db*"):
+            path.unlink()  # the database is gone while the server runs
+        card(page, "classifier:0/corners:2").locator('button[data-action="exemplars"]').click()
+        note = page.locator('figure.ft-pinned[data-exemplars="classifier:0/corners:2"] .ft-note.error')
+        note.wait_for(state="visible")
+        text = note.inner_text()
+        assert "\n" not in text and "could not load" not in text and "toy.db" in text, text

@@ -1,4 +1,4 @@
-"""Edge verification by ablation (featuretree.verify) on the hand-set toy net and EfficientNet-Lite0."""
+"""Edge verification by ablation (featuretree.tree.verify) on the hand-set toy net and EfficientNet-Lite0."""
 
 from __future__ import annotations
 

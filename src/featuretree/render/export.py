@@ -156,11 +156,13 @@ def render_html(tree: FeatureTree, files: dict[str, bytes] | None = None, inline
     title = html.escape(f"featuretree: {tree.root.label or tree.root.id} ({tree.image.get('source', '')})")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><style>{_static("tree_view.css")}</style></head>
+<title>{title}</title><style>{_static("tree_view.css")}
+{_static("export_page.css")}</style></head>
 <body><div id="featuretree"></div>
 <script>{_static("tree_view.js")}</script>
+<script>{_static("export_page.js")}</script>
 <script>const FT_DATA = {payload};
-FeatureTreeView.render(document.getElementById("featuretree"), FT_DATA.tree, FT_DATA.images);</script>
+FeatureTreeView.renderPage(document.getElementById("featuretree"), FT_DATA.tree, FT_DATA.images);</script>
 </body></html>
 """
     if inline_frame:

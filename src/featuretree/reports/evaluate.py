@@ -1,7 +1,7 @@
 """Evaluation over a folder of images: do the chosen children really matter, and do the heatmaps point at evidence?
 
 Per image, the parents are the root (top class) and the first ``parents`` children of the default
-tree. For each parent N with objective ``J = delta(path) . a_N`` (see featuretree.verify):
+tree. For each parent N with objective ``J = delta(path) . a_N`` (see analysis.interventions):
 
 - top-k drop: zero the k children each rule picks, jointly, and measure the drop of J (as a share
   of J); baselines: k random channels (mean over draws) and the k most active channels;

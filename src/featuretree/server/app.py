@@ -5,6 +5,7 @@ All compute endpoints are plain ``def`` functions, so FastAPI runs them in its t
 pool; the engine serialises backward passes per analysis, and every cache is locked.
 """
 
+import base64
 import hashlib
 import json
 import re
@@ -47,6 +48,8 @@ SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's
 
 PNG_CACHE = "public, max-age=86400, immutable"
 STATIC_FILES = ("index.html", "app.js", "style.css")
+# The tree renderer, shared with the HTML export: served from featuretree/static/.
+SHARED_STATIC_FILES = ("tree_view.js", "tree_view.css")
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,12 @@ class ChildOut(BaseModel):
     share: float
 
 
+class RestOut(BaseModel):
+    share: float
+    score: float
+    negative: float
+
+
 class ChildrenOut(BaseModel):
     id: str
     child_layer: str | None
@@ -154,7 +163,17 @@ class ChildrenOut(BaseModel):
     coverage: float
     total_positive: float
     total_negative: float
+    rest: RestOut | None
     leaf_reason: str | None
+
+
+class PictureChildOut(ChildOut):
+    picture: str
+
+
+class ExpandOut(ChildrenOut):
+    view: View
+    children: list[PictureChildOut]
 
 
 class EdgeCheckOut(BaseModel):
@@ -170,12 +189,6 @@ class VerifiedChildOut(EdgeCheckOut):
     unit: int
     score: float
     share: float
-
-
-class RestOut(BaseModel):
-    share: float
-    score: float
-    negative: float
 
 
 class VerifyOut(BaseModel):
@@ -247,11 +260,13 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
 
     # ----- page and static files ----------------------------------------------------
     static_root = resources.files("featuretree.server").joinpath("static")
+    shared_root = resources.files("featuretree").joinpath("static")
     static_cache: dict[str, bytes] = {}
 
     def static_bytes(name: str) -> bytes:
         if name not in static_cache:
-            static_cache[name] = static_root.joinpath(name).read_bytes()
+            root = shared_root if name in SHARED_STATIC_FILES else static_root
+            static_cache[name] = root.joinpath(name).read_bytes()
         return static_cache[name]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -260,8 +275,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
-        if name not in STATIC_FILES:  # a fixed list: no path from the request ever reaches the file system
-            raise NotFoundError(f"no static file {name[:80]!r}", "the page needs only index.html, app.js and style.css")
+        if name not in STATIC_FILES + SHARED_STATIC_FILES:  # a fixed list: no path from the request ever reaches the file system
+            raise NotFoundError(f"no static file {name[:80]!r}", f"the page needs only {', '.join(STATIC_FILES + SHARED_STATIC_FILES)}")
         kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
         data = static_bytes(name)
         etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
@@ -391,7 +406,40 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             coverage=ex.coverage,
             total_positive=ex.total_positive,
             total_negative=ex.total_negative,
+            rest=RestOut(**ex.rest) if ex.rest else None,
             leaf_reason=ex.leaf_reason,
+        )
+
+    @app.get(
+        "/api/expand",
+        response_model=ExpandOut,
+        responses=ERRORS,
+        summary="Expand a node with pictures: its top-k children, each with one picture as a data URI, in one call",
+        description="The same children as /api/children, and for each child the picture /api/picture.png would return "
+        "for the view, as a data:image/png;base64 URI. The children's evidence is computed in one batched pass "
+        "(siblings share it), so one call replaces /api/children plus k picture requests.",
+    )
+    def expand(
+        model: ModelQ,
+        image: ImageQ,
+        path: PathQ,
+        k: KQ = 5,
+        rule: RuleQ = "gradient",
+        seed_mode: SeedQ = "sum",
+        view: Annotated[View, Query(description="which picture of each child")] = "heatmap",
+    ) -> ExpandOut:
+        listed = children(model, image, path, k, rule, seed_mode)
+        an = workspace.analysis(model, image)
+        units = parse_node_path(an, path)
+        paths = [(*units, Unit(c.layer, c.unit)) for c in listed.children]
+        pngs = workspace.pictures_png_many(model, image, paths, view, rule, seed_mode)
+        return ExpandOut(
+            **listed.model_dump(exclude={"children"}),
+            view=view,
+            children=[
+                PictureChildOut(**c.model_dump(), picture="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+                for c, png in zip(listed.children, pngs)
+            ],
         )
 
     @app.get(

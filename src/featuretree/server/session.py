@@ -266,6 +266,33 @@ class Workspace:
         self.pictures.put(key, data)
         return data
 
+    def pictures_png_many(
+        self, model: str, image: str, paths: Sequence[tuple[Unit, ...]], view: str, rule: str, seed_mode: str
+    ) -> list[bytes]:
+        """``picture_png`` of many nodes; the evidence none of the caches holds yet is computed in one
+        ``Analysis.evidence_many`` call, so siblings share its per-layer backward passes."""
+        analysis = self.analysis(model, image)
+        device = str(analysis.explainer.device)
+        kinds = VIEW_KINDS[view]
+        wanted = list(paths)
+        if view == "guided_original":
+            wanted += [path[:1] for path in paths]  # its gain comes from the root's guided evidence
+
+        def evidence_key(path: tuple[Unit, ...]) -> tuple:
+            return (model, image, device, path, rule, seed_mode, kinds)
+
+        todo = []
+        for path in wanted:
+            drawn = self.pictures.get(("png", model, image, device, path, view, rule, seed_mode)) is not None
+            if not drawn and path not in todo and self.evidence_cache.get(evidence_key(path)) is None:
+                todo.append(path)
+        if todo:
+            for path, found in zip(todo, analysis.evidence_many(todo, rule, seed_mode, kinds)):
+                self.evidence_cache.put(evidence_key(path), found)
+        # Each picture now renders from cached evidence (an evicted entry is recomputed alone: same result).
+        # Rendering them in threads was measured no faster on 2 busy cores (59 against 60 ms for five heatmaps).
+        return [self.picture_png(model, image, path, view, rule, seed_mode) for path in paths]
+
     def _once(self, cache: ByteLRU, key: Hashable, build: Callable[[], object]):
         """``cache[key]``, built by ``build()`` at most once at a time per key (two tabs share one computation)."""
         found = cache.get(key)

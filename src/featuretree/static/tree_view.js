@@ -1,245 +1,642 @@
-// Renders a featuretree tree.json (version 1) as rows of node cards, root at the top.
-// Used by the self-contained HTML export; no dependencies, works from file://.
+// featuretree's one tree renderer: node cards, edges, layout, badges, number formats, the five
+// picture views, hover zoom, and zoom / pan / fit. The self-contained HTML export inlines this file
+// (export_page.js adds the page around it); the explorer serves it as /static/tree_view.js and adds
+// its interactive parts (expand, remove, re-root, exemplar pins, ...) through the options below.
+// Plain script, no dependencies, works from file://.
+//
+// A tree is given as nodes in the tree.json format (docs/tree-schema.md): id, layer, unit, depth,
+// label, score, share, expanded, coverage, rest, total_positive, leaf_reason, verification,
+// verification_all, box, children (the shown ones). A host may add view-only fields:
+//   loading (children are being computed), error (text), verification_pending, verification_error,
+//   verification_all.count (how many children the joint ablation zeroed; else children.length).
 (function () {
   "use strict";
   const VIEWS = [
-    ["guided", "guided backprop"],
+    ["guided", "guided"],
     ["guided_original", "original look"],
     ["heatmap", "heatmap"],
     ["rf_crop", "receptive field"],
     ["rf_box", "box on photo"],
   ];
-  const CARD = 168, GAP = 14, ROW = 262, LEFT = 34;
+  const VIEW_LABELS = Object.fromEntries(VIEWS);
+  const SVG = "http://www.w3.org/2000/svg";
+  const MARGIN = 16; // px between the fitted tree and the stage's edges
+  const MAX_SCALE = 4;
 
-  function el(tag, attrs, text) {
+  function el(tag, attrs, ...kids) {
     const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") node.className = v;
+      else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
+      else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const kid of kids) if (kid !== null && kid !== undefined) node.append(kid);
     return node;
   }
 
-  function fmt(x, digits) {
-    if (x === null || x === undefined) return "";
+  // ----- number formats: the only ones either page uses ------------------------------------
+  // A value: three significant digits; exponent notation outside [0.001, 10000).
+  function fmt(x) {
+    if (x === null || x === undefined || Number.isNaN(x)) return "";
     const a = Math.abs(x);
-    if (a !== 0 && (a < 1e-3 || a >= 1e4)) return x.toExponential(2);
-    return x.toFixed(digits === undefined ? 3 : digits);
+    return a !== 0 && (a < 1e-3 || a >= 1e4) ? x.toExponential(2) : x.toPrecision(3);
+  }
+  // A share as a percentage with one decimal (children's shares).
+  function pct(share) { return (100 * share).toFixed(1) + "%"; }
+  // An ablation drop as a share of the parent's positive total: one decimal below 10 %, else none.
+  function dropText(drop, total) {
+    if (!(total > 0)) return fmt(Math.abs(drop));
+    const p = (100 * Math.abs(drop)) / total;
+    return p.toFixed(p < 9.95 ? 1 : 0) + "%";
   }
 
-  function render(root, tree, images) {
-    let view = "heatmap"; // the most discriminative view; guided images of deep nodes look alike
-    const collapsed = new Set();
-    root.innerHTML = "";
-    const head = el("header", { class: "ft-head" });
-    const photo = el("img", { class: "photo", alt: "model input" });
-    photo.src = images["photo"] || "";
-    head.appendChild(photo);
-    const info = el("div");
-    const top = tree.top_classes[0];
-    info.appendChild(el("h1", {}, `Why ${top ? "“" + top.name + "”" : "this"}? ${tree.model.name} on ${tree.image.source}`));
-    const table = el("table", { class: "top5" });
-    for (const c of tree.top_classes) {
-      const tr = el("tr");
-      tr.appendChild(el("td", {}, `${c.index}`));
-      tr.appendChild(el("td", {}, c.name));
-      const td = el("td");
-      const bar = el("span", { class: "bar" });
-      bar.style.width = Math.max(2, Math.round(120 * c.probability)) + "px";
-      td.appendChild(bar);
-      td.appendChild(document.createTextNode(" " + (100 * c.probability).toFixed(1) + "%"));
-      tr.appendChild(td);
-      table.appendChild(tr);
-    }
-    info.appendChild(table);
-    const s = tree.settings;
-    info.appendChild(el("div", { class: "meta" },
-      `root ${tree.root.id}${tree.root.label ? " (" + tree.root.label + ")" : ""} · k=${s.k} · depth=${s.depth} · rule=${s.rule} · seed=${s.seed_mode}. ` +
-      "Score = gradient × activation of the unit, conditioned on the path from the root; share = score / parent's total positive contribution. Click a picture to collapse or expand; hover to zoom."));
-    const controls = el("div", { class: "controls" });
-    for (const [key, label] of VIEWS) {
-      const b = el("button", { type: "button", "aria-pressed": String(key === view), "data-view": key }, label);
-      b.addEventListener("click", () => { view = key; for (const x of controls.children) x.setAttribute("aria-pressed", String(x === b)); draw(); });
-      controls.appendChild(b);
-    }
-    info.appendChild(controls);
-    head.appendChild(info);
-    root.appendChild(head);
-    const stage = el("div", { class: "ft-stage" });
-    root.appendChild(stage);
-    const parents = new Map();
-    (function link(node) { for (const c of node.children) { parents.set(c.id, node); link(c); } })(tree.root);
-    // Exemplar grids (explorer export with a database): one figure per unit, below the tree.
-    const exemplarIds = new Map();
-    const gallery = el("section", { class: "ft-exemplars" });
-    for (const node of (function all(n) { return [n, ...n.children.flatMap(all)]; })(tree.root)) {
-      const name = node.images && node.images.exemplars;
-      if (!name || !images[name] || exemplarIds.has(name)) continue;
-      const id = "ft-ex-" + exemplarIds.size;
-      exemplarIds.set(name, id);
-      const fig = el("figure", { id });
-      const img = el("img", { alt: `exemplars of ${node.layer}:${node.unit}` });
-      img.src = images[name];
-      fig.appendChild(img);
-      fig.appendChild(el("figcaption", {}, `${node.layer}:${node.unit}${node.label ? " (" + node.label + ")" : ""}: top images | reconstructions`));
-      gallery.appendChild(fig);
-    }
-    if (exemplarIds.size) {
-      gallery.prepend(el("h2", {}, "Unit exemplars: the image patches that excite each unit most, beside their guided-backprop reconstructions"));
-      root.appendChild(gallery);
+  // Ablation badge: the measured drop of the parent's objective when the unit (or all shown children)
+  // is zeroed, as a share of the parent's positive total (the scale of the estimated share), coloured by
+  // how it agrees with the gradient x activation estimate.
+  function ablationBadge(check, totalPositive, { what = "this unit", whose = "the parent's", label = "ablation" } = {}) {
+    const ratio = check.estimate ? check.parent_drop / check.estimate : null;
+    const agree = ratio === null ? "na" : ratio >= 0.5 && ratio <= 2 ? "ok" : ratio > 0 ? "off" : "bad";
+    const sign = check.parent_drop >= 0 ? "−" : "+";
+    const words = { ok: "agrees with", off: "differs from", bad: "contradicts", na: "has no" }[agree];
+    return el("span", {
+      class: `ft-badge ${agree}`,
+      title: `Ablation: zeroing ${what} lowers ${whose} objective by ${fmt(check.parent_drop)} of ${fmt(check.parent_value)} ` +
+        `(estimate, gradient × activation: ${fmt(check.estimate)}; measured/estimate ${ratio === null ? "n/a" : ratio.toFixed(2)}, ${words} the estimate) ` +
+        `and the root objective by ${fmt(check.root_drop)} of ${fmt(check.root_value)}.`,
+    }, `${label} ${sign}${dropText(check.parent_drop, totalPositive)}`);
+  }
+
+  // ----- the renderer ---------------------------------------------------------------------
+  // options:
+  //   chain: [{name, type, shape}] (row labels), topClasses: [{index, name, probability}] (the root's p)
+  //   picture(node, view) -> image URL or null; photo: {src, size: [w, h]} draws rf views from node.box
+  //   tiny: pixelated pictures (small inputs); view: the initial view
+  //   onPicture(node): click on a picture (default: collapse / expand the shown children)
+  //   pictureTitle(node) -> tooltip; buttons(node) -> elements for a row of buttons (reserved when given)
+  //   panel(node) -> {src, caption, onClose, explain(src) -> Promise<error text>} for a pinned side panel (e.g.
+  //   exemplars); panelAspect: w / h (or a function)
+  //   keys: handle f / + / - / 0 / arrows on the document (default true)
+  //   compactLeaves: past this many leaves (default 30), stack leaf siblings in columns if that fits the tree larger
+  class TreeView {
+    constructor(host, options = {}) {
+      this.host = host;
+      this.opt = { keys: true, view: "heatmap", chain: [], topClasses: [], ...options };
+      this.view = this.opt.view;
+      this.collapsed = new Set();
+      this.root = null;
+      this.pos = new Map();
+      this.s = 1; this.tx = 0; this.ty = 0;
+      this.auto = true; // keep the tree fitted until the user zooms or pans
+      this.size = { width: 0, height: 0 };
+      host.classList.add("ft-tree");
+      host.replaceChildren();
+      this.canvas = el("div", { class: "ft-canvas" });
+      this.rows = el("div", { class: "ft-rows", "aria-hidden": "true" });
+      this.message = el("div", { class: "ft-message", hidden: true });
+      this.scaleText = el("span", { class: "ft-scale", title: "zoom level" }, "100%");
+      const act = (name, label, title, fn) => el("button", { type: "button", "data-action": name, title, onclick: fn }, label);
+      this.bar = el("div", { class: "ft-zoombar", role: "group", "aria-label": "zoom" },
+        act("zoom-out", "−", "zoom out (-)", () => this.zoomBy(1 / 1.25)),
+        this.scaleText,
+        act("zoom-in", "+", "zoom in (+)", () => this.zoomBy(1.25)),
+        act("fit", "Fit", "fit the whole tree on screen (f); wheel or pinch zooms, drag pans, 0 = 100%", () => this.fit()));
+      host.append(this.canvas, this.rows, this.message, this.bar);
+      this.zoom = el("div", { class: "ft-zoom", hidden: true });
+      document.body.append(this.zoom);
+      this._bindGestures();
+      if (this.opt.keys) this._bindKeys();
+      if (window.ResizeObserver) {
+        this._resize = new ResizeObserver((entries) => {
+          // The stage's size, kept here so that drawing never has to force a layout to read it.
+          const box = entries[entries.length - 1].contentRect;
+          this._dims = { W: box.width, H: box.height };
+          if (!this.root) return;
+          if (this.auto) this.fit(); else this.apply();
+        });
+        this._resize.observe(host);
+      }
     }
 
-    function visible(node) { return collapsed.has(node.id) ? [] : node.children; }
+    setView(view) { this.view = view; if (this.root) this.draw(this.root); }
 
-    function layout() {
+    // A message instead of a tree (no root, an error); the zoom state is kept.
+    showMessage(...kids) {
+      this.hideZoom();
+      this.root = null;
+      this.canvas.replaceChildren();
+      this.rows.replaceChildren();
+      this.message.replaceChildren(...kids);
+      this.message.hidden = false;
+      this.bar.hidden = true;
+    }
+
+    metrics() {
+      const wide = window.innerWidth;
+      if (!this._rem || this._remFor !== wide) { // the font size follows the window width only (a media query)
+        this._rem = parseFloat(getComputedStyle(this.host).fontSize) || 13;
+        this._remFor = wide;
+      }
+      const rem = this._rem;
+      const pic = wide >= 2400 ? 220 : wide >= 1700 ? 160 : 128;
+      this.host.style.setProperty("--ft-pic", `${pic}px`);
+      const buttons = this.opt.buttons ? Math.round(rem * 1.35 + 10) : 0;
+      const cardW = pic + 14;
+      const cardH = pic + Math.round(rem * 4.6) + buttons + 20;
+      const aspect = (typeof this.opt.panelAspect === "function" ? this.opt.panelAspect() : this.opt.panelAspect) || 1;
+      return {
+        pic, rem, cardW, cardH, gapX: Math.round(pic * 0.14), rowH: cardH + Math.round(pic * 0.45),
+        gutter: Math.round(rem * 9), panelW: Math.round((cardH - Math.round(rem * 1.6)) * aspect),
+      };
+    }
+
+    kids(node) { return this.collapsed.has(node.id) ? [] : node.children || []; }
+
+    // Tidy layout: every leaf gets its own column, a parent sits over the middle of its shown children;
+    // a pinned side panel widens its node, so nothing to its right on any row can overlap it.
+    // With compact, each group of leaf siblings is stacked in a column under its parent instead.
+    layout(root, S, compact) {
+      const indent = Math.round(S.cardW * 0.25), gapY = Math.round(S.pic * 0.1);
       const placed = [];
       let cursor = 0;
-      (function place(node, depth) {
-        const kids = visible(node);
+      const panelOf = (node) => (this.opt.panel ? this.opt.panel(node) : null);
+      const place = (node, depth, parent) => {
+        const kids = this.kids(node);
+        const panel = panelOf(node);
         let x;
-        if (!kids.length) { x = cursor; cursor += 1; }
-        else { const xs = kids.map((c) => place(c, depth + 1)); x = (xs[0] + xs[xs.length - 1]) / 2; }
-        placed.push({ node, depth, x });
+        if (compact && kids.length > 1 && kids.every((c) => !this.kids(c).length)) {
+          x = cursor;
+          let right = x + S.cardW + (panel ? S.gapX / 2 + S.panelW : 0);
+          kids.forEach((kid, i) => {
+            const kidPanel = panelOf(kid);
+            placed.push({ node: kid, depth: depth + 1, parent: node, x: x + indent, stack: i, panel: kidPanel });
+            right = Math.max(right, x + indent + S.cardW + (kidPanel ? S.gapX / 2 + S.panelW : 0));
+          });
+          cursor = Math.max(cursor, right + S.gapX);
+        } else {
+          if (!kids.length) x = cursor; else {
+            const xs = kids.map((c) => place(c, depth + 1, node));
+            x = (xs[0] + xs[xs.length - 1]) / 2;
+          }
+          cursor = Math.max(cursor, x + S.cardW + (panel ? S.gapX / 2 + S.panelW : 0) + S.gapX);
+        }
+        placed.push({ node, depth, parent, x, stack: null, panel });
         return x;
-      })(tree.root, 0);
-      return { placed, width: Math.max(1, cursor) };
-    }
-
-    function draw() {
-      stage.innerHTML = "";
-      const { placed, width } = layout();
+      };
+      place(root, 0, null);
+      // Row tops: a row is as tall as its tallest stack.
       const depthMax = Math.max(...placed.map((p) => p.depth));
-      const canvas = el("div", { class: "ft-canvas" });
-      const W = LEFT + width * (CARD + GAP) + GAP, H = (depthMax + 1) * ROW;
-      canvas.style.width = W + "px";
-      canvas.style.height = H + "px";
-      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      svg.setAttribute("width", W);
-      svg.setAttribute("height", H);
-      canvas.appendChild(svg);
-      const pos = new Map();
-      for (const p of placed) pos.set(p.node.id, { left: LEFT + GAP + p.x * (CARD + GAP), top: p.depth * ROW + 6 });
-      const rows = new Map();
-      for (const p of placed) rows.set(p.depth, p.node.layer);
-      for (const [d, layer] of rows) {
-        const lab = el("div", { class: "ft-row-label" }, layer);
-        lab.style.top = d * ROW + 10 + "px";
-        canvas.appendChild(lab);
+      const band = new Array(depthMax + 1).fill(S.cardH);
+      for (const p of placed) if (p.stack !== null) band[p.depth] = Math.max(band[p.depth], (p.stack + 1) * S.cardH + p.stack * gapY);
+      const tops = [0];
+      for (let d = 1; d <= depthMax; d++) tops.push(tops[d - 1] + band[d - 1] + (S.rowH - S.cardH));
+      for (const p of placed) p.top = tops[p.depth] + (p.stack === null ? 0 : p.stack * (S.cardH + gapY));
+      placed.sort((a, b) => a.depth - b.depth || a.x - b.x || a.top - b.top);
+      return { placed, width: Math.max(S.cardW, cursor - S.gapX), height: tops[depthMax] + band[depthMax], depthMax, tops, band, indent };
+    }
+
+    draw(root) {
+      this.hideZoom(); // the cards are rebuilt, so the hovered one is gone
+      this.root = root;
+      this.message.hidden = true;
+      this.bar.hidden = false;
+      const S = (this.S = this.metrics());
+      // Trees with many leaves (more than opt.compactLeaves) stack leaf siblings when that shows the whole
+      // tree larger on this screen (a 156-node tree: about four times larger than side by side).
+      let leaves = 0;
+      (function count(n, self) { const kids = self.kids(n); if (!kids.length) leaves++; kids.forEach((c) => count(c, self)); })(root, this);
+      let layout = this.layout(root, S, false);
+      if (leaves > (this.opt.compactLeaves ?? 30)) {
+        const compact = this.layout(root, S, true);
+        if (this.fitScale(compact) > this.fitScale(layout)) layout = compact;
       }
-      for (const p of placed) {
-        const a = pos.get(p.node.id);
-        for (const c of visible(p.node)) {
-          const b = pos.get(c.id);
-          const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-          const x1 = a.left + CARD / 2, y1 = a.top + 236, x2 = b.left + CARD / 2, y2 = b.top;
-          path.setAttribute("d", `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`);
-          path.setAttribute("fill", "none");
-          path.setAttribute("stroke", "#d9480f");
-          path.setAttribute("stroke-opacity", "0.55");
-          path.setAttribute("stroke-width", String(Math.max(1, Math.min(14, 28 * Math.max(0, c.share || 0)))));
-          svg.appendChild(path);
+      const { placed, width, height, depthMax, tops, band, indent } = layout;
+      this.size = { width, height };
+      this.parents = new Map(placed.map((p) => [p.node.id, p.parent]));
+      this.pos = new Map(placed.map((p) => [p.node.id, { left: p.x, top: p.top, width: S.cardW, height: S.cardH, stacked: p.stack !== null }]));
+      const canvas = this.canvas;
+      canvas.replaceChildren();
+      canvas.style.width = `${width}px`;
+      canvas.style.height = `${height}px`;
+
+      const svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("class", "ft-edges");
+      svg.setAttribute("width", width);
+      svg.setAttribute("height", height);
+      this.edges = [];
+      for (const { node } of placed) {
+        const a = this.pos.get(node.id);
+        for (const kid of this.kids(node)) {
+          const b = this.pos.get(kid.id);
+          const path = document.createElementNS(SVG, "path");
+          if (b.stacked) {
+            // Stacked leaves: a spine down the column's left side, a branch into each card.
+            const xs = a.left + indent / 2, y1 = a.top + S.cardH, yb = b.top + S.cardH / 2, r = Math.min(indent / 2, 12);
+            path.setAttribute("d", `M${xs},${y1} V${yb - r} Q${xs},${yb} ${xs + r},${yb} H${b.left}`);
+          } else {
+            const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top, my = (y1 + y2) / 2;
+            path.setAttribute("d", `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`);
+          }
+          path.setAttribute("data-edge", kid.id);
+          const title = document.createElementNS(SVG, "title");
+          title.textContent = `${kid.id}: score ${fmt(kid.score)}, ${pct(kid.share || 0)} of the parent's positive total`;
+          path.append(title);
+          svg.append(path);
+          this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, kid.share || 0)))]);
         }
       }
-      for (const p of placed) canvas.appendChild(card(p.node, pos.get(p.node.id)));
-      stage.appendChild(canvas);
-      if (first) {
-        // Start with the root in view: centre it horizontally.
-        const rootAt = pos.get(tree.root.id);
-        stage.scrollLeft = Math.max(0, rootAt.left + CARD / 2 - stage.clientWidth / 2);
-        first = false;
+      canvas.append(svg);
+      for (const p of placed) {
+        const at = this.pos.get(p.node.id);
+        canvas.append(this.card(p.node, at, p.parent));
+        if (p.panel) canvas.append(this.panelFor(p.node, p.panel, at, S));
+      }
+      // Row labels live outside the zoomed canvas, so they stay readable at any zoom.
+      const byName = new Map((this.opt.chain || []).map((c) => [c.name, c]));
+      this.rowLabels = [];
+      this.rows.replaceChildren();
+      for (let d = 0; d <= depthMax; d++) {
+        const layer = placed.find((p) => p.depth === d).node.layer;
+        const info = byName.get(layer);
+        const label = el("div", { class: "ft-rowlabel", "data-row": String(d), title: layer },
+          el("strong", {}, layer), info ? el("span", {}, `${info.type} · ${info.shape.join("×")}`) : null);
+        this.rows.append(label);
+        this.rowLabels.push([label, tops[d], band[d]]);
+      }
+      this._lastEdgeScale = null;
+      if (this.auto) this.fit(); else this.apply();
+    }
+
+    // Update the badge rows and picture overlays in place (no redraw: a hovered picture keeps its zoom).
+    refresh(root) {
+      this.root = root;
+      const nodes = new Map();
+      const parents = new Map();
+      (function walk(n, parent) { nodes.set(n.id, n); parents.set(n.id, parent); for (const c of n.children || []) walk(c, n); })(root, null);
+      for (const cardEl of this.canvas.querySelectorAll(".ft-card[data-node]")) {
+        const node = nodes.get(cardEl.dataset.node);
+        if (!node) continue;
+        cardEl.querySelector(".ft-verify").replaceWith(this.verifyRow(node, parents.get(node.id)));
+        const old = cardEl.querySelector(".ft-rest");
+        const rest = this.restBadge(node);
+        if (old && rest) old.replaceWith(rest);
       }
     }
-    let first = true;
 
-    function card(node, at) {
-      const box = el("div", { class: "ft-card" + (collapsed.has(node.id) ? " collapsed" : ""), "data-node": node.id });
-      box.style.left = at.left + "px";
-      box.style.top = at.top + "px";
-      const title = el("div", { class: "title" });
-      title.appendChild(el("span", { class: "unit", title: node.id }, `${node.layer}:${node.unit}`));
-      if (node.share !== null && node.share !== undefined) title.appendChild(el("span", {}, (100 * node.share).toFixed(1) + "%"));
-      box.appendChild(title);
-      box.appendChild(el("div", { class: "label" }, node.label || " "));
-      const stats = node.score === null || node.score === undefined
-        ? `activation ${fmt(node.activation_sum)}`
-        : `score ${fmt(node.score)} · max act ${fmt(node.activation_max, 1)}`;
-      box.appendChild(el("div", { class: "stats", title: `score ${node.score}, activation sum ${node.activation_sum}, max ${node.activation_max}` }, stats));
-      const exemplars = node.images && exemplarIds.get(node.images.exemplars);
-      // The root has no edge above it: it shows its shown children zeroed together instead.
-      const joint = !node.verification && node.verification_all && node.children.length ? node.verification_all : null;
-      if (node.verification || joint || exemplars) {
-        const line = el("div", { class: "ft-line" });
-        if (node.verification) line.appendChild(badge(node.verification, parents.get(node.id)));
-        if (joint) {
-          const n = node.children.length;
-          line.appendChild(badge(joint, node, { label: `all ${n} zeroed`, what: `all ${n} shown children together`, whose: "this node's" }));
-        }
-        if (exemplars) line.appendChild(el("a", { class: "ft-exlink", href: "#" + exemplars, title: "this unit's exemplars: top image patches | reconstructions (below the tree)" }, "ex ↓"));
-        box.appendChild(line);
-      }
-      const src = images[node.images[view]];
-      if (!src && (view === "rf_crop" || view === "rf_box") && node.box && images.photo) {
-        box.appendChild(boxView(node, view === "rf_crop"));
-      } else if (src) {
-        const img = el("img", { class: "view", alt: `${view} of ${node.id}`, loading: "lazy" });
-        img.src = src;
-        img.addEventListener("click", () => {
-          if (!node.children.length) return;
-          if (collapsed.has(node.id)) collapsed.delete(node.id); else collapsed.add(node.id);
-          draw();
-        });
-        box.appendChild(img);
-      }
-      if (node.children.length && collapsed.has(node.id)) box.appendChild(el("div", { class: "toggle" }, `+${node.children.length} hidden`));
-      else if (node.expanded && node.coverage !== null) {
-        const rest = node.rest ? ` · rest ${(100 * node.rest.share).toFixed(0)}%` : "";
-        const tip = node.rest ? `not shown: ${fmt(node.rest.score)} of the positive total ${fmt(node.total_positive)}; negative contributors sum to ${fmt(node.rest.negative)}` : "";
-        box.appendChild(el("div", { class: "stats", title: tip }, `children ${(100 * node.coverage).toFixed(0)}%${rest}`));
-      }
-      else if (node.leaf_reason) box.appendChild(el("div", { class: "leaf" }, node.leaf_reason));
+    // Show a card as waiting for its children without redrawing the tree; false if it is not drawn.
+    markLoading(id) {
+      const cardEl = [...this.canvas.querySelectorAll(".ft-card[data-node]")].find((e) => e.dataset.node === id);
+      if (!cardEl) return false;
+      cardEl.classList.add("loading", "open");
+      cardEl.setAttribute("aria-busy", "true");
+      return true;
+    }
+
+    card(node, at, parent) {
+      const kids = this.kids(node);
+      const collapsed = this.collapsed.has(node.id) && (node.children || []).length > 0;
+      const open = kids.length > 0 || Boolean(node.loading);
+      const box = el("div", {
+        class: `ft-card${node.depth === 0 ? " root" : ""}${open ? " open" : ""}${node.loading ? " loading" : ""}${collapsed ? " collapsed" : ""}`,
+        "data-node": node.id, "aria-busy": node.loading ? "true" : null,
+      });
+      Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });
+      box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: node.id }, `${node.layer}:${node.unit}`)));
+      const sub = this.subText(node);
+      const share = node.depth === 0 || node.share === null || node.share === undefined ? null : pct(node.share);
+      box.append(el("div", { class: "ft-sub", title: share ? `${share} · ${sub}` : sub },
+        share ? el("span", { class: "ft-share" }, share) : null, share ? ` · ${sub}` : sub));
+      box.append(this.verifyRow(node, parent));
+      box.append(this.picture(node, kids, collapsed));
+      if (this.opt.buttons) box.append(el("div", { class: "ft-buttons" }, ...(this.opt.buttons(node) || [])));
       return box;
     }
 
-    // Ablation badge: the measured drop of the parent's objective when this unit is zeroed, as a
-    // share of the parent's positive total (the scale of the estimated share), coloured by agreement
-    // with the gradient x activation estimate.
-    function badge(v, parent, { label = "ablation", what = "this unit", whose = "parent" } = {}) {
-      const total = parent && parent.total_positive > 0 ? parent.total_positive : null;
-      const agree = v.estimate ? v.parent_drop / v.estimate : null;
-      const cls = agree === null ? "" : agree >= 0.5 && agree <= 2 ? " ok" : agree > 0 ? " off" : " bad";
-      const sign = v.parent_drop >= 0 ? "−" : "+";
-      const pct = total === null ? null : (100 * Math.abs(v.parent_drop)) / total;
-      const text = label + " " + sign + (pct === null ? fmt(Math.abs(v.parent_drop)) : pct.toFixed(pct < 9.95 ? 1 : 0) + "%");
-      return el("div", {
-        class: "ft-badge" + cls,
-        title: `zeroing ${what}: ${whose} objective drops ${fmt(v.parent_drop)} of ${fmt(v.parent_value)}, ` +
-          `root objective drops ${fmt(v.root_drop)} of ${fmt(v.root_value)}; gradient × activation estimated ${fmt(v.estimate)}`,
-      }, text);
+    subText(node) {
+      if (node.depth === 0) {
+        const cls = node.label ? (this.opt.topClasses || []).find((c) => c.index === node.unit && c.name === node.label) : null;
+        return node.label ? `${node.label}${cls ? ` · p=${cls.probability.toFixed(3)}` : ""}` : "root unit";
+      }
+      return `score ${fmt(node.score)}${node.label ? " · " + node.label : ""}`;
     }
 
-    // Receptive-field views drawn from the photo: a zoomed crop, or the photo with the box on it.
-    function boxView(node, crop) {
-      const size = tree.image.size[0], view = 154;
-      const [l, t, r, b] = node.box;
-      const wrap = el("div", { class: "view boxview", title: `receptive field ${l},${t} to ${r},${b}` });
-      wrap.style.cssText = `position:relative;width:${view}px;height:${view}px;overflow:hidden;margin-top:4px;border-radius:4px;background:#808080`;
-      const img = el("img", { alt: `receptive field of ${node.id}` });
-      img.src = images.photo;
-      if (crop) {
-        const scale = view / Math.max(r - l, b - t, 1);
-        img.style.cssText = `position:absolute;max-width:none;width:${size * scale}px;left:${-l * scale}px;top:${-t * scale}px`;
-        wrap.appendChild(img);
+    verifyRow(node, parent) {
+      const row = el("div", { class: "ft-verify" });
+      if (node.depth === 0) {
+        // The root has no edge above it; its row shows what zeroing its shown children together does.
+        const all = node.verification_all;
+        if (all && (node.children || []).length) {
+          const count = all.count || node.children.length;
+          row.append(ablationBadge(all, node.total_positive, { what: `all ${count} shown children together`, whose: "this node's", label: `all ${count} zeroed` }));
+        }
+      } else if (node.verification) {
+        row.append(ablationBadge(node.verification, parent ? parent.total_positive : null));
+      } else if (node.verification_error) {
+        row.append(el("span", { class: "ft-badge na", title: node.verification_error }, "ablation failed"));
+      } else if (node.verification_pending) {
+        row.append(el("span", { class: "ft-badge pending", title: "measuring this edge by ablation…" }, "ablation …"));
+      }
+      return row;
+    }
+
+    restBadge(node) {
+      const kids = this.kids(node);
+      if (!kids.length || node.coverage === null || node.coverage === undefined) return null;
+      const rest = node.rest ? node.rest.share : Math.max(0, 1 - node.coverage);
+      let title = `the shown children cover ${(100 * node.coverage).toFixed(1)}% of this node's positive contribution; ` +
+        `the rest (${(100 * rest).toFixed(1)}%) comes from units not shown`;
+      if (node.rest) title += ` (score ${fmt(node.rest.score)} of ${fmt(node.total_positive)}; negative contributors sum to ${fmt(node.rest.negative)})`;
+      const all = node.verification_all;
+      if (all) title += `. Zeroing all shown children together lowers the objective by ${fmt(all.parent_drop)} (estimate ${fmt(all.estimate)})`;
+      return el("span", { class: "ft-rest", title }, `${kids.length} ▾ · rest ${(100 * rest).toFixed(0)}%`);
+    }
+
+    picture(node, kids, collapsed) {
+      const view = this.view;
+      const toggle = () => {
+        if (this.opt.onPicture) { this.opt.onPicture(node); return; }
+        if (!(node.children || []).length) return;
+        if (this.collapsed.has(node.id)) this.collapsed.delete(node.id); else this.collapsed.add(node.id);
+        this.draw(this.root);
+      };
+      const title = this.opt.pictureTitle ? this.opt.pictureTitle(node)
+        : (node.children || []).length ? (collapsed ? "show the children" : "hide the children") : null;
+      const pic = el("div", {
+        class: "ft-pic", role: "button", tabindex: "0", title,
+        onclick: toggle,
+        onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(); } },
+        onmouseenter: () => this.showZoom(node, pic), onmouseleave: () => this.hideZoom(),
+      });
+      const src = this.opt.picture ? this.opt.picture(node, view) : null;
+      if (src) {
+        pic.append(el("img", { class: `ft-img${this.opt.tiny ? " tiny" : ""}`, alt: `${VIEW_LABELS[view] || view} of ${node.id}`, draggable: "false", src }));
+      } else if ((view === "rf_crop" || view === "rf_box") && node.box && this.opt.photo && this.opt.photo.src) {
+        pic.append(this.boxView(node, view === "rf_crop", this.S.pic));
       } else {
-        const scale = view / size;
-        img.style.cssText = "position:absolute;left:0;top:0;width:100%;height:100%";
-        wrap.appendChild(img);
-        const frame = el("div");
-        frame.style.cssText = `position:absolute;border:2px solid #ffd600;left:${l * scale}px;top:${t * scale}px;width:${(r - l) * scale}px;height:${(b - t) * scale}px;box-sizing:border-box`;
-        wrap.appendChild(frame);
+        pic.append(el("div", { class: "ft-nopic" }, "no picture"));
+      }
+      if (collapsed) pic.append(el("span", { class: "ft-rest" }, `+${node.children.length} hidden`));
+      else {
+        const rest = this.restBadge(node);
+        if (rest) pic.append(rest);
+      }
+      const first = this.opt.chain && this.opt.chain.length && this.opt.chain[0].name === node.layer;
+      if (node.error) pic.append(el("div", { class: "ft-note error" }, node.error));
+      else if (node.leaf_reason && !kids.length) pic.append(el("div", { class: "ft-note" }, node.leaf_reason));
+      else if (first && !kids.length) pic.append(el("div", { class: "ft-note" }, "first layer"));
+      return pic;
+    }
+
+    // Receptive-field views drawn from the photo and node.box: a zoomed crop, or the photo with the box.
+    boxView(node, crop, size) {
+      const [w, h] = this.opt.photo.size;
+      const [l, t, r, b] = node.box;
+      const wrap = el("div", { class: "ft-boxview", title: `receptive field ${l},${t} to ${r},${b}` });
+      const img = el("img", { alt: `${crop ? "receptive field" : "box on photo"} of ${node.id}`, draggable: "false", src: this.opt.photo.src });
+      if (this.opt.tiny) img.classList.add("tiny");
+      if (crop) {
+        const scale = size / Math.max(r - l, b - t, 1);
+        img.style.cssText = `width:${w * scale}px;height:${h * scale}px;left:${-l * scale}px;top:${-t * scale}px`;
+        wrap.append(img);
+      } else {
+        const scale = size / Math.max(w, h);
+        const dx = (size - w * scale) / 2, dy = (size - h * scale) / 2;
+        img.style.cssText = `width:${w * scale}px;height:${h * scale}px;left:${dx}px;top:${dy}px`;
+        const frame = el("div", { class: "ft-frame" });
+        frame.style.cssText = `left:${dx + l * scale}px;top:${dy + t * scale}px;width:${(r - l) * scale}px;height:${(b - t) * scale}px`;
+        wrap.append(img, frame);
       }
       return wrap;
     }
 
-    draw();
+    panelFor(node, panel, at, S) {
+      const fig = el("figure", { class: "ft-pinned", "data-exemplars": node.id });
+      Object.assign(fig.style, { left: `${at.left + S.cardW + S.gapX / 2}px`, top: `${at.top}px`, width: `${S.panelW}px`, height: `${at.height}px` });
+      const img = el("img", { alt: panel.alt || `exemplars of ${node.layer}:${node.unit}`, draggable: "false" });
+      img.addEventListener("error", async () => {
+        // The host may know why (the explorer's server answers with a one-line JSON error).
+        const why = panel.explain ? await panel.explain(img.src).catch(() => null) : null;
+        fig.replaceChildren(el("div", { class: "ft-note error" }, why || "could not load this picture"));
+      });
+      img.addEventListener("load", () => { img.classList.toggle("tiny", img.naturalHeight < img.clientHeight); });
+      img.src = panel.src;
+      fig.append(
+        el("figcaption", {},
+          el("span", {}, `${node.layer}:${node.unit}`), el("span", { class: "ft-muted" }, " " + (panel.caption || "top images | reconstructions")),
+          panel.onClose ? el("button", { type: "button", class: "ft-close", title: "unpin", "data-action": "unpin", onclick: panel.onClose }, "✕") : null),
+        img);
+      return fig;
+    }
+
+    // ----- hover zoom ----------------------------------------------------------------------
+    showZoom(node, pic) {
+      const zoom = this.zoom;
+      const size = Math.round(Math.min(520, window.innerHeight * 0.62, window.innerWidth * 0.4));
+      const r = pic.closest(".ft-card").getBoundingClientRect();
+      if (size < 1.5 * r.width) return; // zoomed in far enough already
+      let left = r.right + 12;
+      if (left + size > window.innerWidth - 8) left = Math.max(8, r.left - size - 12);
+      const top = Math.min(Math.max(8, r.top), window.innerHeight - size - 8);
+      Object.assign(zoom.style, { left: `${left}px`, top: `${top}px`, width: `${size}px`, height: `${size}px` });
+      const img = pic.querySelector("img.ft-img");
+      if (img) zoom.replaceChildren(el("img", { class: this.opt.tiny ? "tiny" : "", alt: img.alt, src: img.src }));
+      else if (pic.querySelector(".ft-boxview")) zoom.replaceChildren(this.boxView(node, this.view === "rf_crop", size - 8));
+      else return;
+      zoom.hidden = false;
+    }
+
+    hideZoom() { this.zoom.hidden = true; }
+
+    // ----- zoom, pan, fit --------------------------------------------------------------------
+    viewport() {
+      if (!this._dims) this._dims = { W: this.host.clientWidth, H: this.host.clientHeight };
+      if (!this._barH && !this.bar.hidden) this._barH = this.bar.offsetHeight;
+      const { W, H } = this._dims;
+      const left = this.S ? this.S.gutter : 0; // the row labels' strip
+      // The zoom buttons sit in the bottom-right corner: a fitted tree stays above them.
+      const bar = this.bar.hidden ? 0 : (this._barH || 0) + 10;
+      return { W, H, left, w: Math.max(40, W - left - 2 * MARGIN), h: Math.max(40, H - 2 * MARGIN - bar) };
+    }
+
+    fitScale(size = this.size) {
+      const v = this.viewport();
+      return Math.min(1, v.w / size.width, v.h / size.height);
+    }
+
+    fit() {
+      this.auto = true;
+      const v = this.viewport();
+      this.s = this.fitScale();
+      this.tx = v.left + MARGIN + Math.max(0, (v.w - this.size.width * this.s) / 2);
+      this.ty = MARGIN;
+      this.apply();
+    }
+
+    setTransform(s, tx, ty) {
+      this.auto = false;
+      this.s = s; this.tx = tx; this.ty = ty;
+      this.apply();
+    }
+
+    zoomAt(factor, cx, cy) {
+      const min = Math.min(0.5 * this.fitScale(), 0.25);
+      const s = Math.min(MAX_SCALE, Math.max(min, this.s * factor));
+      this.setTransform(s, cx - ((cx - this.tx) * s) / this.s, cy - ((cy - this.ty) * s) / this.s);
+    }
+
+    zoomBy(factor) {
+      const v = this.viewport();
+      this.zoomAt(factor, v.left + (v.W - v.left) / 2, v.H / 2);
+    }
+
+    // Pan (and zoom out if needed) so that the given nodes' cards are all on screen.
+    reveal(ids) {
+      const boxes = ids.map((id) => this.pos.get(id)).filter(Boolean);
+      if (!boxes.length || this.auto) return;
+      const x0 = Math.min(...boxes.map((b) => b.left)), y0 = Math.min(...boxes.map((b) => b.top));
+      const x1 = Math.max(...boxes.map((b) => b.left + b.width)), y1 = Math.max(...boxes.map((b) => b.top + b.height));
+      const v = this.viewport();
+      const s = Math.min(this.s, v.w / (x1 - x0), v.h / (y1 - y0));
+      const lo = { x: v.left + MARGIN, y: MARGIN }, hi = { x: v.W - MARGIN, y: MARGIN + v.h };
+      let tx = this.tx, ty = this.ty;
+      if (s !== this.s) { // zoom out around the boxes' centre
+        const cx = this.tx + ((x0 + x1) / 2) * this.s, cy = this.ty + ((y0 + y1) / 2) * this.s;
+        tx = cx - ((cx - this.tx) * s) / this.s;
+        ty = cy - ((cy - this.ty) * s) / this.s;
+      }
+      if (tx + x0 * s < lo.x) tx = lo.x - x0 * s; else if (tx + x1 * s > hi.x) tx = hi.x - x1 * s;
+      if (ty + y0 * s < lo.y) ty = lo.y - y0 * s; else if (ty + y1 * s > hi.y) ty = hi.y - y1 * s;
+      if (s !== this.s || tx !== this.tx || ty !== this.ty) this.setTransform(s, tx, ty);
+    }
+
+    apply() {
+      // Keep some of the tree on screen whatever the pan.
+      const v = this.viewport();
+      const keep = 60;
+      const w = this.size.width * this.s, h = this.size.height * this.s;
+      this.tx = Math.min(v.W - keep, Math.max(keep - w, this.tx));
+      this.ty = Math.min(v.H - keep, Math.max(keep - h, this.ty));
+      this.canvas.style.transform = `translate(${this.tx}px, ${this.ty}px) scale(${this.s})`;
+      this.host.dataset.scale = this.s.toFixed(4);
+      this.host.dataset.fitted = String(this.auto);
+      this.scaleText.textContent = `${Math.round(100 * this.s)}%`;
+      if (this._lastEdgeScale !== this.s) {
+        // Edge widths in screen pixels: proportional to the share, never thinner than one pixel, and
+        // past 150 % no longer growing with the zoom.
+        const k = Math.min(this.s, 1.5);
+        for (const [path, w] of this.edges || []) path.style.strokeWidth = `${Math.max(1, w * k)}px`;
+        this._lastEdgeScale = this.s;
+      }
+      if (!this.S) return;
+      const line = this.S.rem * 1.25;
+      const shown = [];
+      for (const [label, top, band] of this.rowLabels || []) {
+        const y = this.ty + top * this.s, hgt = band * this.s;
+        label.hidden = y > v.H || y + Math.max(line, hgt) < 0;
+        if (label.hidden) continue;
+        label.style.maxHeight = `${Math.max(line, hgt)}px`;
+        label.classList.toggle("short", hgt < 2.6 * line);
+        shown.push([label, y, hgt]);
+      }
+      // Each label stays at the top of the stage while its row is partly scrolled off above (its height,
+      // which costs a layout to read, is needed only then).
+      const above = shown.filter(([, y]) => y < 0).map(([label]) => [label, label.offsetHeight]);
+      for (const [label, y, hgt] of shown) {
+        const h = y < 0 ? above.find(([l]) => l === label)[1] : 0;
+        label.style.top = `${y < 0 ? Math.min(0, y + hgt - h) : y}px`;
+      }
+    }
+
+    _bindGestures() {
+      const host = this.host;
+      const interactive = (t) => t.closest("button, a, input, select, textarea, label");
+      host.addEventListener("wheel", (e) => {
+        e.preventDefault();
+        const r = host.getBoundingClientRect();
+        const unit = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? host.clientHeight : 1;
+        const dx = e.deltaX * unit, dy = e.deltaY * unit;
+        if (!e.ctrlKey && (e.shiftKey || Math.abs(dx) > Math.abs(dy))) {
+          // A horizontal trackpad swipe or shift + wheel pans sideways.
+          this.setTransform(this.s, this.tx - (e.shiftKey && !dx ? dy : dx), this.ty);
+          return;
+        }
+        // Wheel, or a pinch (which the browser sends as ctrl + wheel): zoom around the pointer.
+        this.zoomAt(Math.exp(-dy * (e.ctrlKey ? 0.01 : 0.0015)), e.clientX - r.left, e.clientY - r.top);
+      }, { passive: false });
+
+      const pointers = new Map();
+      let drag = null, pinch = null;
+      host.addEventListener("pointerdown", (e) => {
+        if ((e.pointerType === "mouse" && e.button !== 0) || interactive(e.target)) return;
+        pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+        if (pointers.size === 1) drag = { id: e.pointerId, x: e.clientX, y: e.clientY, tx: this.tx, ty: this.ty, moved: false };
+        else if (pointers.size === 2) {
+          const [a, b] = [...pointers.values()];
+          pinch = { d: Math.hypot(a.x - b.x, a.y - b.y) || 1, mx: (a.x + b.x) / 2, my: (a.y + b.y) / 2 };
+          drag = null;
+        }
+      });
+      host.addEventListener("pointermove", (e) => {
+        if (!pointers.has(e.pointerId)) return;
+        pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+        if (pinch && pointers.size === 2) {
+          const [a, b] = [...pointers.values()];
+          const d = Math.hypot(a.x - b.x, a.y - b.y) || 1, mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
+          const r = host.getBoundingClientRect();
+          this.setTransform(this.s, this.tx + mx - pinch.mx, this.ty + my - pinch.my);
+          this.zoomAt(d / pinch.d, mx - r.left, my - r.top);
+          pinch = { d, mx, my };
+        } else if (drag && drag.id === e.pointerId) {
+          const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+          if (!drag.moved && Math.hypot(dx, dy) < 5) return;
+          if (!drag.moved) {
+            drag.moved = true;
+            this.hideZoom();
+            host.setPointerCapture(e.pointerId);
+            host.classList.add("ft-panning");
+          }
+          this.setTransform(this.s, drag.tx + dx, drag.ty + dy);
+        }
+      });
+      const end = (e) => {
+        if (!pointers.has(e.pointerId)) return;
+        pointers.delete(e.pointerId);
+        if (pointers.size < 2) pinch = null;
+        if (drag && drag.id === e.pointerId) {
+          if (drag.moved) {
+            // A drag is not a click on whatever it started on.
+            const swallow = (c) => { c.stopPropagation(); c.preventDefault(); };
+            window.addEventListener("click", swallow, { capture: true, once: true });
+            setTimeout(() => window.removeEventListener("click", swallow, { capture: true }), 0);
+          }
+          host.classList.remove("ft-panning");
+          drag = null;
+        }
+      };
+      host.addEventListener("pointerup", end);
+      host.addEventListener("pointercancel", end);
+    }
+
+    _bindKeys() {
+      document.addEventListener("keydown", (e) => {
+        if (e.ctrlKey || e.metaKey || e.altKey || !this.root) return;
+        if (e.target.closest && e.target.closest("input, select, textarea")) return;
+        const step = 80;
+        const act = {
+          f: () => this.fit(),
+          "+": () => this.zoomBy(1.25), "=": () => this.zoomBy(1.25),
+          "-": () => this.zoomBy(1 / 1.25), "0": () => this.zoomBy(1 / this.s),
+          ArrowLeft: () => this.setTransform(this.s, this.tx + step, this.ty),
+          ArrowRight: () => this.setTransform(this.s, this.tx - step, this.ty),
+          ArrowUp: () => this.setTransform(this.s, this.tx, this.ty + step),
+          ArrowDown: () => this.setTransform(this.s, this.tx, this.ty - step),
+          Escape: () => this.hideZoom(),
+        }[e.key];
+        if (!act) return;
+        e.preventDefault();
+        act();
+      });
+    }
   }
 
-  window.FeatureTreeView = { render };
+  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, el, fmt, pct, ablationBadge });
 })();

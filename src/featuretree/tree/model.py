@@ -50,7 +50,7 @@ class Node:
     leaf_reason: str | None = None
     # What the shown children leave out: {"share", "score"} of the positive total, plus "negative".
     rest: dict[str, float] | None = None
-    # Measured edge from the parent (featuretree.verify): estimate, parent_drop, root_drop, ...
+    # Measured edge from the parent (tree.verify): estimate, parent_drop, root_drop, ...
     verification: dict[str, float] | None = None
     # All shown children zeroed together (on expanded, verified nodes).
     verification_all: dict[str, float] | None = None

@@ -2,14 +2,12 @@
 // State: model, image, root (one unit), the set of expanded node paths, the set of removed
 // node paths, k, rule, seed mode, the picture view and the nodes whose exemplar grids are
 // pinned open. Reloading the URL restores the view.
+//
+// The tree itself (cards, edges, badges, number formats, zoom / pan / fit) is drawn by the shared
+// renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
+// explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
-const VIEW_LABELS = {
-  guided: "guided",
-  guided_original: "original look",
-  heatmap: "heatmap",
-  rf_crop: "receptive field",
-  rf_box: "box on photo",
-};
+const { TreeView, VIEW_LABELS, el } = window.FeatureTreeView;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -18,28 +16,14 @@ const state = {
 };
 let info = null;          // /api/info
 let analysis = null;      // /api/analysis for the current model and image
+let tree = null;          // the TreeView drawing the stage
 const children = new Map(); // "model|image|k|rule|seed|path" -> {status, data|error, promise}
 const verifications = new Map(); // same keys -> {status, data|error}: /api/verify of a node's children
+const pictures = new Map(); // "model|image|rule|seed|view|path" -> data URI from /api/expand (most recent last)
+const MAX_PICTURES = 400;   // beyond this the oldest are dropped (their URL is fetched again if shown)
 window.ftTimings = [];    // click-to-rendered-children durations, read by the benchmark
 
 // ----- small helpers -------------------------------------------------------------------
-function el(tag, attrs = {}, ...kids) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const kid of kids) if (kid !== null && kid !== undefined) node.append(kid);
-  return node;
-}
-
-function fmt(x) {
-  if (x === null || x === undefined) return "";
-  const a = Math.abs(x);
-  return a !== 0 && (a < 1e-3 || a >= 1e4) ? x.toExponential(2) : x.toPrecision(3);
-}
-
 function qs(params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) {
@@ -70,6 +54,7 @@ function status(text) { $("status").textContent = text; }
 const unitOf = (path) => path.split("/").pop();
 const parentOf = (path) => path.split("/").slice(0, -1).join("/");
 const isTiny = () => analysis && analysis.size[0] < 100;
+const isExpandable = (node) => analysis.chain.findIndex((c) => c.name === node.layer) > 0;
 
 // ----- URL <-> state -------------------------------------------------------------------
 function readUrl() {
@@ -114,18 +99,35 @@ function writeUrl() {
   }
 }
 
-// ----- children on demand --------------------------------------------------------------
+// ----- children on demand, with their pictures (one batched call) ----------------------
 function childKey(path) { return [state.model, state.image, state.k, state.rule, state.seed, path].join("|"); }
+function pictureKey(path, view = state.view) { return [state.model, state.image, state.rule, state.seed, view, path].join("|"); }
+
+function pictureUrl(path, view = state.view) {
+  return `/api/picture.png?${qs({ model: state.model, image: state.image, path, view, rule: state.rule, seed_mode: state.seed })}`;
+}
+
+function keepPicture(key, uri) {
+  pictures.delete(key);
+  pictures.set(key, uri);
+  while (pictures.size > MAX_PICTURES) pictures.delete(pictures.keys().next().value);
+}
 
 function requestChildren(path) {
   const key = childKey(path);
   let entry = children.get(key);
   if (entry) return entry;
   entry = { status: "loading" };
-  entry.promise = api("/api/children", {
-    model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed,
-  }).then((data) => { entry.status = "done"; entry.data = data; },
-          (err) => { entry.status = "error"; entry.error = err.message; });
+  const view = state.view;
+  const keyOf = (id) => pictureKey(id, view); // the state as it was when asked
+  entry.promise = api("/api/expand", {
+    model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed, view,
+  }).then((data) => {
+    entry.received = performance.now();
+    for (const c of data.children) { keepPicture(keyOf(c.id), c.picture); delete c.picture; }
+    entry.status = "done";
+    entry.data = data;
+  }, (err) => { entry.status = "error"; entry.error = err.message; });
   children.set(key, entry);
   return entry;
 }
@@ -139,7 +141,7 @@ function requestVerify(path) {
   api("/api/verify", { model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed })
     .then((data) => { entry.status = "done"; entry.data = data; },
           (err) => { entry.status = "error"; entry.error = err.message; })
-    .then(() => { if (childKey(path) === key) fillVerification(path); });
+    .then(() => { if (childKey(path) === key && analysis && rootNode()) tree.refresh(viewTree()); });
 }
 
 let verifyTimer = 0;
@@ -147,79 +149,11 @@ function scheduleVerify() {
   // Wait until the node pictures on screen have loaded, so the ablation pass does not slow them down.
   clearTimeout(verifyTimer);
   verifyTimer = setTimeout(() => {
-    if ([...document.querySelectorAll(".card .pic img")].some((i) => !i.complete)) { scheduleVerify(); return; }
+    if ([...document.querySelectorAll(".ft-card .ft-pic img")].some((i) => !i.complete)) { scheduleVerify(); return; }
     for (const node of visibleNodes()) {
       if (state.open.has(node.id) && children.get(childKey(node.id))?.status === "done" && kidsOf(node).length) requestVerify(node.id);
     }
   }, 60);
-}
-
-function edgeBadge(check, totalPositive, { what = "this unit", whose = "the parent's", label = "ablation" } = {}) {
-  // Measured drop of the parent's objective when this child is zeroed, as a share of the parent's
-  // positive total (the same scale as the estimated share on the line above), coloured by agreement.
-  const ratio = check.estimate ? check.parent_drop / check.estimate : null;
-  const agree = ratio === null ? "na" : ratio >= 0.5 && ratio <= 2 ? "ok" : ratio > 0 ? "off" : "bad";
-  const sign = check.parent_drop >= 0 ? "−" : "+";
-  const pct = totalPositive > 0 ? (100 * Math.abs(check.parent_drop)) / totalPositive : null;
-  const amount = pct === null ? fmt(Math.abs(check.parent_drop)) : `${pct.toFixed(pct < 9.95 ? 1 : 0)}%`;
-  const words = { ok: "agrees with", off: "differs from", bad: "contradicts", na: "has no" }[agree];
-  return el("span", {
-    class: `chip ${agree}`,
-    title: `Ablation: zeroing ${what} lowers ${whose} objective by ${fmt(check.parent_drop)} ` +
-      `(estimate, gradient × activation: ${fmt(check.estimate)}; measured/estimate ${ratio === null ? "n/a" : ratio.toFixed(2)}, ${words} the estimate) ` +
-      `and the root objective by ${fmt(check.root_drop)} of ${fmt(check.root_value)}.`,
-  }, `${label} ${sign}${amount}`);
-}
-
-function verifySlot(node) {
-  const slot = el("div", { class: "verify" });
-  if (node.depth === 0) {
-    // The root has no edge above it; its row shows what zeroing all its shown children together does.
-    const own = verifications.get(childKey(node.id));
-    if (state.open.has(node.id) && own?.status === "done" && own.data.all) {
-      const count = own.data.children.length;
-      slot.append(edgeBadge(own.data.all, own.data.total_positive, {
-        what: `all ${count} shown children together`, whose: "this node's", label: `all ${count} zeroed`,
-      }));
-    }
-    return slot;
-  }
-  const entry = verifications.get(childKey(parentOf(node.id)));
-  if (entry?.status === "done") {
-    const check = entry.data.children.find((c) => c.id === node.id);
-    if (check) slot.append(edgeBadge(check, entry.data.total_positive));
-  } else if (entry?.status === "error") {
-    slot.append(el("span", { class: "chip na", title: entry.error }, "ablation failed"));
-  } else {
-    slot.append(el("span", { class: "chip pending", title: "measuring this edge by ablation…" }, "ablation …"));
-  }
-  return slot;
-}
-
-function restText(path, data) {
-  const rest = Math.max(0, 1 - data.coverage);
-  const v = verifications.get(childKey(path));
-  let title = `the shown children cover ${(100 * data.coverage).toFixed(1)}% of this node's positive contribution; ` +
-    `the rest (${(100 * rest).toFixed(1)}%) comes from units not shown`;
-  if (v?.status === "done" && v.data.all) {
-    const all = v.data.all;
-    title += `. Zeroing all shown children together lowers the objective by ${fmt(all.parent_drop)} (estimate ${fmt(all.estimate)})`;
-  }
-  return { text: `${data.children.length} ▾ · rest ${(100 * rest).toFixed(0)}%`, title };
-}
-
-function fillVerification(path) {
-  // Update the badges in place (no redraw: a hovered picture keeps its zoom).
-  for (const cardEl of document.querySelectorAll(".card[data-node]")) {
-    const id = cardEl.dataset.node;
-    const depth = id.split("/").length - 1;
-    if (parentOf(id) === path || (id === path && depth === 0)) cardEl.querySelector(".verify")?.replaceWith(verifySlot({ id, depth }));
-    if (id === path) {
-      const entry = children.get(childKey(path));
-      const badge = cardEl.querySelector(".pic .badge");
-      if (badge && entry?.status === "done") Object.assign(badge, restText(path, entry.data));
-    }
-  }
 }
 
 // ----- exemplar grids (server started with --db) ---------------------------------------
@@ -236,24 +170,7 @@ function togglePinned(path) {
   const pin = !state.pinned.has(path);
   if (pin) state.pinned.add(path); else state.pinned.delete(path);
   draw();
-  if (pin) document.querySelector(`figure.exemplars[data-exemplars="${CSS.escape(path)}"]`)?.scrollIntoView({ block: "nearest", inline: "nearest" });
-}
-
-function exemplarPanel(node, at, S) {
-  const panel = el("figure", { class: "exemplars", "data-exemplars": node.id });
-  Object.assign(panel.style, { left: `${at.left + S.cardW + S.gapX / 2}px`, top: `${at.top}px`, width: `${S.gridW}px`, height: `${at.height}px` });
-  const img = el("img", { alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions` });
-  img.addEventListener("error", () => {
-    fetch(img.src).then((r) => r.json()).then((b) => panel.replaceChildren(el("div", { class: "note error" }, b.error)), () => {});
-  });
-  img.addEventListener("load", () => { img.classList.toggle("tiny", img.naturalHeight < img.clientHeight); });
-  img.src = exemplarUrl(node);
-  panel.append(
-    el("figcaption", {},
-      el("span", {}, `${node.layer}:${node.unit}`), el("span", { class: "muted" }, " top images | reconstructions"),
-      el("button", { type: "button", class: "close", title: "unpin this exemplar grid", "data-action": "unpin", onclick: () => togglePinned(node.id) }, "✕")),
-    img);
-  return panel;
+  if (pin) tree.reveal([path]);
 }
 
 function ensureOpenLoaded() {
@@ -275,7 +192,7 @@ function rootNode() {
   const cls = analysis.top_classes.find((c) => c.unit === state.root);
   const [layer, unit] = [state.root.slice(0, state.root.lastIndexOf(":")), +state.root.split(":").pop()];
   const label = layer === analysis.logits_layer ? (cls ? cls.name : `class ${unit}`) : null;
-  return { id: state.root, layer, unit, label, probability: cls ? cls.probability : null, depth: 0 };
+  return { id: state.root, layer, unit, label, score: null, share: null, depth: 0 };
 }
 
 function kidsOf(node) {
@@ -294,185 +211,113 @@ function visibleNodes() {
   return out;
 }
 
-// ----- drawing -------------------------------------------------------------------------
-function sizes() {
-  const css = getComputedStyle(document.documentElement);
-  const wide = window.innerWidth;
-  const pic = wide >= 2400 ? 220 : wide >= 1700 ? 160 : 128;
-  document.documentElement.style.setProperty("--pic", `${pic}px`);
-  const gutter = parseFloat(css.getPropertyValue("--gutter")) || 118;
-  const rem = parseFloat(css.fontSize) || 13;
-  const cardW = pic + 14;
-  const cardH = pic + Math.round(rem * 4.6) + Math.round(rem * 1.35 + 10) + 20;
-  const ex = info.exemplars;
-  const gridW = ex ? Math.round(((cardH - Math.round(rem * 1.6)) * ex.grid_width) / ex.grid_height) : 0;
-  return { pic, gutter, cardW, cardH, gridW, gapX: Math.round(pic * 0.14), rowH: cardH + Math.round(pic * 0.45) };
+// The visible tree as tree.json-style nodes for the renderer (docs/tree-schema.md), plus its view-only
+// fields: loading, error, verification_pending / verification_error.
+function viewTree() {
+  return (function build(base) {
+    const node = { ...base, children: [] };
+    const entry = state.open.has(node.id) ? children.get(childKey(node.id)) : null;
+    node.loading = entry?.status === "loading";
+    if (entry?.status === "error") node.error = entry.error;
+    if (entry?.status !== "done") return node;
+    const d = entry.data;
+    Object.assign(node, {
+      expanded: true, coverage: d.coverage, total_positive: d.total_positive, total_negative: d.total_negative,
+      rest: d.rest, leaf_reason: d.leaf_reason,
+    });
+    node.children = kidsOf(node).map(build);
+    const v = verifications.get(childKey(node.id));
+    for (const kid of node.children) {
+      if (v?.status === "done") kid.verification = v.data.children.find((c) => c.id === kid.id) || null;
+      else if (v?.status === "error") kid.verification_error = v.error;
+      else kid.verification_pending = true;
+    }
+    // The joint ablation zeroes the node's top-k children: count those it describes.
+    if (v?.status === "done" && v.data.all) node.verification_all = { ...v.data.all, count: v.data.children.length };
+    return node;
+  })(rootNode());
 }
 
+// ----- drawing -------------------------------------------------------------------------
 function draw() {
-  const canvas = $("canvas");
-  hideZoom(); // the cards are rebuilt, so the hovered one is gone
-  canvas.replaceChildren();
   writeUrl();
-  const root = rootNode();
   if (!analysis) return;
+  const root = rootNode();
   if (!root) {
     document.body.dataset.busy = "false";
-    canvas.append(el("div", { class: "empty" },
-      "No root. Pick one of the top-5 classes on the left, or type a unit such as ",
-      el("code", {}, `${analysis.chain[analysis.chain.length - 2]?.name || analysis.chain[0].name}:0`), "."));
+    tree.showMessage("No root. Pick one of the top-5 classes on the left, or type a unit such as ",
+      el("code", {}, `${analysis.chain[analysis.chain.length - 2]?.name || analysis.chain[0].name}:0`), ".");
     status("The root was removed.");
     return;
   }
-  const S = sizes();
-  // Tidy layout: every leaf gets its own column; a parent sits over the middle of its children.
-  // A pinned exemplar grid widens its node, so nothing to its right on any row can overlap it.
-  const placed = [];
-  let cursor = 0; // px: everything placed so far ends left of this
-  const pinned = (node) => state.pinned.has(node.id) && hasExemplars(node);
-  (function place(node) {
-    const kids = kidsOf(node);
-    let x;
-    if (!kids.length) x = cursor; else {
-      const xs = kids.map(place);
-      x = (xs[0] + xs[xs.length - 1]) / 2;
-    }
-    cursor = Math.max(cursor, x + S.cardW + (pinned(node) ? S.gapX / 2 + S.gridW : 0) + S.gapX);
-    placed.push({ node, x });
-    return x;
-  })(root);
-  const depthMax = Math.max(...placed.map((p) => p.node.depth));
-  const width = S.gutter + S.gapX + cursor;
-  const height = (depthMax + 1) * S.rowH;
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const pos = new Map(placed.map((p) => [p.node.id, {
-    left: S.gutter + S.gapX + p.x, top: p.node.depth * S.rowH + 10, height: S.cardH,
-  }]));
-
-  const rootIndex = analysis.chain.findIndex((c) => c.name === root.layer);
-  for (let d = 0; d <= depthMax; d++) {
-    const layer = analysis.chain[rootIndex - d];
-    if (!layer) continue;
-    const label = el("div", { class: "rowlabel" }, el("strong", {}, layer.name), `${layer.type} · ${layer.shape.join("×")}`);
-    label.style.top = `${d * S.rowH + 10}px`;
-    canvas.append(label);
-  }
-
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "edges");
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", height);
-  for (const { node } of placed) {
-    const a = pos.get(node.id);
-    for (const kid of kidsOf(node)) {
-      const b = pos.get(kid.id);
-      const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top;
-      const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-      const my = (y1 + y2) / 2;
-      path.setAttribute("d", `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`);
-      path.setAttribute("stroke-width", String(Math.max(1.5, Math.min(18, 24 * kid.share))));
-      path.setAttribute("data-edge", kid.id);
-      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-      title.textContent = `${kid.id}: score ${fmt(kid.score)}, ${(100 * kid.share).toFixed(1)}% of parent`;
-      path.append(title);
-      svg.append(path);
-    }
-  }
-  canvas.append(svg);
-  for (const { node } of placed) {
-    canvas.append(card(node, pos.get(node.id)));
-    if (pinned(node)) canvas.append(exemplarPanel(node, pos.get(node.id), S));
-  }
+  Object.assign(tree.opt, { chain: analysis.chain, topClasses: analysis.top_classes, tiny: isTiny() });
+  tree.view = state.view;
+  const model = viewTree();
+  tree.draw(model);
   scheduleVerify();
 
+  let count = 0;
+  (function walk(n) { count++; n.children.forEach(walk); })(model);
   const busy = visibleNodes().filter((n) => children.get(childKey(n.id))?.status === "loading" && state.open.has(n.id)).length;
   document.body.dataset.busy = String(busy > 0);
   status(busy ? `computing children of ${busy} node${busy > 1 ? "s" : ""}…`
-    : `${placed.length} node${placed.length > 1 ? "s" : ""} · root ${root.id}${root.label ? ` (${root.label})` : ""} · click a picture to expand or collapse`);
+    : `${count} node${count > 1 ? "s" : ""} · root ${root.id}${root.label ? ` (${root.label})` : ""} · click a picture to expand or collapse · wheel zooms, drag pans, f fits`);
 }
 
-function pictureUrl(path, view = state.view) {
-  return `/api/picture.png?${qs({ model: state.model, image: state.image, path, view, rule: state.rule, seed_mode: state.seed })}`;
-}
-
-function card(node, at) {
-  const open = state.open.has(node.id);
-  const entry = open ? children.get(childKey(node.id)) : null;
-  const loading = entry?.status === "loading";
-  const expandable = analysis.chain.findIndex((c) => c.name === node.layer) > 0;
-  const box = el("div", {
-    class: `card${node.depth === 0 ? " root" : ""}${open ? " open" : ""}${loading ? " loading" : ""}`,
-    "data-node": node.id, "aria-busy": loading ? "true" : null,
-  });
-  box.style.left = `${at.left}px`;
-  box.style.top = `${at.top}px`;
-  box.style.height = `${at.height}px`;
-  box.append(el("div", { class: "title" }, el("span", { class: "unit", title: node.id }, `${node.layer}:${node.unit}`)));
-  const sub = node.depth === 0
-    ? (node.label ? `${node.label}${node.probability != null ? ` · p=${node.probability.toFixed(3)}` : ""}` : "root unit")
-    : `${(100 * node.share).toFixed(1)}% · score ${fmt(node.score)}${node.label ? " · " + node.label : ""}`;
-  box.append(el("div", { class: "sub", title: sub }, sub));
-  box.append(verifySlot(node));
-
-  const img = el("img", { alt: `${VIEW_LABELS[state.view]} of ${node.id}`, class: isTiny() ? "tiny" : "", draggable: "false" });
-  img.src = pictureUrl(node.id);
-  const pic = el("div", {
-    class: "pic", role: "button", tabindex: "0",
-    title: expandable ? (open ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
-    onclick: () => toggle(node.id),
-    onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(node.id); } },
-    onmouseenter: () => showZoom(img, box), onmouseleave: hideZoom,
-  }, img);
-  if (open && entry?.status === "done") {
-    const rest = restText(node.id, entry.data);
-    pic.append(el("span", { class: "badge", title: rest.title }, rest.text));
-  }
-  box.append(pic);
-  if (entry?.status === "error") pic.append(el("div", { class: "note error" }, entry.error));
-  else if (entry?.status === "done" && entry.data.leaf_reason) pic.append(el("div", { class: "note" }, entry.data.leaf_reason));
-  else if (!expandable) pic.append(el("div", { class: "note" }, "first layer"));
-
-  const buttons = el("div", { class: "buttons" },
-    el("button", { type: "button", "data-action": "toggle", disabled: !expandable, onclick: () => toggle(node.id) }, open ? "collapse" : "expand"),
+function cardButtons(node) {
+  return [
+    el("button", { type: "button", "data-action": "toggle", disabled: !isExpandable(node), onclick: () => toggle(node.id) },
+      state.open.has(node.id) ? "collapse" : "expand"),
     el("button", { type: "button", "data-action": "reroot", title: "explain this unit: make it the root", disabled: node.depth === 0, onclick: () => reroot(node) }, "root"),
     hasExemplars(node) ? el("button", {
       type: "button", "data-action": "exemplars", "aria-pressed": String(state.pinned.has(node.id)),
       title: "show or hide this unit's exemplars: the image patches that excite it most, beside their reconstructions",
       onclick: () => togglePinned(node.id),
     }, "ex") : null,
-    el("button", { type: "button", "data-action": "remove", title: "remove this node", onclick: () => remove(node.id) }, "✕"));
-  box.append(buttons);
-  return box;
+    el("button", { type: "button", "data-action": "remove", title: "remove this node", onclick: () => remove(node.id) }, "✕"),
+  ];
 }
 
 // ----- interactions --------------------------------------------------------------------
 function toggle(path) {
   const node = visibleNodes().find((n) => n.id === path);
-  if (!node || analysis.chain.findIndex((c) => c.name === node.layer) === 0) return;
+  if (!node || !isExpandable(node)) return;
   if (state.open.has(path)) { state.open.delete(path); draw(); return; }
   state.open.add(path);
   const t0 = performance.now();
   const entry = requestChildren(path);
-  draw();
+  // Mark the card as loading in place; the whole tree is drawn once, when the children arrive.
+  writeUrl();
+  if (entry.status === "loading" && tree.markLoading(path)) {
+    document.body.dataset.busy = "true";
+    status("computing children…");
+  } else draw();
   entry.promise.then(async () => {
     draw();
     ensureOpenLoaded();
-    document.querySelector(`.card[data-node="${CSS.escape(path)}"]`)?.scrollIntoView({ block: "nearest", inline: "center" });
-    // Time until every child card is drawn with its picture loaded (re-checked each frame,
+    tree.reveal([path, ...kidsOf(node).map((c) => c.id)]);
+    const drawn = performance.now();
+    // Time until every child card is drawn with its picture decoded (re-checked each frame,
     // since a redraw may replace the img elements).
-    const childImgs = () => [...document.querySelectorAll(".card[data-node] .pic img")]
-      .filter((i) => parentOf(i.closest(".card").dataset.node) === path);
+    const childImgs = () => [...document.querySelectorAll(".ft-card[data-node] .ft-pic img")]
+      .filter((i) => parentOf(i.closest(".ft-card").dataset.node) === path);
     while (state.open.has(path) && !childImgs().every((i) => i.complete)) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await new Promise((resolve) => setTimeout(resolve, 5));
     }
     const imgs = childImgs();
-    window.ftTimings.push({ path, ms: performance.now() - t0, children: imgs.length, loaded: imgs.filter((i) => i.naturalWidth > 0).length });
+    const ms = performance.now() - t0;
+    // Stricter: also decoded, and the next frame started (what a user sees).
+    await Promise.all(imgs.map((i) => i.decode().catch(() => {})));
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    window.ftTimings.push({
+      path, ms, painted: performance.now() - t0, received: entry.received - t0, drawn: drawn - t0,
+      children: imgs.length, loaded: imgs.filter((i) => i.naturalWidth > 0).length,
+    });
   });
 }
 
 function remove(path) {
-  hideZoom();
+  tree.hideZoom();
   if (path === state.root) {
     state.root = null;
     state.open.clear();
@@ -491,27 +336,12 @@ function setRoot(unit) {
   state.removed = new Set();
   state.pinned = new Set();
   renderTop5();
+  tree.auto = true; // a new tree opens fitted
   draw();
   ensureOpenLoaded();
 }
 
-function reroot(node) { hideZoom(); setRoot(unitOf(node.id)); }
-
-function showZoom(img, box) {
-  const zoom = $("zoom");
-  const size = Math.round(Math.min(520, window.innerHeight * 0.62, window.innerWidth * 0.4));
-  const r = box.getBoundingClientRect();
-  let left = r.right + 12;
-  if (left + size > window.innerWidth - 8) left = Math.max(8, r.left - size - 12);
-  const top = Math.min(Math.max(8, r.top), window.innerHeight - size - 8);
-  Object.assign(zoom.style, { left: `${left}px`, top: `${top}px`, width: `${size}px`, height: `${size}px` });
-  const zi = zoom.querySelector("img");
-  zi.src = img.src;
-  zi.className = isTiny() ? "tiny" : "";
-  zoom.hidden = false;
-}
-
-function hideZoom() { $("zoom").hidden = true; }
+function reroot(node) { tree.hideZoom(); setRoot(unitOf(node.id)); }
 
 // ----- panel ---------------------------------------------------------------------------
 function renderTop5() {
@@ -542,7 +372,7 @@ async function loadAnalysis(useDefaultRoot) {
     toast(err.message);
     status(err.message);
     analysis = null;
-    $("canvas").replaceChildren(el("div", { class: "empty" }, err.message));
+    tree.showMessage(err.message);
     return;
   }
   $("photo").className = isTiny() ? "tiny" : "";
@@ -555,6 +385,7 @@ async function loadAnalysis(useDefaultRoot) {
     state.removed = new Set();
     state.pinned = new Set();
   }
+  tree.auto = true;
   renderTop5();
   renderGallery();
   draw();
@@ -602,6 +433,22 @@ async function submitRoot(event) {
 }
 
 function setupControls() {
+  tree = new TreeView($("stage"), {
+    view: state.view,
+    picture: (node, view) => pictures.get(pictureKey(node.id, view)) || pictureUrl(node.id, view),
+    onPicture: (node) => toggle(node.id),
+    pictureTitle: (node) => isExpandable(node)
+      ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
+    buttons: cardButtons,
+    panel: (node) => state.pinned.has(node.id) && hasExemplars(node)
+      ? {
+        src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`,
+        onClose: () => togglePinned(node.id),
+        explain: (src) => fetch(src).then((r) => r.json()).then((body) => body.error), // the server's one-line error
+      }
+      : null,
+    panelAspect: () => (info.exemplars ? info.exemplars.grid_width / info.exemplars.grid_height : 1),
+  });
   $("model").replaceChildren(...info.models.map((m) => el("option", { value: m }, m)));
   $("model").value = state.model;
   $("model").addEventListener("change", () => { state.model = $("model").value; state.root = undefined; loadAnalysis(true); });
@@ -632,7 +479,6 @@ function setupControls() {
     if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input, select, textarea")) return;
     if (e.key === "h") document.body.classList.toggle("nopanel");
     else if (e.key === "b") document.body.classList.toggle("nobuttons");
-    else if (e.key === "Escape") hideZoom();
   });
   let dragDepth = 0;
   const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
@@ -645,8 +491,13 @@ function setupControls() {
     $("drop").hidden = true;
     upload(e.dataTransfer?.files?.[0]);
   });
+  // Picture sizes follow the window width (the stage's own size changes only refit).
   let resizeTimer = 0;
-  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 120); });
+  let lastWidth = window.innerWidth;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (window.innerWidth !== lastWidth) { lastWidth = window.innerWidth; draw(); } }, 120);
+  });
 }
 
 async function main() {
