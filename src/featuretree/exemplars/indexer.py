@@ -414,10 +414,10 @@ def exemplar_boxes(db: ExemplarDB, explainer, report: IndexReport | None = None,
 
     When the model's linearised backward is the same for every image (``fixed_linearisation``: only
     rectifiers and linear ops), every distinct (layer, position) is computed once from an analysis of
-    a blank image, through the explainer's shared box cache, unless the database already has it. Otherwise (SiLU, max-pool, ...) the box
-    depends on the image: each image that has entries is analysed (one forward pass) and its positions
-    of each layer share the backward passes of one ``receptive_fields`` call. Vector layers (logits)
-    see the whole image.
+    a blank image, through the explainer's shared box cache, unless the database already has it.
+    Otherwise (SiLU, max-pool, ...) the box depends on the image: each image that has entries is
+    analysed (one forward pass) and its positions of each layer share the backward passes of one
+    ``receptive_fields`` call. Vector layers (logits) see the whole image.
     """
     from tqdm.auto import tqdm
 
@@ -426,21 +426,30 @@ def exemplar_boxes(db: ExemplarDB, explainer, report: IndexReport | None = None,
     def boxes(wanted: dict[str, set[tuple[int, int, int]]]) -> dict[BoxKey, Box]:
         blank = blank_analysis(explainer)
         fixed = blank.record.fixed_linearisation
-        out: dict[BoxKey, Box] = {}
-        per_image: dict[int, dict[str, set[tuple[int, int]]]] = {}
         stored = _stored_position_boxes(db, layers) if fixed else {}
+        found: dict[tuple[str, int, int], Box] = {}  # (layer, row, col) -> box, for boxes that do not depend on the image
+        per_layer: dict[str, list[tuple[int, int]]] = {}  # positions to compute on the blank image
+        per_image: dict[int, dict[str, set[tuple[int, int]]]] = {}
         for name, keys in wanted.items():
             if layers[name].rf["kind"] != "spatial":
                 (box,) = receptive_fields(blank, name, [None])
-                out.update(((name, i, r, c), box) for i, r, c in keys)
+                found.update(((name, r, c), box) for _, r, c in keys)
             elif fixed:
-                found = {(r, c): box for (n, r, c), box in stored.items() if n == name}
-                positions = sorted({(r, c) for _, r, c in keys} - found.keys())
-                found.update(zip(positions, receptive_fields(blank, name, positions)))
-                out.update(((name, i, r, c), found[r, c]) for i, r, c in keys)
+                found.update(((name, r, c), stored[name, r, c]) for _, r, c in keys if (name, r, c) in stored)
+                per_layer[name] = sorted({(r, c) for _, r, c in keys if (name, r, c) not in found})
             else:
                 for i, r, c in keys:
                     per_image.setdefault(i, {}).setdefault(name, set()).add((r, c))
+        total = sum(map(len, per_layer.values()))
+        with tqdm(total=total, desc="receptive fields", unit="pos", disable=not progress or not total, dynamic_ncols=True) as bar:
+            for name, positions in per_layer.items():
+                for start in range(0, len(positions), 32):  # one backward pass per position; chunks only for the bar
+                    chunk = positions[start : start + 32]
+                    found.update(((name, r, c), box) for (r, c), box in zip(chunk, receptive_fields(blank, name, chunk)))
+                    bar.update(len(chunk))
+        out: dict[BoxKey, Box] = {
+            (name, i, r, c): found[name, r, c] for name, keys in wanted.items() for i, r, c in keys if (name, r, c) in found
+        }
         bar = tqdm(sorted(per_image), desc="receptive fields", unit="img", disable=not progress or not per_image, dynamic_ncols=True)
         for image_id in bar:
             analysis, problem = _image_analysis(db, explainer, image_id)
