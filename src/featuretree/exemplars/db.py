@@ -225,7 +225,7 @@ class ExemplarDB:
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
             if version == 1:
-                self._upgrade_from_1()
+                _upgrade_from_1(self)
                 return
             if version != SCHEMA_VERSION:
                 raise DatabaseError(
@@ -242,17 +242,6 @@ class ExemplarDB:
                 if statement.strip():
                     self.conn.execute(statement)
             self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-
-    def _upgrade_from_1(self) -> None:
-        """Version 1 stored a stride-shifted estimate's geometry in ``layers.rf``: keep the entries, mark
-        their boxes as estimates (the next finishing pass recomputes them) and call the file version 2."""
-        with self.transaction() as conn:
-            if conn.execute("SELECT version FROM schema_version").fetchone()[0] != 1:
-                return  # another connection upgraded it first
-            for name, rf in conn.execute("SELECT name, rf FROM layers").fetchall():
-                kind = json.loads(rf).get("kind", "spatial")
-                conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({"kind": kind, "boxes": ESTIMATED_BOXES}), name))
-            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     # ----- plumbing ------------------------------------------------------
     def close(self) -> None:
@@ -389,13 +378,13 @@ class ExemplarDB:
         ``boxes`` runs before the write transaction, so a slow computation does not hold the write
         lock, and inside it only for entries that another writer added in between. Returns rows written.
         """
-        states, trusted = self._plan(self.conn)
-        wanted = self._missing(states, trusted, {})
+        states, trusted = _plan(self, self.conn)
+        wanted = _missing(states, trusted)
         computed: dict[BoxKey, Box] = boxes(wanted) if wanted else {}
         written = 0
         with self.transaction() as conn:
-            states, trusted = self._plan(conn)
-            late = self._missing(states, trusted, computed)
+            states, trusted = _plan(self, conn)
+            late = _missing(states, trusted, computed)
             if late:
                 computed.update(boxes(late))
             for ranking, rec, top in states:
@@ -431,32 +420,6 @@ class ExemplarDB:
                     conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({**rec.rf, "boxes": ENGINE_BOXES}), rec.name))
         return written
 
-    def _plan(self, conn: sqlite3.Connection) -> tuple[list[tuple[str, LayerRecord, TopN]], dict[BoxKey, Box]]:
-        """The top-N states to materialize, and the stored boxes that can be kept."""
-        layers = {rec.name: rec for rec in self.layers()}
-        states = [
-            (ranking, layers[name], TopN.from_bytes(state))
-            for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall()
-        ]
-        engine = {name for name, rec in layers.items() if rec.rf.get("boxes") == ENGINE_BOXES}
-        trusted: dict[BoxKey, Box] = {}
-        for layer, image_id, r, c, *box in conn.execute(
-            "SELECT layer, image_id, row, col, box_left, box_top, box_right, box_bottom FROM exemplars WHERE crop IS NOT NULL"
-        ):
-            if layer in engine:
-                trusted[layer, image_id, r, c] = tuple(box)
-        return states, trusted
-
-    @staticmethod
-    def _missing(states, *known: dict[BoxKey, Box]) -> dict[str, set[tuple[int, int, int]]]:
-        wanted: dict[str, set[tuple[int, int, int]]] = {}
-        for _, rec, top in states:
-            units, ranks = np.nonzero(top.ids != EMPTY_ID)
-            for i, r, c in zip(top.ids[units, ranks].tolist(), top.rows[units, ranks].tolist(), top.cols[units, ranks].tolist()):
-                if not any((rec.name, i, r, c) in k for k in known):
-                    wanted.setdefault(rec.name, set()).add((i, r, c))
-        return wanted
-
     def collect_garbage(self) -> int:
         """Delete crop blobs no entry refers to any more (entries pushed out of a top-N)."""
         with self.transaction() as conn:
@@ -465,3 +428,43 @@ class ExemplarDB:
                 "UNION SELECT recon FROM exemplars WHERE recon IS NOT NULL)"
             )
             return cur.rowcount
+
+
+def _plan(db: ExemplarDB, conn: sqlite3.Connection) -> tuple[list[tuple[str, LayerRecord, TopN]], dict[BoxKey, Box]]:
+    """The top-N states to materialize, and the stored boxes that can be kept."""
+    layers = {rec.name: rec for rec in db.layers()}
+    states = [
+        (ranking, layers[name], TopN.from_bytes(state))
+        for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall()
+    ]
+    engine = {name for name, rec in layers.items() if rec.rf.get("boxes") == ENGINE_BOXES}
+    trusted: dict[BoxKey, Box] = {}
+    for layer, image_id, r, c, *box in conn.execute(
+        "SELECT layer, image_id, row, col, box_left, box_top, box_right, box_bottom FROM exemplars WHERE crop IS NOT NULL"
+    ):
+        if layer in engine:
+            trusted[layer, image_id, r, c] = tuple(box)
+    return states, trusted
+
+
+def _missing(states: list[tuple[str, LayerRecord, TopN]], *known: dict[BoxKey, Box]) -> dict[str, set[tuple[int, int, int]]]:
+    """{layer: {(image_id, row, col)}} of the entries whose box is in none of ``known``."""
+    wanted: dict[str, set[tuple[int, int, int]]] = {}
+    for _, rec, top in states:
+        units, ranks = np.nonzero(top.ids != EMPTY_ID)
+        for i, r, c in zip(top.ids[units, ranks].tolist(), top.rows[units, ranks].tolist(), top.cols[units, ranks].tolist()):
+            if not any((rec.name, i, r, c) in k for k in known):
+                wanted.setdefault(rec.name, set()).add((i, r, c))
+    return wanted
+
+
+def _upgrade_from_1(db: ExemplarDB) -> None:
+    """Version 1 stored a stride-shifted estimate's geometry in ``layers.rf``: keep the entries, mark
+    their boxes as estimates (the next finishing pass recomputes them) and call the file version 2."""
+    with db.transaction() as conn:
+        if conn.execute("SELECT version FROM schema_version").fetchone()[0] != 1:
+            return  # another connection upgraded it first
+        for name, rf in conn.execute("SELECT name, rf FROM layers").fetchall():
+            kind = json.loads(rf).get("kind", "spatial")
+            conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({"kind": kind, "boxes": ESTIMATED_BOXES}), name))
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
