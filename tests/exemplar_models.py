@@ -23,3 +23,34 @@ def slow_toy() -> ZooModel:
     zoo.module = SlowToySquareNet().eval()
     zoo.name = "slow_toy"
     return zoo
+
+
+class SiluMaxPoolNet(torch.nn.Module):
+    """Random weights, SiLU and max-pool: its linearised backward (so a receptive field) depends on the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.SiLU())
+        self.pooled = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.deep = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.SiLU())
+        self.fc = nn.Linear(8, 3)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.deep(self.pooled(self.stem(x))).mean((2, 3)))
+
+
+def silu_maxpool() -> ZooModel:
+    zoo = load_model("toy_squares")  # its 32 px preprocessing
+    return ZooModel(
+        name="silu_maxpool",
+        module=SiluMaxPoolNet().eval(),
+        preprocess=zoo.preprocess,
+        class_names=["a", "b", "c"],
+        default_layers=["stem", "pooled", "deep", "fc"],
+        description="random SiLU / max-pool net (tests)",
+    )

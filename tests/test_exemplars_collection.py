@@ -7,6 +7,7 @@ import io
 import pytest
 from PIL import Image
 
+from featuretree.evidence.receptive_field import receptive_fields
 from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.collection import CROPS, available_photos, build_collection
 from featuretree.exemplars.db import ExemplarDB
@@ -53,5 +54,16 @@ def test_index_efficientnet_exemplars_match_engine_logits(tmp_path):
             act = explainer.analyze(folder / e.path).activation("_blocks.14")[0, unit]
             assert e.value == pytest.approx(float(act.max()), rel=1e-3, abs=1e-3)
             assert (e.row, e.col) == divmod(int(act.argmax()), act.shape[1])
+        # Boxes: the engine's receptive field of the entry's position on its own image. The index
+        # computed them once per position from a blank image; recompute them cold from each image.
+        assert explainer.analyze(folder / "coffee__full.jpg").record.fixed_linearisation
+        explainer.receptive_fields.clear()
+        analyses = {}
+        entries = db.exemplars("_blocks.14")
+        assert len({(e.row, e.col) for e in entries}) > 5
+        for e in entries:
+            analysis = analyses.get(e.path) or analyses.setdefault(e.path, explainer.analyze(e.file))
+            assert e.box == receptive_fields(analysis, "_blocks.14", [(e.row, e.col)])[0], (e.unit, e.path)
+        assert all(e.box == (0, 0, 224, 224) for e in best)
     grid = Image.open(io.BytesIO(exemplar_grid_png(db_path, "_blocks.14", unit, explainer=explainer)))
     assert grid.width > grid.height

@@ -203,20 +203,24 @@ def test_exemplar_grid_and_units_sheet(tmp_path, capsys):
     make_squares(tmp_path / "imgs", 12)
     db_path = tmp_path / "ex.db"
     index(tmp_path / "imgs", db_path)
-    png = exemplar_grid_png(db_path, "edges", 0)
+    png = exemplar_grid_png(db_path, "corners", 0)
     grid = Image.open(io.BytesIO(png))
     assert grid.format == "PNG" and grid.width > 2 * grid.height * 0.8
     with ExemplarDB(db_path) as db:
-        entries = db.exemplars("edges", 0)
+        entries = db.exemplars("corners", 0)
         assert all(e.recon is not None for e in entries)  # computed once, cached
-        # Guided backprop of a dark->bright edge detector: the right column of its window is brighter than the left.
+        # Guided backprop of the top-left corner: it is made of the dark->bright (left to right) edge
+        # below it, so the column right of the corner is brighter than the column left of it. (This
+        # used the edges layer while boxes were a 3-pixel estimate; the engine's box of an edges
+        # position is 1 pixel, since its opposite-signed kernels cancel when all channels are seeded.)
         for e in entries:
             recon = np.asarray(Image.open(io.BytesIO(db.blob(e.recon))).convert("L"), dtype=float)
+            assert recon.shape == (e.box[3] - e.box[1], e.box[2] - e.box[0])
             col = e.col - e.box[0]
             assert recon[:, col + 1].mean() > recon[:, col - 1].mean()
-        untouched = db.exemplars("edges", 1)
+        untouched = db.exemplars("corners", 1)
         assert all(e.recon is None for e in untouched)
-    assert exemplar_grid_png(db_path, "edges", 0) == png  # served from the cache, same bytes
+    assert exemplar_grid_png(db_path, "corners", 0) == png  # served from the cache, same bytes
     with pytest.raises(LayerError, match="did you mean 'edges'"):
         exemplar_grid_png(db_path, "edge", 0)
     with pytest.raises(UnitError, match="0..4"):

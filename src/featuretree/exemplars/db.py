@@ -8,7 +8,11 @@ Two levels of state:
   batch, so a killed run resumes from the last committed batch with nothing lost or counted twice.
 - ``exemplars`` is the readable, relational form of that state (one row per unit per kept image,
   with its rank, location, receptive-field box and crop references). It is rebuilt from ``topn``
-  by ``materialize`` at the end of every run, keeping the crops of entries that stay.
+  by ``materialize`` at the end of every run, keeping the boxes and crops of entries that stay.
+
+Version 2 changed what a box is: the engine's receptive field of the entry's position (on the
+entry's image), no longer a per-layer estimate shifted by a stride. Version-1 files are updated in
+place when opened; their old boxes are marked as estimates and replaced by the next finishing pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +31,13 @@ import numpy as np
 
 from ..core.errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ENGINE_BOXES = "engine"  # layers.rf "boxes": the layer's stored boxes are the engine's receptive fields
+ESTIMATED_BOXES = "estimate"  # ... or a version-1 estimate, replaced by the next finishing pass
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom) in model-input pixels
+BoxKey = tuple[str, int, int, int]  # (layer, image_id, row, col): what a receptive-field box depends on
+BoxFunction = Callable[[dict[str, set[tuple[int, int, int]]]], dict[BoxKey, Box]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -162,7 +172,7 @@ class LayerRecord:
     channels: int
     height: int
     width: int
-    rf: dict  # receptive-field geometry, see indexer.receptive_fields
+    rf: dict  # {"kind": "spatial" | "vector", "boxes": ENGINE_BOXES | ESTIMATED_BOXES}: how its entries' boxes were made
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,9 @@ class ExemplarDB:
         if "schema_version" in tables:
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
+            if version == 1:
+                _upgrade_from_1(self)
+                return
             if version != SCHEMA_VERSION:
                 raise DatabaseError(
                     f"{self.path} has exemplar schema version {version}, this featuretree reads version {SCHEMA_VERSION}",
@@ -355,43 +368,56 @@ class ExemplarDB:
             (sha, ex.ranking, ex.layer, ex.unit, ex.image_id),
         )
 
-    def materialize(self, boxes) -> int:
-        """Rebuild ``exemplars`` from ``topn`` in one transaction, keeping crops of entries that stay.
+    def materialize(self, boxes: BoxFunction) -> int:
+        """Rebuild ``exemplars`` from ``topn`` in one transaction, keeping what entries that stay already have.
 
-        ``boxes(layer_record, rows, cols)`` maps positions to receptive-field boxes [K, 4]. Returns rows written.
+        ``boxes(wanted)`` gets ``{layer: {(image_id, row, col), ...}}`` for the entries without a trusted
+        box and returns ``{(layer, image_id, row, col): box}``: it must be the engine's receptive field
+        of that position on that image. A stored box is trusted when its layer is marked ``ENGINE_BOXES``
+        and its crop was made (entries whose file was missing get their box recomputed by a later run).
+        ``boxes`` runs before the write transaction, so a slow computation does not hold the write
+        lock, and inside it only for entries that another writer added in between. Returns rows written.
         """
+        states, trusted = _plan(self, self.conn)
+        wanted = _missing(states, trusted)
+        computed: dict[BoxKey, Box] = boxes(wanted) if wanted else {}
         written = 0
         with self.transaction() as conn:
-            layers = {rec.name: rec for rec in self.layers()}
-            for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall():
-                rec = layers[name]
-                top = TopN.from_bytes(state)
+            states, trusted = _plan(self, conn)
+            late = _missing(states, trusted, computed)
+            if late:
+                computed.update(boxes(late))
+            for ranking, rec, top in states:
+                name = rec.name
                 kept = {
-                    (u, i): (crop, recon)
-                    for u, i, crop, recon in conn.execute(
-                        "SELECT unit, image_id, crop, recon FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name)
+                    (u, i): (r, c, box, crop, recon)
+                    for u, i, r, c, *box, crop, recon in conn.execute(
+                        "SELECT unit, image_id, row, col, box_left, box_top, box_right, box_bottom, crop, recon "
+                        "FROM exemplars WHERE ranking = ? AND layer = ?",
+                        (ranking, name),
                     )
                 }
                 conn.execute("DELETE FROM exemplars WHERE ranking = ? AND layer = ?", (ranking, name))
                 units, ranks = np.nonzero(top.ids != EMPTY_ID)
-                if units.size == 0:
-                    continue
-                rows = top.rows[units, ranks]
-                cols = top.cols[units, ranks]
-                box = boxes(rec, rows, cols)
-                ids = top.ids[units, ranks]
-                values = top.values[units, ranks]
                 records = []
-                for k in range(units.size):
-                    u, i = int(units[k]), int(ids[k])
-                    crop, recon = kept.get((u, i), (None, None))
-                    b = box[k]
-                    records.append(
-                        (ranking, name, u, int(ranks[k]), i, float(values[k]), int(rows[k]), int(cols[k]))
-                        + (int(b[0]), int(b[1]), int(b[2]), int(b[3]), crop, recon)
-                    )
+                for u, rank, i, value, r, c in zip(
+                    units.tolist(),
+                    ranks.tolist(),
+                    top.ids[units, ranks].tolist(),
+                    top.values[units, ranks].tolist(),
+                    top.rows[units, ranks].tolist(),
+                    top.cols[units, ranks].tolist(),
+                ):
+                    key = (name, i, r, c)
+                    box = tuple(int(v) for v in (trusted[key] if key in trusted else computed[key]))
+                    old = kept.get((u, i))
+                    crop, recon = old[3:] if old is not None and old[:2] == (r, c) and tuple(old[2]) == box else (None, None)
+                    records.append((ranking, name, u, rank, i, float(value), r, c, *box, crop, recon))
                 conn.executemany("INSERT INTO exemplars VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
                 written += len(records)
+            for rec in self.layers():
+                if rec.rf.get("boxes") != ENGINE_BOXES:
+                    conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({**rec.rf, "boxes": ENGINE_BOXES}), rec.name))
         return written
 
     def collect_garbage(self) -> int:
@@ -402,3 +428,43 @@ class ExemplarDB:
                 "UNION SELECT recon FROM exemplars WHERE recon IS NOT NULL)"
             )
             return cur.rowcount
+
+
+def _plan(db: ExemplarDB, conn: sqlite3.Connection) -> tuple[list[tuple[str, LayerRecord, TopN]], dict[BoxKey, Box]]:
+    """The top-N states to materialize, and the stored boxes that can be kept."""
+    layers = {rec.name: rec for rec in db.layers()}
+    states = [
+        (ranking, layers[name], TopN.from_bytes(state))
+        for ranking, name, state in conn.execute("SELECT ranking, layer, state FROM topn ORDER BY ranking, layer").fetchall()
+    ]
+    engine = {name for name, rec in layers.items() if rec.rf.get("boxes") == ENGINE_BOXES}
+    trusted: dict[BoxKey, Box] = {}
+    for layer, image_id, r, c, *box in conn.execute(
+        "SELECT layer, image_id, row, col, box_left, box_top, box_right, box_bottom FROM exemplars WHERE crop IS NOT NULL"
+    ):
+        if layer in engine:
+            trusted[layer, image_id, r, c] = tuple(box)
+    return states, trusted
+
+
+def _missing(states: list[tuple[str, LayerRecord, TopN]], *known: dict[BoxKey, Box]) -> dict[str, set[tuple[int, int, int]]]:
+    """{layer: {(image_id, row, col)}} of the entries whose box is in none of ``known``."""
+    wanted: dict[str, set[tuple[int, int, int]]] = {}
+    for _, rec, top in states:
+        units, ranks = np.nonzero(top.ids != EMPTY_ID)
+        for i, r, c in zip(top.ids[units, ranks].tolist(), top.rows[units, ranks].tolist(), top.cols[units, ranks].tolist()):
+            if not any((rec.name, i, r, c) in k for k in known):
+                wanted.setdefault(rec.name, set()).add((i, r, c))
+    return wanted
+
+
+def _upgrade_from_1(db: ExemplarDB) -> None:
+    """Version 1 stored a stride-shifted estimate's geometry in ``layers.rf``: keep the entries, mark
+    their boxes as estimates (the next finishing pass recomputes them) and call the file version 2."""
+    with db.transaction() as conn:
+        if conn.execute("SELECT version FROM schema_version").fetchone()[0] != 1:
+            return  # another connection upgraded it first
+        for name, rf in conn.execute("SELECT name, rf FROM layers").fetchall():
+            kind = json.loads(rf).get("kind", "spatial")
+            conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({"kind": kind, "boxes": ESTIMATED_BOXES}), name))
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))

@@ -7,7 +7,8 @@ in memory (size units x N, independent of the number of images). After each batc
 ``images`` rows and the updated top-N state are committed in one transaction.
 
 Then a finishing pass (idempotent, so it also resumes): the top-N state becomes the relational
-``exemplars`` table, and the receptive-field crops of the kept entries are cut from their images.
+``exemplars`` table with the engine's receptive-field box of every kept entry (``exemplar_boxes``),
+and the receptive-field crops of the kept entries are cut from their images.
 Guided-backprop reconstructions are computed for kept entries on request (``--reconstructions``
 or lazily by the grid renderer) and cached in the database.
 """
@@ -31,12 +32,12 @@ from torch import nn
 from ..capture.forward import capture_forward, resolve_modules
 from ..capture.hooks import forward_hooks
 from ..core.errors import FeatureTreeError, ImageInputError, LayerError, OptionError
-from ..core.images import Preprocess, load_image
-from ..evidence.receptive_field import central_interval
+from ..core.images import Preprocess, decode_image, load_image
+from ..evidence.receptive_field import receptive_fields
 from ..loading import load_explainer
 from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
-from .db import ACTIVATION, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
+from .db import ACTIVATION, ENGINE_BOXES, Box, BoxFunction, BoxKey, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
@@ -58,69 +59,6 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
             rel = Path(dirpath, name).relative_to(root).as_posix()
             (images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel)
     return sorted(images), sorted(ignored)
-
-
-# ----- receptive fields ---------------------------------------------------
-def receptive_fields(model: nn.Module, layers: Sequence[str], size: int, device: torch.device) -> dict[str, dict]:
-    """Per-layer receptive-field geometry at the model's input size.
-
-    Every rectifier is opened (the linear backward rule) and a random mixture of the layer's
-    channels is seeded at the centre position; the central 90% of the input-gradient mass along
-    each axis gives the box there. Other positions shift that box by the layer's stride.
-    Vector layers (no spatial map) see the whole image.
-    """
-    x = torch.zeros(1, 3, size, size, device=device)
-    record = capture_forward(model, x, list(layers))
-    generator = torch.Generator().manual_seed(0)
-    out: dict[str, dict] = {}
-    for name in layers:
-        act = record.activations[name]
-        if act.dim() == 2:
-            out[name] = {"kind": "vector", "channels": int(act.shape[1]), "height": 1, "width": 1}
-            continue
-        _, channels, height, width = act.shape
-        rc, cc = height // 2, width // 2
-        mass = torch.zeros(size, size, dtype=torch.float64)
-        for _ in range(4):
-            seed = torch.zeros_like(act)
-            seed[0, :, rc, cc] = torch.randn(channels, generator=generator).to(act.device)
-            with record.rule.use("linear"):
-                (grad,) = torch.autograd.grad(act, record.input, seed, retain_graph=True)
-            mass += grad[0].abs().sum(0).double().cpu()
-        sy, sx = size / height, size / width
-        if float(mass.sum()) == 0.0:
-            top, bottom, left, right = rc * sy, (rc + 1) * sy, cc * sx, (cc + 1) * sx
-        else:
-            top, bottom = central_interval(mass.sum(1))
-            left, right = central_interval(mass.sum(0))
-        out[name] = {
-            "kind": "spatial",
-            "channels": int(channels),
-            "height": height,
-            "width": width,
-            "stride": [sy, sx],
-            # box edges relative to the centre position's origin (row * stride, col * stride)
-            "offset": [top - rc * sy, bottom - rc * sy, left - cc * sx, right - cc * sx],
-            "size": size,
-        }
-    return out
-
-
-def rf_boxes(rec: LayerRecord, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
-    """(left, top, right, bottom) input-pixel boxes [K, 4] for positions of one layer."""
-    rf = rec.rf
-    k = np.asarray(rows).size
-    if rf["kind"] != "spatial":
-        return np.tile(np.array([0, 0, size, size], np.int64), (k, 1))
-    sy, sx = rf["stride"]
-    top0, bottom0, left0, right0 = rf["offset"]
-    rows = np.asarray(rows, np.float64)
-    cols = np.asarray(cols, np.float64)
-    top = np.clip(np.floor(top0 + rows * sy), 0, size - 1)
-    left = np.clip(np.floor(left0 + cols * sx), 0, size - 1)
-    bottom = np.clip(np.ceil(bottom0 + rows * sy), top + 1, size)
-    right = np.clip(np.ceil(right0 + cols * sx), left + 1, size)
-    return np.stack([left, top, right, bottom], 1).astype(np.int64)
 
 
 # ----- decoding in workers -----------------------------------------------
@@ -248,6 +186,7 @@ class IndexReport:
     changed: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # not an image extension
     missing_crops: list[tuple[str, str]] = field(default_factory=list)
+    blank_boxes: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): box from a blank image, not the file
     stream_seconds: float = 0.0
     finish_seconds: float = 0.0
 
@@ -273,6 +212,10 @@ class IndexReport:
         listing("ignored (not an image file extension)", self.ignored)
         listing("changed since they were indexed (old entries kept; index into a new --out to refresh)", self.changed)
         listing("crops not made (file moved or changed)", [f"{f}: {why}" for f, why in self.missing_crops])
+        listing(
+            "receptive fields taken from a blank image, not the file (moved or changed; a later run recomputes them)",
+            [f"{f}: {why}" for f, why in self.blank_boxes],
+        )
         return "\n".join(lines)
 
 
@@ -348,14 +291,15 @@ def index_folder(
     with ExemplarDB(db_path, create=True) as db:
         _check_meta(db, wanted)
         if not db.layers():
-            rfs = receptive_fields(model, explainer.layers, size, device)
+            chain = blank_analysis(explainer).chain  # also checks early that the engine can analyse this model
             with db.transaction() as conn:
                 db.set_meta(conn, wanted)
-                for position, name in enumerate(explainer.layers):
-                    rf = rfs[name]
+                for position, info in enumerate(chain):
+                    height, width = info.shape[1:] if info.spatial else (1, 1)
+                    rf = {"kind": "spatial" if info.spatial else "vector", "boxes": ENGINE_BOXES}
                     conn.execute(
                         "INSERT INTO layers (name, position, channels, height, width, rf) VALUES (?, ?, ?, ?, ?, ?)",
-                        (name, position, rf["channels"], rf["height"], rf["width"], json.dumps(rf)),
+                        (info.name, position, info.channels, height, width, json.dumps(rf)),
                     )
         layer_recs = db.layers()
         with db.transaction() as conn:
@@ -410,7 +354,7 @@ def index_folder(
             report.stream_seconds = time.perf_counter() - start
         if finish:
             started = time.perf_counter()
-            finish_db(db, preprocess, progress=progress, report=report)
+            finish_db(db, explainer, progress=progress, report=report)
             if reconstructions:
                 fill_reconstructions(db, explainer, progress=progress)
             report.finish_seconds = time.perf_counter() - started
@@ -457,13 +401,115 @@ def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report
                     conn.execute("INSERT OR REPLACE INTO topn (ranking, layer, state) VALUES (?, ?, ?)", (ranking, name, top.to_bytes()))
 
 
-# ----- finishing: relational table and crops --------------------------------
-def finish_db(db: ExemplarDB, preprocess: Preprocess, progress: bool = True, report: IndexReport | None = None) -> None:
-    """Rebuild ``exemplars`` from the top-N state and cut the missing receptive-field crops."""
+# ----- finishing: relational table, boxes and crops -------------------------
+def blank_analysis(explainer):
+    """The engine's analysis of a blank (all-zero) model input at the model's input size."""
+    size = explainer.preprocess.size
+    return explainer.analyze(torch.zeros(1, 3, size, size))
+
+
+def exemplar_boxes(db: ExemplarDB, explainer, report: IndexReport | None = None, progress: bool = False) -> BoxFunction:
+    """The ``boxes`` callback of ``ExemplarDB.materialize``: the engine's ``receptive_fields`` of each
+    entry's position, so a stored box equals the box the explorer shows for that layer and position.
+
+    When the model's linearised backward is the same for every image (``fixed_linearisation``: only
+    rectifiers and linear ops), every distinct (layer, position) is computed once from an analysis of
+    a blank image, through the explainer's shared box cache, unless the database already has it.
+    Otherwise (SiLU, max-pool, ...) the box depends on the image: each image that has entries is
+    analysed (one forward pass) and its positions of each layer share the backward passes of one
+    ``receptive_fields`` call. Vector layers (logits) see the whole image.
+    """
     from tqdm.auto import tqdm
 
-    size = preprocess.size
-    db.materialize(lambda rec, rows, cols: rf_boxes(rec, rows, cols, size))
+    layers = {rec.name: rec for rec in db.layers()}
+
+    def boxes(wanted: dict[str, set[tuple[int, int, int]]]) -> dict[BoxKey, Box]:
+        blank = blank_analysis(explainer)
+        fixed = blank.record.fixed_linearisation
+        stored = _stored_position_boxes(db, layers) if fixed else {}
+        found: dict[tuple[str, int, int], Box] = {}  # (layer, row, col) -> box, for boxes that do not depend on the image
+        per_layer: dict[str, list[tuple[int, int]]] = {}  # positions to compute on the blank image
+        per_image: dict[int, dict[str, set[tuple[int, int]]]] = {}
+        for name, keys in wanted.items():
+            if layers[name].rf["kind"] != "spatial":
+                (box,) = receptive_fields(blank, name, [None])
+                found.update(((name, r, c), box) for _, r, c in keys)
+            elif fixed:
+                found.update(((name, r, c), stored[name, r, c]) for _, r, c in keys if (name, r, c) in stored)
+                per_layer[name] = sorted({(r, c) for _, r, c in keys if (name, r, c) not in found})
+            else:
+                for i, r, c in keys:
+                    per_image.setdefault(i, {}).setdefault(name, set()).add((r, c))
+        total = sum(map(len, per_layer.values()))
+        with tqdm(total=total, desc="receptive fields", unit="pos", disable=not progress or not total, dynamic_ncols=True) as bar:
+            for name, positions in per_layer.items():
+                for start in range(0, len(positions), 32):  # one backward pass per position; chunks only for the bar
+                    chunk = positions[start : start + 32]
+                    found.update(((name, r, c), box) for (r, c), box in zip(chunk, receptive_fields(blank, name, chunk)))
+                    bar.update(len(chunk))
+        out: dict[BoxKey, Box] = {
+            (name, i, r, c): found[name, r, c] for name, keys in wanted.items() for i, r, c in keys if (name, r, c) in found
+        }
+        bar = tqdm(sorted(per_image), desc="receptive fields", unit="img", disable=not progress or not per_image, dynamic_ncols=True)
+        for image_id in bar:
+            analysis, problem = _image_analysis(db, explainer, image_id)
+            if analysis is None:  # a stand-in until a later run finds the file again (its crop is missing too)
+                analysis = blank
+                if report is not None:
+                    report.blank_boxes.append(problem)
+            for name, positions in per_image[image_id].items():
+                ordered = sorted(positions)
+                for (r, c), box in zip(ordered, receptive_fields(analysis, name, ordered)):
+                    out[name, image_id, r, c] = box
+        return out
+
+    return boxes
+
+
+def _stored_position_boxes(db: ExemplarDB, layers: dict[str, LayerRecord]) -> dict[tuple[str, int, int], Box]:
+    """The engine's boxes already in the database by (layer, row, col): for a model with fixed
+    linearisation a box does not depend on the image, so a new entry at a known position costs nothing."""
+    engine = {name for name, rec in layers.items() if rec.rf.get("boxes") == ENGINE_BOXES}
+    rows = db.conn.execute("SELECT DISTINCT layer, row, col, box_left, box_top, box_right, box_bottom FROM exemplars")
+    return {(layer, r, c): tuple(box) for layer, r, c, *box in rows if layer in engine}
+
+
+def _image_analysis(db: ExemplarDB, explainer, image_id: int):
+    """The engine's analysis of an indexed image (the same model input the streaming pass saw),
+    or None and the reason when its file is gone or changed."""
+    rel, root, sha = db.conn.execute(
+        "SELECT i.path, r.path, i.sha256 FROM images i JOIN roots r ON r.id = i.root_id WHERE i.id = ?", (image_id,)
+    ).fetchone()
+    path = Path(root) / rel
+    try:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise FeatureTreeError("changed since it was indexed")
+        rgb = decode_image(data, name=str(path))
+    except (OSError, FeatureTreeError) as err:
+        return None, (rel, getattr(err, "problem", None) or str(err))
+    preprocess: Preprocess = explainer.preprocess
+    return explainer.analyze(preprocess.to_tensor(preprocess.fit(rgb))), None
+
+
+def _check_explainer(db: ExemplarDB, explainer) -> None:
+    meta = db.meta()
+    same_preprocess = json.loads(json.dumps(explainer.preprocess.to_dict())) == meta.get("preprocess")
+    if not same_preprocess or meta.get("layers") != list(explainer.layers):
+        raise DatabaseError(
+            f"{db.path} was indexed with another preprocessing or layer chain than this explainer's",
+            "finish it with the model and --layers it was indexed with",
+        )
+
+
+def finish_db(db: ExemplarDB, explainer, progress: bool = True, report: IndexReport | None = None) -> None:
+    """Rebuild ``exemplars`` from the top-N state with the engine's receptive-field boxes (computed
+    with ``explainer``, the model the database was indexed with) and cut the missing crops."""
+    from tqdm.auto import tqdm
+
+    _check_explainer(db, explainer)
+    preprocess: Preprocess = explainer.preprocess
+    db.materialize(exemplar_boxes(db, explainer, report=report, progress=progress))
     pending = db.conn.execute(
         "SELECT e.ranking, e.layer, e.unit, e.image_id, e.box_left, e.box_top, e.box_right, e.box_bottom, i.path, r.path, i.sha256 "
         "FROM exemplars e JOIN images i ON i.id = e.image_id JOIN roots r ON r.id = i.root_id "
@@ -621,8 +667,8 @@ __all__ = [
     "ensure_reconstructions",
     "explainer_for_db",
     "finish_db",
+    "exemplar_boxes",
     "index_folder",
-    "receptive_fields",
     "reconstruct",
     "scan_folder",
 ]
