@@ -38,14 +38,7 @@ def load_explainer(model: str, layers: str | None, device: str) -> Explainer:
             raise ModelError(f"{source} has no function {func_name!r}", "name a function that returns the model")
         built = factory()
         if isinstance(built, ZooModel):
-            return Explainer(
-                built.module,
-                layer_list or built.default_layers,
-                preprocess=built.preprocess,
-                class_names=built.class_names,
-                name=built.name,
-                device=device,
-            )
+            return Explainer.from_zoo_model(built, device, layer_list)
         if isinstance(built, nn.Module):
             if not layer_list:
                 raise OptionError(
@@ -54,7 +47,4 @@ def load_explainer(model: str, layers: str | None, device: str) -> Explainer:
                 )
             return Explainer(built, layer_list, name=model, device=device)
         raise ModelError(f"{model} returned {type(built).__name__}", "return a torch.nn.Module or featuretree.ZooModel")
-    zoo = load_model(model)
-    return Explainer(
-        zoo.module, layer_list or zoo.default_layers, preprocess=zoo.preprocess, class_names=zoo.class_names, name=zoo.name, device=device
-    )
+    return Explainer.from_zoo_model(load_model(model), device, layer_list)

@@ -12,7 +12,7 @@ from ..capture.forward import resolve_modules
 from ..core.cache import ByteLRU
 from ..core.errors import LayerError, OptionError
 from ..core.images import Preprocess
-from ..models.zoo import load_model
+from ..models.zoo import ZooModel, load_model
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
 RECEPTIVE_FIELD_CACHE_BYTES = 8 * 2**20  # counted as 256 bytes a box: ~32k boxes
@@ -64,7 +64,11 @@ class ChainModel:
 
     @classmethod
     def from_zoo(cls, name: str = "efficientnet_lite0", device: str = "cpu", layers: Sequence[str] | None = None, **kw):
-        zoo = load_model(name)
+        return cls.from_zoo_model(load_model(name), device, layers, **kw)
+
+    @classmethod
+    def from_zoo_model(cls, zoo: ZooModel, device: str = "cpu", layers: Sequence[str] | None = None, **kw):
+        """A built ZooModel (module, preprocessing, class names, default chain) with an optional other chain."""
         return cls(
             zoo.module,
             layers or zoo.default_layers,
