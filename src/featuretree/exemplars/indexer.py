@@ -480,16 +480,19 @@ def _image_analysis(db: ExemplarDB, explainer, image_id: int):
     rel, root, sha = db.conn.execute(
         "SELECT i.path, r.path, i.sha256 FROM images i JOIN roots r ON r.id = i.root_id WHERE i.id = ?", (image_id,)
     ).fetchone()
-    path = Path(root) / rel
     try:
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise FeatureTreeError("changed since it was indexed")
-        rgb = decode_image(data, name=str(path))
+        picture = _indexed_picture(Path(root) / rel, sha, explainer.preprocess)
     except (OSError, FeatureTreeError) as err:
         return None, (rel, getattr(err, "problem", None) or str(err))
-    preprocess: Preprocess = explainer.preprocess
-    return explainer.analyze(preprocess.to_tensor(preprocess.fit(rgb))), None
+    return explainer.analyze(explainer.preprocess.to_tensor(picture)), None
+
+
+def _indexed_picture(path: Path, sha: str, preprocess: Preprocess) -> Image.Image:
+    """The model-input picture of an indexed file, read once; FeatureTreeError if it changed since it was indexed."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise FeatureTreeError("changed since it was indexed")
+    return preprocess.fit(decode_image(data, name=str(path)))
 
 
 def _check_explainer(db: ExemplarDB, explainer) -> None:
@@ -522,10 +525,7 @@ def finish_db(db: ExemplarDB, explainer, progress: bool = True, report: IndexRep
         rel, root, sha = rows[0][8], rows[0][9], rows[0][10]
         path = Path(root) / rel
         try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise FeatureTreeError("changed since it was indexed")
-            picture = preprocess.fit(load_image(path))
+            picture = _indexed_picture(path, sha, preprocess)
         except (OSError, FeatureTreeError) as err:
             if report is not None:
                 report.missing_crops.append((rel, getattr(err, "problem", None) or str(err)))
