@@ -11,18 +11,16 @@ if TYPE_CHECKING:
     from ..core.units import Path
 
 
-def gradient_x_activation(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> torch.Tensor:
-    """s_c = sum over positions of a_c * g_c, g the path-conditioned gradient at the layer below."""
-    child_layer = analysis.layer_below(path[-1])
-    act = analysis.activation(child_layer)
-    grad = analysis.layer_gradient(path, backward, seed_mode)
-    return analysis.layer_info(child_layer).layout.channel_totals(act.double() * grad.double())[0]
-
-
 class GradientRule:
+    """s_c = sum over positions of a_c * g_c, with g the path-conditioned gradient at the layer below,
+    taken with this rule's rectifier backward."""
+
     name = "gradient"
     summary = "gradient x activation, the true gradient through the path"
     backward = "gradient"
 
     def scores(self, analysis: ImageAnalysis, path: Path, seed_mode: str) -> torch.Tensor:
-        return gradient_x_activation(analysis, path, self.backward, seed_mode)
+        child_layer = analysis.layer_below(path[-1])
+        act = analysis.activation(child_layer)
+        grad = analysis.layer_gradient(path, self.backward, seed_mode)
+        return analysis.layer_info(child_layer).layout.channel_totals(act.double() * grad.double())[0]
