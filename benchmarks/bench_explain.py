@@ -142,20 +142,13 @@ def check_output(out: Path) -> dict[str, tuple[set[str], int, int]]:
 
 def screenshots(html: Path, folder: Path) -> list[Path]:
     """One screenshot of tree.html per view, in headless Chromium."""
+    from bench_serve import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-    ]
     folder.mkdir(parents=True, exist_ok=True)
     shots = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(html.resolve().as_uri())
         page.wait_for_selector(".ft-card img.view")
