@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -17,6 +18,26 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots the browser tests leave
+TIMEOUT = 120_000  # ms for any one browser step: the 2-core machine can be slow
+
+
+def launched_chromium():
+    """Headless Chromium for a module-scoped ``browser`` fixture: ``yield from launched_chromium()``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the page's viewport into test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def square_png(size: int = 64, margin: int = 16) -> bytes:

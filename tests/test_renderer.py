@@ -14,7 +14,6 @@ import io
 import math
 import os
 import re
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,13 +25,11 @@ from featuretree.render.export import render_html
 from featuretree.server import ServerSettings, create_app
 from featuretree.tree.model import FeatureTree
 
-from .server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
+from .server_helpers import CHROMIUM, TIMEOUT, launched_chromium, live_server, shot, square_png
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-TIMEOUT = 120_000
 TOY = "toy_squares"
 
 # Everything a card says, per node id: unit, share, score line, badges (text, colour class and
@@ -51,10 +48,7 @@ CARD_TEXTS = """els => Object.fromEntries(els.map(e => [e.dataset.node, {
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture
@@ -66,11 +60,6 @@ def context(browser):
     yield ctx
     ctx.close()
     assert not errors, errors
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def transform(page) -> tuple[float, float, float]:

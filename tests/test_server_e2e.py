@@ -13,14 +13,11 @@ import pytest
 
 from featuretree.server import ServerSettings, create_app
 
-from .server_helpers import CHROMIUM, CHROMIUM_ARGS, live_server, square_png
+from .server_helpers import ARTIFACTS, CHROMIUM, TIMEOUT, launched_chromium, live_server, shot, square_png
 from .test_server_verify_exemplars import build_exemplar_db
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-TIMEOUT = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +36,7 @@ def db_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture
@@ -55,11 +49,6 @@ def page(browser):
     yield pg
     context.close()
     assert not errors, errors
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
 
 
 def card(page, node_id: str):
