@@ -6,14 +6,17 @@ pass and the pictures of the root's children, which the page shows before the cl
   the page does;
 - separate: GET /api/children plus GET /api/picture.png for each child (six at once, as a browser
   fetches), what the page did before /api/expand;
-- in-process: Analysis.expand + Workspace.pictures_png_many, the same work without HTTP.
+- in-process: Analysis.expand + Workspace.pictures_many, the same work without HTTP.
 The three alternate node by node, so machine load hits them alike.
 
 Browser: headless Chromium clicks a node's picture; the page records the time until every child card
 is drawn with its picture loaded (window.ftTimings: `ms`; `painted`: decoded and the next frame
 started; `received` and `drawn`: when the response was parsed and the tree redrawn), and the Resource
 Timing API gives the /api/expand request's share of it. Each round starts
-a fresh server and page and clicks each of the root's k children once. Medians are printed.
+a fresh server and page and clicks each of the root's k children once, first with the server's
+background prefetching off (every click computes its children's pictures), then with it on and the
+user looking at the page for --think seconds before each click (the click finds them ready).
+The server-side measures run without prefetching. Medians are printed.
 
     PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5] [--rounds 2] [--view heatmap]
 """
@@ -43,8 +46,8 @@ CHROMIUM_ARGS = [
 ]
 
 
-def app():
-    return create_app(ServerSettings(models=(MODEL,)))
+def app(prefetch: bool = False):
+    return create_app(ServerSettings(models=(MODEL,), prefetch=prefetch))
 
 
 def root_children(client: httpx.Client, image: str, k: int, view: str) -> tuple[str, list[str]]:
@@ -91,19 +94,19 @@ def server_side(image: str, k: int, reps: int, view: str) -> dict[str, list[floa
                     units = tuple(Unit.parse(p) for p in node.split("/"))
                     expansion = analysis.expand(units, k)
                     paths = [(*units, c.unit) for c in expansion.children]
-                    workspace.pictures_png_many(MODEL, image, paths, view, "gradient", "sum")
+                    workspace.pictures_many(MODEL, image, paths, view, "gradient", "sum", encoding="view")
                     out["in_process"].append(time.perf_counter() - t0)
     return out
 
 
-def in_browser(image: str, k: int, rounds: int, view: str) -> dict[str, list[float]]:
+def in_browser(image: str, k: int, rounds: int, view: str, prefetch: bool, think: float) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     out: dict[str, list[float]] = {"click": [], "painted": [], "request": [], "received": [], "drawn": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(rounds):
-            with serve_in_thread(app()) as url:
+            with serve_in_thread(app(prefetch)) as url:
                 page = browser.new_page(viewport={"width": 1920, "height": 1080})
                 page.set_default_timeout(300_000)
                 page.goto(f"{url}/?model={MODEL}&image={image}&k={k}&view={view}")
@@ -112,6 +115,7 @@ def in_browser(image: str, k: int, rounds: int, view: str) -> dict[str, list[flo
                 page.wait_for_function("[...document.querySelectorAll('.ft-card img')].every(i => i.complete)")
                 nodes = page.eval_on_selector_all(".ft-card:not(.root)", "els => els.map(e => e.dataset.node)")
                 for node in nodes:
+                    time.sleep(think)  # the user looks at the shown pictures before clicking
                     done = page.evaluate("window.ftTimings.length")
                     page.evaluate("performance.clearResourceTimings()")
                     page.locator(f'.ft-card[data-node="{node}"] .ft-pic').click()
@@ -144,6 +148,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="browser rounds: a fresh server and page, k clicks each")
     parser.add_argument("--view", default="heatmap")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds the user looks at the page before each click (prefetch rounds)")
     args = parser.parse_args()
     server = server_side(args.image, args.k, args.reps, args.view)
     rows = [
@@ -151,21 +156,23 @@ def main() -> None:
         ("server: GET /api/children", server["separate_children"]),
         (f"server: then {args.k} GET /api/picture.png (6 at once)", server["separate_pictures"]),
         ("server: children + pictures, separate requests", server["separate"]),
-        ("in-process: expand + pictures_png_many", server["in_process"]),
+        ("in-process: expand + pictures_many", server["in_process"]),
     ]
     if not args.no_browser:
-        browser = in_browser(args.image, args.k, args.rounds, args.view)
-        rows += [
-            ("browser: click to rendered children", browser["click"]),
-            ("browser: same, decoded and next frame", browser["painted"]),
-            ("browser: of which the /api/expand request", browser["request"]),
-            ("browser: click to response parsed", browser["received"]),
-            ("browser: response parsed to tree drawn", browser["drawn"]),
-        ]
+        for prefetch, think in ((False, 0.0), (True, args.think)):
+            browser = in_browser(args.image, args.k, args.rounds, args.view, prefetch, think)
+            how = f"prefetch, {think:g} s look" if prefetch else "no prefetch"
+            rows += [
+                (f"browser ({how}): click to rendered children", browser["click"]),
+                (f"browser ({how}): same, decoded and next frame", browser["painted"]),
+                (f"browser ({how}): of which the /api/expand request", browser["request"]),
+                (f"browser ({how}): click to response parsed", browser["received"]),
+                (f"browser ({how}): response parsed to tree drawn", browser["drawn"]),
+            ]
     print(f"{MODEL} on {args.image}, k={args.k}, view={args.view}, one expansion of a child of the top-class root")
-    print(f"{'measure':52s} {'n':>3s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
+    print(f"{'measure':62s} {'n':>3s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
     for name, values in rows:
-        print(f"{name:52s} {len(values):3d} {statistics.median(values):9.3f} {min(values):7.3f} {max(values):7.3f}")
+        print(f"{name:62s} {len(values):3d} {statistics.median(values):9.3f} {min(values):7.3f} {max(values):7.3f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from featuretree.models.zoo import load_model
+from featuretree.render.pictures import MIME_TYPES, encode_picture
 from featuretree.server import ServerSettings, create_app
 from featuretree.server.session import Limits
 
@@ -302,11 +303,6 @@ def test_api_efficientnet_cat_tree():
 
 
 # ----- /api/expand: children and their pictures in one call ---------------------------------
-def _decoded(png: bytes) -> tuple:
-    img = Image.open(io.BytesIO(png))
-    return img.mode, img.size, img.tobytes()
-
-
 @pytest.mark.parametrize("view", ["heatmap", "guided", "guided_original", "rf_crop", "rf_box"])
 def test_api_expand_returns_the_engines_children_with_the_single_picture_of_each(view):
     """A fresh app (cold caches) answers /api/expand; a second, independent app answers the single
@@ -337,19 +333,21 @@ def test_api_expand_returns_the_engines_children_with_the_single_picture_of_each
         assert [(c["layer"], c["unit"]) for c in got["children"]] == [(c.unit.layer, c.unit.channel) for c in expected.children]
         assert [c["score"] for c in got["children"]] == pytest.approx([c.score for c in expected.children], rel=1e-6)
         assert got["coverage"] == pytest.approx(expected.coverage, rel=1e-6)
-        # ... and each picture is the one /api/picture.png gives for that child.
+        # ... and each picture is the one /api/picture.png gives for that child, in the view's export
+        # format (JPEG for the photo-like views; the encoders are deterministic).
         assert got["children"]
         for child in got["children"]:
-            prefix = "data:image/png;base64,"
-            assert child["picture"].startswith(prefix)
-            png = base64.b64decode(child["picture"][len(prefix) :])
             one = single.get("/api/picture.png", params=q(image, path=child["id"], view=view))
             assert one.status_code == 200
-            assert _decoded(png) == _decoded(one.content), child["id"]
+            extension, expected_bytes = encode_picture(view, Image.open(io.BytesIO(one.content)).convert("RGB"))
+            prefix = f"data:{MIME_TYPES[extension]};base64,"
+            assert child["picture"].startswith(prefix)
+            assert base64.b64decode(child["picture"][len(prefix) :]) == expected_bytes, child["id"]
 
 
 def test_api_expand_computes_the_siblings_evidence_in_one_batched_call():
-    client = TestClient(create_app(ServerSettings(models=(TOY,))))
+    # Without background prefetching, whose own batches would be counted here too (see test_server_prefetch.py).
+    client = TestClient(create_app(ServerSettings(models=(TOY,), prefetch=False)))
     image = client.post("/api/images", files={"file": ("square.png", square_png(), "image/png")}).json()["image"]
     analysis = client.app.state.workspace.analysis(TOY, image)
     calls: list[int] = []

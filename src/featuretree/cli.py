@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MB (default: %(default)s)")
     sv.add_argument("--open", action="store_true", help="open the page in the default web browser")
     sv.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="do not expand the shown nodes' children in the background (by default the next click finds them ready)",
+    )
+    sv.add_argument(
         "--db",
         help="exemplar database from `featuretree index`: show each unit's top image patches and reconstructions beside its node",
     )

@@ -94,6 +94,11 @@ PICTURE_FORMATS: dict[str, tuple[str, Callable[[Image.Image], bytes]]] = {
 MIME_TYPES: dict[str, str] = {"png": "image/png", "jpg": "image/jpeg"}
 
 
+def picture_mime(kind: str) -> str:
+    """The MIME type of a picture of ``kind`` as ``encode_picture`` encodes it."""
+    return MIME_TYPES[PICTURE_FORMATS.get(kind, ("png", png_bytes))[0]]
+
+
 def encode_picture(kind: str, img: Image.Image) -> tuple[str, bytes]:
     """``(file extension, bytes)`` of a picture of ``kind`` in that kind's format (PNG for unknown kinds)."""
     extension, encode = PICTURE_FORMATS.get(kind, ("png", png_bytes))

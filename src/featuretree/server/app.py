@@ -9,6 +9,8 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Annotated, Literal
@@ -24,6 +26,7 @@ from ..core.samples import available_samples
 from ..core.units import Unit, path_id
 from ..explainer import Analysis
 from ..render.export import render_html, render_images
+from ..render.pictures import picture_mime
 from ..rules import rule_names, rules_help
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
 from .view import add_exemplar_grids, build_view_tree
@@ -60,6 +63,7 @@ class ServerSettings:
     device: str = "cpu"
     limits: Limits = field(default_factory=Limits)
     exemplar_db: str | None = None  # `featuretree serve --db DB`: show each unit's exemplar grid
+    prefetch: bool = True  # expand the children /api/expand returned in the background (`serve --no-prefetch`)
 
 
 # ----- response models (documented in the OpenAPI schema) ---------------------
@@ -237,8 +241,17 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     # The rules registered now are the ones this app accepts and lists in its OpenAPI schema.
     Rule = Literal[rule_names()]  # type: ignore[valid-type]
     RuleQ = Annotated[Rule, Query(description=f"how children are scored: {rules_help()}")]
-    workspace = Workspace(settings.models, settings.device, settings.limits, loader, settings.exemplar_db)
+    workspace = Workspace(settings.models, settings.device, settings.limits, loader, settings.exemplar_db, settings.prefetch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            workspace.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="featuretree explorer",
         version="1",
         description="Explain a CNN's prediction on one image as a tree of units. Children are computed on demand; "
@@ -416,7 +429,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         responses=ERRORS,
         summary="Expand a node with pictures: its top-k children, each with one picture as a data URI, in one call",
         description="The same children as /api/children, and for each child the picture /api/picture.png would return "
-        "for the view, as a data:image/png;base64 URI. The children's evidence is computed in one batched pass "
+        "for the view, as a base64 data URI in the view's format in the HTML export (JPEG for the heatmap, guided "
+        "and receptive-field views, PNG for guided_original). The children's evidence is computed in one batched pass "
         "(siblings share it), so one call replaces /api/children plus k picture requests.",
     )
     def expand(
@@ -432,13 +446,16 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
         paths = [(*units, Unit(c.layer, c.unit)) for c in listed.children]
-        pngs = workspace.pictures_png_many(model, image, paths, view, rule, seed_mode)
+        encoded = workspace.pictures_many(model, image, paths, view, rule, seed_mode, encoding="view")
+        # The next click is most likely on one of these children: have their own children ready.
+        workspace.prefetch_children(model, image, paths, k, view, rule, seed_mode, encoding="view")
+        mime = picture_mime(view)
         return ExpandOut(
             **listed.model_dump(exclude={"children"}),
             view=view,
             children=[
-                PictureChildOut(**c.model_dump(), picture="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
-                for c, png in zip(listed.children, pngs)
+                PictureChildOut(**c.model_dump(), picture=f"data:{mime};base64," + base64.b64encode(data).decode("ascii"))
+                for c, data in zip(listed.children, encoded)
             ],
         )
 
@@ -510,7 +527,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     ) -> Response:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
-        return png_response(request, workspace.picture_png(model, image, units, view, rule, seed_mode), PNG_CACHE)
+        return png_response(request, workspace.picture(model, image, units, view, rule, seed_mode), PNG_CACHE)
 
     @app.get(
         "/api/export",

@@ -65,7 +65,14 @@ def serve(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODELS and loader is None]
     if unknown:
         raise OptionError(f"unknown model {unknown[0]!r}", f"use one of {', '.join(MODELS)}")
-    settings = ServerSettings(models=models, default_image=args.image, device=args.device, limits=limits, exemplar_db=db)
+    settings = ServerSettings(
+        models=models,
+        default_image=args.image,
+        device=args.device,
+        limits=limits,
+        exemplar_db=db,
+        prefetch=args.prefetch,
+    )
     app = create_app(settings, loader=loader)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

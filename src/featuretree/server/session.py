@@ -19,14 +19,15 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from ..core.cache import ByteLRU, tensor_bytes
-from ..core.errors import FeatureTreeError, ImageInputError, ModelError, OptionError, did_you_mean
+from ..core.errors import FeatureTreeError, ImageInputError, ModelError, OptionError, check_choice, did_you_mean
 from ..core.images import decode_image, load_image
 from ..core.samples import SAMPLES, sample_path
 from ..core.units import Unit
@@ -35,8 +36,17 @@ from ..exemplars import exemplar_grid_png
 from ..exemplars.db import ExemplarDB
 from ..exemplars.sheets import unit_grid
 from ..explainer import Analysis, Explainer
-from ..render.pictures import box_image, crop_image, guided_image, heatmap_image, original_tree_gain, png_bytes
+from ..render.pictures import (
+    box_image,
+    crop_image,
+    encode_picture,
+    guided_image,
+    heatmap_image,
+    original_tree_gain,
+    png_bytes,
+)
 from ..tree.verify import EdgeCheck, verify_children
+from .prefetch import Prefetcher
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
@@ -48,6 +58,11 @@ VIEW_KINDS: dict[str, tuple[str, ...]] = {
     "rf_crop": ("box",),
     "rf_box": ("box",),
 }
+
+
+# How node pictures are encoded: "png" for /api/picture.png, "view" for the format the HTML export
+# uses for that view (JPEG for the photo-like ones: a seventh of the bytes, 5x faster to encode).
+PICTURE_ENCODINGS: tuple[str, ...] = ("png", "view")
 
 
 class TooLargeError(ImageInputError):
@@ -130,6 +145,40 @@ def verification_bytes(value: object) -> int:
     return 256 * (len(value.children) + 2) if isinstance(value, Verification) else 64
 
 
+class KeyLocks:
+    """One lock per key being built, so concurrent requests for the same thing wait for one
+    computation instead of repeating it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def building(self, key: Hashable) -> Iterator[None]:
+        """Hold ``key``'s lock (created on first use, dropped when nobody holds it)."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                if self._locks.get(key) is lock and not lock.locked():
+                    del self._locks[key]
+
+    def once(self, cache: ByteLRU, key: Hashable, build: Callable[[], object]):
+        """``cache[key]``, built by ``build()`` at most once at a time per key (two tabs share one computation)."""
+        found = cache.get(key)
+        if found is not None:
+            return found
+        with self.building(key):
+            found = cache.get(key)
+            if found is None:
+                found = build()
+                cache.put(key, found)
+            return found
+
+
 class Workspace:
     """All mutable server state; one per app."""
 
@@ -140,6 +189,7 @@ class Workspace:
         limits: Limits | None = None,
         loader: Callable[[str, str], Explainer] | None = None,
         exemplar_db: str | os.PathLike[str] | None = None,
+        prefetch: bool = True,
     ) -> None:
         self.models = list(models)
         self.device = device
@@ -154,9 +204,16 @@ class Workspace:
         self.verifications: ByteLRU[Verification] = ByteLRU(self.limits.verification_cache_bytes, verification_bytes)
         self.exemplars: ExemplarInfo | None = read_exemplar_info(exemplar_db) if exemplar_db is not None else None
         # One lock per key being built, so two tabs asking for the same analysis run one forward pass.
-        self._building: dict[Hashable, threading.Lock] = {}
-        self._building_lock = threading.Lock()
+        self._locks = KeyLocks()
         self.forward_passes = 0
+        self.evidence_batches = 0  # evidence_many calls made for pictures (tests read it)
+        # Children of the nodes the explorer just showed, expanded in the background (see prefetch_children).
+        self.prefetcher: Prefetcher | None = Prefetcher() if prefetch else None
+
+    def close(self) -> None:
+        """Stop background work (the app calls this when it shuts down)."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
 
     # ----- models ----------------------------------------------------------
     def explainer(self, model: str) -> Explainer:
@@ -198,13 +255,6 @@ class Workspace:
         raise NotFoundError(f"unknown image {image[:80]!r}", f"use a sample ({', '.join(SAMPLES)}) or the id returned by an upload")
 
     # ----- analyses --------------------------------------------------------
-    def _key_lock(self, key: Hashable) -> threading.Lock:
-        with self._building_lock:
-            lock = self._building.get(key)
-            if lock is None:
-                lock = self._building[key] = threading.Lock()
-            return lock
-
     def analysis(self, model: str, image: str) -> Analysis:
         """The cached single-forward-pass Analysis of ``image`` under ``model`` (built once)."""
         explainer = self.explainer(model)
@@ -212,24 +262,18 @@ class Workspace:
         found = self.analyses.get(key)
         if found is not None:
             return found
-        lock = self._key_lock(key)
-        try:
-            with lock:
-                found = self.analyses.get(key)
-                if found is not None:
-                    return found
-                picture, name = self.load_picture(image)
-                # Explainer.analyze serialises forward passes through one model (its hooks
-                # are shared); backward passes on different analyses may overlap.
-                analysis = explainer.analyze(picture)
-                analysis.image.source = name
-                self.forward_passes += 1
-                self.analyses.put(key, analysis)
-                return analysis
-        finally:
-            with self._building_lock:
-                if self._building.get(key) is lock and not lock.locked():
-                    del self._building[key]
+        with self._locks.building(key):
+            found = self.analyses.get(key)
+            if found is not None:
+                return found
+            picture, name = self.load_picture(image)
+            # Explainer.analyze serialises forward passes through one model (its hooks
+            # are shared); backward passes on different analyses may overlap.
+            analysis = explainer.analyze(picture)
+            analysis.image.source = name
+            self.forward_passes += 1
+            self.analyses.put(key, analysis)
+            return analysis
 
     def evidence(
         self, model: str, image: str, path: tuple[Unit, ...], rule: str, seed_mode: str, kinds: tuple[str, ...] = EVIDENCE_KINDS
@@ -243,33 +287,34 @@ class Workspace:
             self.evidence_cache.put(key, found)
         return found
 
-    def picture_png(self, model: str, image: str, path: tuple[Unit, ...], view: str, rule: str, seed_mode: str) -> bytes:
+    def picture(self, model: str, image: str, path: tuple[Unit, ...], view: str, rule: str, seed_mode: str, encoding: str = "png") -> bytes:
+        """One node's picture of ``view``, encoded as PNG (``encoding="png"``) or in the view's own format as
+        in the HTML export (``"view"``: JPEG for the photo-like views, see ``render.PICTURE_FORMATS``)."""
+        check_choice(encoding, PICTURE_ENCODINGS, "picture encoding")
         analysis = self.analysis(model, image)
-        key = ("png", model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
+        key = (encoding, model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
         found = self.pictures.get(key)
         if found is not None:
             return found
         evidence = self.evidence(model, image, path, rule, seed_mode, VIEW_KINDS[view])
-        picture = analysis.image.picture
-        if view == "guided":
-            img = guided_image(evidence, "robust")
-        elif view == "guided_original":
-            root = self.evidence(model, image, path[:1], rule, seed_mode, VIEW_KINDS[view])
-            img = guided_image(evidence, "original", analysis.explainer.preprocess.mean, original_tree_gain(root))
-        elif view == "heatmap":
-            img = heatmap_image(evidence, picture)
-        elif view == "rf_crop":
-            img = crop_image(evidence, picture)
-        else:
-            img = box_image(evidence, picture)
-        data = png_bytes(img)
+        # The original look's gain is fixed by the root's guided image.
+        root = self.evidence(model, image, path[:1], rule, seed_mode, VIEW_KINDS[view]) if view == "guided_original" else None
+        img = view_image(view, evidence, analysis, root)
+        data = png_bytes(img) if encoding == "png" else encode_picture(view, img)[1]
         self.pictures.put(key, data)
         return data
 
-    def pictures_png_many(
-        self, model: str, image: str, paths: Sequence[tuple[Unit, ...]], view: str, rule: str, seed_mode: str
+    def pictures_many(
+        self,
+        model: str,
+        image: str,
+        paths: Sequence[tuple[Unit, ...]],
+        view: str,
+        rule: str,
+        seed_mode: str,
+        encoding: str = "png",
     ) -> list[bytes]:
-        """``picture_png`` of many nodes; the evidence none of the caches holds yet is computed in one
+        """``picture`` of many nodes; the evidence none of the caches holds yet is computed in one
         ``Analysis.evidence_many`` call, so siblings share its per-layer backward passes."""
         analysis = self.analysis(model, image)
         device = str(analysis.explainer.device)
@@ -283,33 +328,48 @@ class Workspace:
 
         todo = []
         for path in wanted:
-            drawn = self.pictures.get(("png", model, image, device, path, view, rule, seed_mode)) is not None
+            drawn = self.pictures.get((encoding, model, image, device, path, view, rule, seed_mode)) is not None
             if not drawn and path not in todo and self.evidence_cache.get(evidence_key(path)) is None:
                 todo.append(path)
         if todo:
-            for path, found in zip(todo, analysis.evidence_many(todo, rule, seed_mode, kinds)):
-                self.evidence_cache.put(evidence_key(path), found)
+            # One batch at a time per image and kind: a click whose pictures the prefetcher is computing
+            # waits for that batch instead of computing it a second time.
+            with self._locks.building(("evidence", model, image, device, rule, seed_mode, kinds)):
+                todo = [path for path in todo if self.evidence_cache.get(evidence_key(path)) is None]
+                if todo:
+                    self.evidence_batches += 1
+                    for path, found in zip(todo, analysis.evidence_many(todo, rule, seed_mode, kinds)):
+                        self.evidence_cache.put(evidence_key(path), found)
         # Each picture now renders from cached evidence (an evicted entry is recomputed alone: same result).
         # Rendering them in threads was measured no faster on 2 busy cores (59 against 60 ms for five heatmaps).
-        return [self.picture_png(model, image, path, view, rule, seed_mode) for path in paths]
+        return [self.picture(model, image, path, view, rule, seed_mode, encoding) for path in paths]
 
-    def _once(self, cache: ByteLRU, key: Hashable, build: Callable[[], object]):
-        """``cache[key]``, built by ``build()`` at most once at a time per key (two tabs share one computation)."""
-        found = cache.get(key)
-        if found is not None:
-            return found
-        lock = self._key_lock(key)
-        try:
-            with lock:
-                found = cache.get(key)
-                if found is None:
-                    found = build()
-                    cache.put(key, found)
-                return found
-        finally:
-            with self._building_lock:
-                if self._building.get(key) is lock and not lock.locked():
-                    del self._building[key]
+    def prefetch_children(
+        self,
+        model: str,
+        image: str,
+        paths: Sequence[tuple[Unit, ...]],
+        k: int,
+        view: str,
+        rule: str,
+        seed_mode: str,
+        encoding: str = "view",
+    ) -> None:
+        """In the background, expand each of ``paths`` and render its children's ``view``: the work one
+        click on that node in the explorer asks for (``/api/expand``), so the click finds it cached."""
+        if self.prefetcher is None:
+            return
+
+        def job(path: tuple[Unit, ...]) -> Callable[[], None]:
+            def run() -> None:
+                expansion = self.analysis(model, image).expand(path, k, rule, seed_mode)
+                kids = [(*path, child.unit) for child in expansion.children]
+                if kids:
+                    self.pictures_many(model, image, kids, view, rule, seed_mode, encoding)
+
+            return run
+
+        self.prefetcher.submit([((model, image, path, k, view, rule, seed_mode, encoding), job(path)) for path in paths])
 
     def verification(self, model: str, image: str, path: tuple[Unit, ...], channels: Sequence[int], seed_mode: str) -> Verification:
         """Ablate each of ``channels`` (of the layer below ``path[-1]``) alone, and all together, in one batched pass."""
@@ -321,7 +381,7 @@ class Workspace:
             checks, joint = verify_children(analysis, path, channels, seed_mode=seed_mode)
             return Verification(tuple(checks), joint)
 
-        return self._once(self.verifications, key, build)
+        return self._locks.once(self.verifications, key, build)
 
     def exemplar_png(self, model: str, layer: str, unit: int) -> bytes:
         """The exemplar grid [image patches | reconstructions] of one unit from the server's database."""
@@ -346,7 +406,7 @@ class Workspace:
             with explainer.forward_lock:
                 return exemplar_grid_png(info.path, layer, int(unit), explainer)
 
-        return self._once(self.pictures, key, build)
+        return self._locks.once(self.pictures, key, build)
 
     def photo_png(self, model: str, image: str) -> bytes:
         analysis = self.analysis(model, image)
@@ -368,6 +428,21 @@ class Workspace:
             found = png_bytes(picture)
             self.pictures.put(key, found)
         return found
+
+
+def view_image(view: str, evidence: NodeEvidence, analysis: Analysis, root: NodeEvidence | None = None) -> Image.Image:
+    """One node's picture of ``view`` from its evidence (``root``: the root's, for guided_original)."""
+    picture = analysis.image.picture
+    if view == "guided":
+        return guided_image(evidence, "robust")
+    if view == "guided_original":
+        gain = original_tree_gain(root) if root is not None else 0.0
+        return guided_image(evidence, "original", analysis.explainer.preprocess.mean, gain)
+    if view == "heatmap":
+        return heatmap_image(evidence, picture)
+    if view == "rf_crop":
+        return crop_image(evidence, picture)
+    return box_image(evidence, picture)
 
 
 def _db_files(path: Path) -> tuple[Path, Path]:
