@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from ..capture.forward import resolve_modules
 from ..core.cache import ByteLRU
 from ..core.errors import LayerError, OptionError
 from ..core.images import Preprocess
+from ..core.layouts import check_overrides
 from ..models.zoo import ZooModel, load_model
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -36,6 +37,7 @@ class ChainModel:
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         batch_backward: bool | None = None,
+        layouts: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(layers, str):
             layers = [part for part in layers.split(",") if part]
@@ -46,6 +48,9 @@ class ChainModel:
         if duplicated:
             raise LayerError(f"layer {duplicated[0]!r} appears twice in the chain", "list each layer once")
         resolve_modules(model, layers)
+        # Per-layer layout overrides (``--layout NAME=KIND``) for shapes detection cannot settle.
+        self.layouts = dict(layouts or {})
+        check_overrides(self.layouts, layers)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.layers = layers

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture.forward import ForwardRecord, capture_forward
+from ..capture.forward import ForwardRecord, capture_forward, producer_layout
 from ..core.cache import ByteLRU
 from ..core.errors import ImageInputError, LayerError, ModelError, UnitError, check_choice, did_you_mean
 from ..core.images import PreparedImage
+from ..core.layouts import layout_for
 from ..core.units import ClassScore, LayerInfo, Path, Unit
 from .chain_model import ChainModel
 from .gradients import PathGradients
@@ -45,9 +46,13 @@ class ImageAnalysis:
             self.record: ForwardRecord = capture_forward(explainer.model, x, explainer.layers)
         self.layers = explainer.layers
         self._index = {name: i for i, name in enumerate(self.layers)}
-        self.chain = [
-            LayerInfo(name, self.record.module_types[name], tuple(self.record.activations[name].shape[1:])) for name in self.layers
-        ]
+        input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+        self.chain = []
+        for name in self.layers:
+            act = self.record.activations[name]
+            shape = tuple(act.shape[1:])
+            layout = layout_for(name, shape, input_hw, producer_layout(act), explainer.layouts.get(name))
+            self.chain.append(LayerInfo(name, self.record.module_types[name], shape, layout))
         logits = self.record.output.detach()
         if logits.dim() != 2 or logits.shape[0] != 1:
             raise ModelError(
@@ -127,12 +132,9 @@ class ImageAnalysis:
         check_choice(seed_mode, SEED_MODES, "seed mode")
         act = self.activation(unit.layer)
         layout = self.layer_info(unit.layer).layout
-        if not layout.spatial or seed_mode == "sum":
+        if seed_mode == "sum":
             return layout.keep_channel(torch.ones_like(act), unit.channel)
-        seed = torch.zeros_like(act)
-        fmap = layout.unit_map(seed, unit.channel)
-        fmap.view(-1)[int(layout.unit_map(act, unit.channel).argmax())] = 1.0
-        return seed
+        return layout.max_seed(act, unit.channel)
 
     def backward(self, upper: str, lower: str | None, grad_output: torch.Tensor, mode: str) -> torch.Tensor:
         """Vector-Jacobian product from layer ``upper`` down to ``lower`` (None = the input)."""

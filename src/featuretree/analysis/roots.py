@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from ..core.errors import UnitError, did_you_mean
 from ..core.units import INTEGER, Unit
 
@@ -19,7 +21,7 @@ def resolve_root(analysis: ImageAnalysis, root: str | Unit | None = None) -> Uni
             top = analysis.layers[-1]
             info = analysis.layer_info(top)
             act = analysis.activation(top)
-            strength = info.layout.channel_totals(act)[0] if not info.spatial else act[0].flatten(1).amax(1)
+            strength = torch.stack([info.layout.unit_values(act, c).max() for c in range(info.channels)])
             return Unit(top, int(strength.argmax()))
         return Unit(layer, int(analysis.logits.argmax()))
     if isinstance(root, Unit):

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ..core.errors import LayerError, ModelError, did_you_mean
-from ..core.layouts import layout_for
 from .gates import RectifierGates
 from .hooks import forward_hooks
 from .linearity import has_foreign_functions
@@ -111,7 +110,6 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
     for name, act in activations.items():
         if act.shape[0] != 1:
             raise LayerError(f"layer {name!r} has output shape {list(act.shape)}; expected batch size 1", "pass one image at a time")
-        layout_for(name, tuple(act.shape[1:]))  # refuses shapes no layout can read
         if not act.requires_grad:
             raise LayerError(f"layer {name!r} output does not depend on the input", "pick a layer inside the network")
     return ForwardRecord(
@@ -124,3 +122,33 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         graph_bytes=sum(saved.values()),
         fixed_linearisation=gates.fixed_linearisation and not has_foreign_functions(output, Rectifier),
     )
+
+
+# Autograd nodes that keep each value's axes where they were (elementwise maps, normalisation per
+# channel, the capture hook's clone): the walk in ``producer_layout`` looks through them.
+_AXIS_KEEPING = (
+    *("Rectifier", "Relu", "Gelu", "Silu", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh", "Elu", "LeakyRelu", "Hardtanh"),
+    *("Add", "Sub", "Mul", "Div", "Neg", "Clone", "ToCopy", "Clamp", "NativeBatchNorm", "CudnnBatchNorm"),
+    *("BackwardHookFunction",),
+)
+_CONVOLUTIONS = ("Convolution", "MkldnnConvolution", "SlowConv", "CudnnConvolution", "MiopenConvolution")
+_LAST_AXIS_OPS = ("Addmm", "Mm", "Bmm", "NativeLayerNorm")
+
+
+def producer_layout(tensor: torch.Tensor, max_steps: int = 64) -> str | None:
+    """Which op made ``tensor``, read off its autograd graph through axis-keeping ops: a convolution
+    ("channels_first"), a matrix product or layer norm over the last axis ("channels_last"), or None
+    when another op (a view, a permute, a pooling) comes first. Settles shapes like [8, 8, 8] only."""
+    node = tensor.grad_fn
+    for _ in range(max_steps):
+        if node is None:
+            return None
+        name = type(node).__name__
+        if name.startswith(_CONVOLUTIONS):
+            return "channels_first"
+        if name.startswith(_LAST_AXIS_OPS):
+            return "channels_last"
+        if not name.startswith(_AXIS_KEEPING):
+            return None
+        node = next((fn for fn, _ in node.next_functions if fn is not None and type(fn).__name__ != "AccumulateGrad"), None)
+    return None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UnitError
-from .layouts import Layout, layout_for
+from .layouts import Layout
 
 INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() also accepts "²", which int() refuses
 
@@ -48,10 +48,7 @@ class LayerInfo:
     name: str
     type: str
     shape: tuple[int, ...]  # without the batch dimension
-
-    @property
-    def layout(self) -> Layout:
-        return layout_for(self.name, self.shape)
+    layout: Layout  # decided once per analysis by ``layouts.layout_for``
 
     @property
     def channels(self) -> int:
@@ -60,6 +57,11 @@ class LayerInfo:
     @property
     def spatial(self) -> bool:
         return self.layout.spatial
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the positions with a place in the image (spatial layouts only)."""
+        return self.layout.grid(self.shape)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def evidence_many(
         locations = [strongest_position(analysis, paths[i], backward, seed_mode) for i in members]
         boxes = receptive_fields(analysis, layer, locations) if "box" in kinds else [None] * len(members)
         for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
-            act = layout.unit_map(analysis.activation(layer), paths[i][-1].channel)
+            act = layout.unit_values(analysis.activation(layer), paths[i][-1].channel)
             results[i] = NodeEvidence(
                 # d objective / d pixel (0..1 units)
                 guided=(g_guided[0] / std).float().cpu().numpy() if "guided" in kinds else None,

@@ -70,9 +70,9 @@ def receptive_fields(analysis: ImageAnalysis, layer: str, positions: Sequence[Po
             todo.append(pos)
     if todo:
         act = analysis.activation(layer)
-        layout = analysis.layer_info(layer).layout
-        seeds = [layout.position_seed(act, pos) for pos in todo]
-        shape = act.shape[-2:]
+        info = analysis.layer_info(layer)
+        seeds = [info.layout.position_seed(act, pos) for pos in todo]
+        shape = info.grid
         for pos, grad in zip(todo, analysis.backward_many(layer, None, seeds, "linear")):
             boxes[pos] = mass_box(grad[0].abs().sum(0).double().cpu(), pos, shape)
             cache.put((*scope, layer, pos), boxes[pos])

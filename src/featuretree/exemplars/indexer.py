@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from ..capture.forward import capture_forward, resolve_modules
 from ..capture.hooks import forward_hooks
 from ..core.errors import FeatureTreeError, ImageInputError, LayerError, OptionError
 from ..core.images import Preprocess, decode_image, load_image
+from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
 from ..loading import load_explainer
 from ..models.zoo import MODELS
@@ -118,33 +119,34 @@ def _worker_init(_: int) -> None:
 
 # ----- forward hooks --------------------------------------------------------
 @contextlib.contextmanager
-def unit_maxima(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, int]]]:
-    """While active, each forward pass leaves {layer: (max [B, C], flat argmax [B, C], map width)}."""
-    modules = resolve_modules(model, layers)
+def unit_maxima(model: nn.Module, layouts: Mapping[str, Layout]) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor, int]]]:
+    """While active, each forward pass leaves {layer: (max [B, C], flat grid argmax [B, C], grid width)}
+    for the layers of ``layouts`` (input side first), each read through its layout."""
+    modules = resolve_modules(model, list(layouts))
     found: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def make_hook(name: str):
+        layout = layouts[name]
+
         def hook(module: nn.Module, inputs, output) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() not in (2, 4):
-                raise LayerError(f"layer {name!r} must output [B, C, H, W] or [B, C]", "pick convolutional or linear layers")
-            if output.dim() == 4:
-                values, where = output.detach().flatten(2).max(2)
-                found[name] = (values.float().cpu(), where.cpu(), output.shape[-1])
-            else:
-                values = output.detach().float().cpu()
-                found[name] = (values, torch.zeros_like(values, dtype=torch.long), 1)
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(f"layer {name!r} returns {type(output).__name__}, not a tensor", "pick a layer whose output is a tensor")
+            values, where = layout.grid_values(output.detach()).max(2)
+            found[name] = (values.float().cpu(), where.cpu(), layout.grid(output.shape[1:])[1] if layout.spatial else 1)
 
         return hook
 
-    with forward_hooks((modules[name], make_hook(name)) for name in layers):
+    with forward_hooks((modules[name], make_hook(name)) for name in layouts):
         yield found
 
 
 def unit_relevance(
-    model: nn.Module, layers: Sequence[str], x: torch.Tensor, classes: Sequence[int]
+    model: nn.Module, layouts: Mapping[str, Layout], x: torch.Tensor, classes: Sequence[int]
 ) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]]:
-    """Per class K and chain layer: relevance of every unit to logit K, sum_hw a * d logit_K / d a [B, C],
-    the position of its largest term [B, C], and the map width. One forward and one backward per class."""
+    """Per class K and chain layer: relevance of every unit to logit K, the sum over all its positions of
+    a * d logit_K / d a [B, C], the grid position of its largest term [B, C], and the grid width.
+    One forward and one backward per class."""
+    layers = list(layouts)
     modules = resolve_modules(model, layers)
     acts: dict[str, torch.Tensor] = {}
 
@@ -165,13 +167,12 @@ def unit_relevance(
                 raise OptionError(f"class {k} is out of range", f"the model has classes 0..{logits.shape[1] - 1}")
             grads = torch.autograd.grad(logits[:, k].sum(), [acts[n] for n in layers], retain_graph=True, allow_unused=True)
             for name, grad in zip(layers, grads):
+                layout = layouts[name]
                 act = acts[name].detach()
                 terms = act * grad.detach() if grad is not None else torch.zeros_like(act)
-                if terms.dim() == 4:
-                    flat = terms.flatten(2)
-                    found[f"class:{k}", name] = (flat.sum(2).float().cpu(), flat.argmax(2).cpu(), terms.shape[-1])
-                else:
-                    found[f"class:{k}", name] = (terms.float().cpu(), torch.zeros(terms.shape, dtype=torch.long), 1)
+                width = layout.grid(terms.shape[1:])[1] if layout.spatial else 1
+                totals = layout.channel_totals(terms).float().cpu()
+                found[f"class:{k}", name] = (totals, layout.grid_values(terms).argmax(2).cpu(), width)
     return found
 
 
@@ -288,14 +289,15 @@ def index_folder(
         if bad:
             raise OptionError(f"class {bad[0]} is out of range", f"the model has classes 0..{n_classes - 1}")
 
+    chain = blank_analysis(explainer).chain  # the layouts; also checks early that the engine can analyse this model
+    layouts = {info.name: info.layout for info in chain}
     with ExemplarDB(db_path, create=True) as db:
         _check_meta(db, wanted)
         if not db.layers():
-            chain = blank_analysis(explainer).chain  # also checks early that the engine can analyse this model
             with db.transaction() as conn:
                 db.set_meta(conn, wanted)
                 for position, info in enumerate(chain):
-                    height, width = info.shape[1:] if info.spatial else (1, 1)
+                    height, width = info.grid if info.spatial else (1, 1)
                     rf = {"kind": "spatial" if info.spatial else "vector", "boxes": ENGINE_BOXES}
                     conn.execute(
                         "INSERT INTO layers (name, position, channels, height, width, rf) VALUES (?, ?, ?, ?, ?, ?)",
@@ -332,7 +334,7 @@ def index_folder(
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
         try:
-            with unit_maxima(model, explainer.layers) as maxima:
+            with unit_maxima(model, layouts) as maxima:
                 for batch in loader:
                     decoded = [item for item in batch if item.tensor is not None]
                     found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
@@ -340,7 +342,7 @@ def index_folder(
                         maxima.clear()
                         x = torch.stack([item.tensor for item in decoded]).to(device)
                         if classes:
-                            found.update(unit_relevance(model, explainer.layers, x, classes))
+                            found.update(unit_relevance(model, layouts, x, classes))
                         else:
                             with torch.inference_mode():
                                 model(x)
@@ -559,6 +561,7 @@ def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
     std = torch.tensor(preprocess.std).view(3, 1, 1)
     out: list[bytes] = []
     records: dict[int, object] = {}
+    layouts = {info.name: info.layout for info in blank_analysis(explainer).chain} if entries else {}
     for ex in entries:
         record = records.get(ex.image_id)
         if record is None:
@@ -568,11 +571,7 @@ def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
             with explainer.forward_lock:  # hooks on a model the server may share
                 record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
         act = record.activations[ex.layer]
-        seed = torch.zeros_like(act)
-        if act.dim() == 4:
-            seed[0, ex.unit, ex.row, ex.col] = 1.0
-        else:
-            seed[0, ex.unit] = 1.0
+        seed = layouts[ex.layer].point_seed(act, ex.unit, (ex.row, ex.col))
         with record.rule.use("guided"):
             (grad,) = torch.autograd.grad(act, record.input, seed, retain_graph=True)
         delta = (grad[0].detach().cpu() / std).permute(1, 2, 0).numpy()

@@ -122,7 +122,7 @@ def build_tree(
             for node, path in frontier:
                 if not images:
                     layout = analysis.layer_info(path[-1].layer).layout
-                    act = layout.unit_map(analysis.activation(path[-1].layer), path[-1].channel)
+                    act = layout.unit_values(analysis.activation(path[-1].layer), path[-1].channel)
                     node.activation_sum, node.activation_max = float(act.sum()), float(act.max())
                 if node.depth < depth:
                     expansion = expand(analysis, path, k, rule, seed_mode, negatives)

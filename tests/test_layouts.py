@@ -1,0 +1,201 @@
+"""Layer layouts: token sequences and channels-last maps give the scores of an independent float64
+computation that uses the right channel axis, a channels-last network explains exactly as its
+channels-first twin, and shapes that cannot be told apart are refused with the override to use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+import featuretree as ft
+from featuretree.core.errors import LayerError
+from featuretree.core.layouts import CHANNELS_FIRST, CHANNELS_LAST, VECTOR, Tokens, layout_for
+from featuretree.core.units import Unit
+
+from .layout_models import CHAIN, IMAGE, PATCH, TOKEN_CHAIN, ChannelsFirstTwin, ChannelsLastNet, ToChannelsLast, TokenNet
+
+
+def channel_axis(act: torch.Tensor, layout: str) -> int:
+    return 1 if layout == "channels_first" or act.dim() == 2 else act.dim() - 1
+
+
+def reference_scores(net: nn.Sequential, x: torch.Tensor, path: list[int], layouts: list[str]) -> list[torch.Tensor]:
+    """Each level's child scores along ``path`` (root logit, then channels), from explicit Jacobians of
+    one stage at a time; a score sums gradient x activation over every position of the channel."""
+    with torch.no_grad():
+        acts = [x]
+        for stage in net:
+            acts.append(stage(acts[-1].clone()))
+    stages = list(net)
+    delta = torch.zeros_like(acts[-1])
+    delta[0, path[0]] = 1.0
+    results, level = [], len(stages)
+    for depth in range(len(path)):
+        below = acts[level - 1]
+        jac = jacobian(lambda a, s=stages[level - 1]: s(a.clone()), below)
+        grad = (delta.reshape(-1) @ jac.reshape(delta.numel(), -1)).reshape(below.shape)
+        axis = channel_axis(below, layouts[level - 2])
+        terms = (below * grad)[0].movedim(axis - 1, -1)
+        results.append(terms.reshape(-1, terms.shape[-1]).sum(0))
+        if depth + 1 < len(path):
+            keep = torch.zeros(below.shape[axis], dtype=torch.bool)
+            keep[path[depth + 1]] = True
+            shape = [1] * below.dim()
+            shape[axis] = -1
+            delta = grad * keep.view(shape)
+        level -= 1
+    return results
+
+
+def check_against_reference(net: nn.Sequential, chain: list[str], layouts: list[str], seed: int) -> None:
+    torch.manual_seed(seed)
+    x = torch.randn(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    analysis = ft.Explainer(net, chain, preprocess=ft.Preprocess(size=IMAGE)).analyze(x)
+    assert [info.layout.kind for info in analysis.chain] == layouts
+    root = Unit(chain[-1], int(analysis.logits.argmax()))
+    second = analysis.expand((root,), k=3).children[0].unit
+    third = analysis.expand((root, second), k=3).children[0].unit
+    ref = reference_scores(net, x, [root.channel, second.channel, third.channel], layouts)
+    paths = [(root,), (root, second), (root, second, third)]
+    for level, (path, expected) in enumerate(zip(paths, ref)):
+        got = analysis.contributions(path)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-9, atol=1e-12, msg=f"level {level}")
+
+
+def test_token_scores_match_float64_jacobians_summed_over_every_token():
+    torch.manual_seed(0)
+    net = TokenNet().double().eval()
+    check_against_reference(net, TOKEN_CHAIN, ["tokens", "tokens", "tokens", "vector"], seed=1)
+
+
+def test_channels_last_scores_match_float64_jacobians_on_the_last_axis():
+    torch.manual_seed(0)
+    net = ChannelsLastNet().double().eval()
+    check_against_reference(net, CHAIN, ["channels_last", "channels_last", "channels_last", "vector"], seed=2)
+
+
+def test_a_channels_last_network_explains_exactly_as_its_channels_first_twin():
+    torch.manual_seed(4)
+    last = ChannelsLastNet().double().eval()
+    first = ChannelsFirstTwin(last).eval()
+    x = torch.randn(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(last(x), first(x))
+    trees = [ft.Explainer(net, CHAIN, preprocess=ft.Preprocess(size=IMAGE)).analyze(x).tree(depth=3, k=3) for net in (last, first)]
+    nodes = [[(n.id, n.score or 0.0, n.share or 0.0) for n in tree.walk()] for tree in trees]
+    assert [n[0] for n in nodes[0]] == [n[0] for n in nodes[1]]
+    torch.testing.assert_close(torch.tensor([n[1:] for n in nodes[0]]), torch.tensor([n[1:] for n in nodes[1]]), rtol=1e-9, atol=1e-12)
+    # The pictures agree too: the heatmaps, strongest positions and receptive fields of every node.
+    for node in trees[0].walk():
+        a, b = trees[0].evidence[node.id], trees[1].evidence[node.id]
+        assert a.location == b.location and a.box == b.box, node.id
+        assert a.heat.shape == (IMAGE, IMAGE)
+        torch.testing.assert_close(torch.from_numpy(a.heat), torch.from_numpy(b.heat), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_tokens_map_to_their_squares_of_the_image():
+    torch.manual_seed(0)
+    net = TokenNet().double().eval()
+    analysis = ft.Explainer(net, TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE)).analyze(
+        torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    )
+    info = analysis.layer_info("embed")
+    assert info.grid == (IMAGE // PATCH, IMAGE // PATCH)
+    from featuretree.evidence.receptive_field import receptive_fields
+
+    positions = [(0, 0), (3, 5), (7, 7)]
+    for (row, col), (left, top, right, bottom) in zip(positions, receptive_fields(analysis, "embed", positions)):
+        square = (col * PATCH, row * PATCH, (col + 1) * PATCH, (row + 1) * PATCH)
+        # Inside the patch's square (the central 90 % of the gradient mass may trim an edge pixel).
+        assert square[0] <= left < right <= square[2] and square[1] <= top < bottom <= square[3], (row, col)
+    # Attention makes the linearised backward depend on the image: boxes are per analysis.
+    assert not analysis.record.fixed_linearisation
+
+
+@pytest.mark.parametrize("make, chain", [(TokenNet, TOKEN_CHAIN), (ChannelsLastNet, CHAIN)])
+def test_explain_save_and_verify_on_token_and_channels_last_chains(make, chain, tmp_path):
+    torch.manual_seed(5)
+    net = make().double().eval()
+    explainer = ft.Explainer(net, chain, preprocess=ft.Preprocess(size=IMAGE))
+    analysis = explainer.analyze(torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64))
+    tree = analysis.verify(analysis.tree(depth=2, k=2))
+    out = tree.save(tmp_path / "out")
+    assert (out / "tree.json").is_file() and (out / "tree.html").stat().st_size > 10_000
+    for node in tree.walk():
+        assert {"heatmap", "rf_box"} <= set(node.images), node.id
+    checked = [n for n in tree.walk() if n.verification is not None]
+    assert checked, "verification ran on no edge"
+
+
+# ----- detection ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "size", "expected"),
+    [
+        ((256, 56, 56), 224, CHANNELS_FIRST),  # ResNet stage
+        ((1280, 7, 7), 224, CHANNELS_FIRST),
+        ((64, 147, 147), 299, CHANNELS_FIRST),  # Inception's unpadded convolutions
+        ((56, 56, 96), 224, CHANNELS_LAST),  # Swin stage 1
+        ((7, 7, 768), 224, CHANNELS_LAST),
+        ((1000,), 224, VECTOR),
+    ],
+)
+def test_maps_and_vectors_are_detected_from_their_shape_and_the_image(shape, size, expected):
+    assert layout_for("layer", shape, (size, size)) is expected
+
+
+@pytest.mark.parametrize(
+    ("tokens", "size", "prefix", "grid"),
+    [(197, 224, 1, 14), (198, 224, 2, 14), (50, 224, 1, 7), (201, 224, 5, 14), (577, 384, 1, 24), (3136, 224, 0, 56)],
+)
+def test_token_sequences_are_detected_with_their_prefix_tokens_and_patch_grid(tokens, size, prefix, grid):
+    layout = layout_for("blocks.3", (tokens, 384), (size, size))
+    assert isinstance(layout, Tokens) and (layout.prefix, layout.rows, layout.cols) == (prefix, grid, grid)
+
+
+@pytest.mark.parametrize(
+    ("shape", "words"),
+    [
+        ((56, 56, 56), ("either [C, H, W] or [H, W, C]", "--layout layer=")),
+        ((40, 30, 20), ("neither", "--layout layer=")),
+        ((10, 64), ("10 tokens", "--layout layer=")),
+        ((2, 3, 4, 5), ("[1, C, H, W], [1, H, W, C], [1, N, C] or [1, C]",)),
+    ],
+)
+def test_shapes_that_cannot_be_told_apart_are_refused_naming_the_override(shape, words):
+    with pytest.raises(LayerError) as err:
+        layout_for("layer", shape, (224, 224))
+    text = str(err.value)
+    assert all(w in text for w in words), text
+
+
+def test_a_convolution_settles_a_shape_that_fits_both_ways_and_a_permute_does_not():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU())  # [8, 8, 8] after a convolution
+    explainer = ft.Explainer(nn.Sequential(conv, nn.Flatten(), nn.Linear(512, 3)), ["0", "2"], preprocess=ft.Preprocess(size=32))
+    assert explainer.analyze(torch.rand(1, 3, 32, 32)).layer_info("0").layout is CHANNELS_FIRST
+
+    permuted = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), ToChannelsLast()), nn.Flatten(), nn.Linear(512, 3))
+    with pytest.raises(LayerError, match="--layout 0="):
+        ft.Explainer(permuted, ["0", "2"], preprocess=ft.Preprocess(size=32)).analyze(torch.rand(1, 3, 32, 32))
+    told = ft.Explainer(permuted, ["0", "2"], preprocess=ft.Preprocess(size=32), layouts={"0": "channels_last"})
+    assert told.analyze(torch.rand(1, 3, 32, 32)).layer_info("0").layout is CHANNELS_LAST
+
+
+@pytest.mark.parametrize(
+    ("layouts", "words"),
+    [
+        ({"nope": "tokens"}, "not a chain layer"),
+        ({"embed": "diagonal"}, "unknown layout"),
+        ({"embed": "channels_first"}, "cannot be a channels_first layout"),
+        ({"embed": "tokens:3"}, "no patch grid"),
+    ],
+)
+def test_bad_layout_overrides_are_refused(layouts, words):
+    net = TokenNet().double().eval()
+    with pytest.raises(LayerError, match=words):
+        ft.Explainer(net, TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE), layouts=layouts).analyze(
+            torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+        )
