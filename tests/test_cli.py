@@ -162,8 +162,10 @@ def test_custom_model_file_with_layers(tmp_path, square_png, capsys):
     model_file = tmp_path / "mynet.py"
     model_file.write_text("from featuretree.models.toy import ToySquareNet\n\ndef build():\n    return ToySquareNet()\n")
     out = tmp_path / "custom"
+    # Without --layers, the proposed chain (the module's blocks, then its logits) is used.
     code, _, err = run_main(capsys, ["explain", square_png, "--model", f"{model_file}:build", "--out", out, "--quiet", "--depth", "1"])
-    assert_clean_error(code, err, "needs a layer chain", "--layers")
+    assert code == 0, err
+    assert json.loads((out / "tree.json").read_text())["root"]["layer"] == "classifier"
     code, _, err = run_main(
         capsys,
         [

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .core.errors import FeatureTreeError, OptionError, UnitError
-from .loading import load_explainer
+from .loading import load_explainer, model_options
 from .rules import rule_names, rules_help
 
 PROG = "featuretree"
@@ -40,12 +40,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="zoo model (efficientnet_lite0, toy_squares) or path/to/file.py:function returning an nn.Module or ZooModel (default: %(default)s)",
+        help="zoo model (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, toy_squares), torchvision:NAME, timm:NAME, "
+        "or path/to/file.py:function returning an nn.Module or ZooModel (default: %(default)s)",
     )
     p.add_argument(
         "--layers", help="comma-separated chain of layer names, input side first (default: the model's chain; see `featuretree layers`)"
     )
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument(
+        "--layout",
+        action="append",
+        default=[],
+        metavar="LAYER=KIND",
+        help="how a chain layer's output is laid out, where its shape does not tell: channels_first, channels_last, "
+        "tokens (tokens:P for P leading non-patch tokens) or vector; repeat for more layers",
+    )
+    p.add_argument("--weights", help="state dict or checkpoint file for a torchvision:NAME or timm:NAME model (read offline)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="let a torchvision:NAME or timm:NAME model run with random weights, seeded (to try an architecture; weight matrices the library starts at zero are drawn small instead)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +238,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     image = load_image(photo)
     if args.k < 1:
         raise OptionError(f"--k must be at least 1, got {args.k}", "use --k 1 or more")
-    explainer = load_explainer(args.model, args.layers, args.device)
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     if args.resize:
         explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=args.resize)
     start = time.perf_counter()
@@ -286,11 +301,22 @@ def format_tree(tree, max_lines: int = 40) -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
     from .reports.layers import format_layers, list_layers
 
-    explainer = load_explainer(args.model, args.layers, args.device)
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     rows = list_layers(explainer.model, explainer.preprocess.size, explainer.layers, explainer.device)
-    print(format_layers(rows, chain_only=args.chain))
+    size = explainer.preprocess.size
+    try:  # each chain layer's layout, as an analysis decides it
+        chain = explainer.analyze(torch.zeros(1, 3, size, size)).chain
+        layouts = {info.name: f"layout {info.layout!r}" for info in chain}
+        problem = None
+    except FeatureTreeError as err:
+        layouts, problem = {}, err
+    print(format_layers(rows, chain_only=args.chain, layouts=layouts))
+    if problem is not None:
+        print(f"note: {problem}")
     return 0
 
 
@@ -310,7 +336,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("featuretree-out") / f"sanity-{photo.stem}"
     ensure_writable(out)
     image = load_image(photo)
-    explainer = load_explainer(args.model, args.layers, args.device)
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     report = sanity_check(explainer, image, root=args.root, k=args.k, depth=args.depth, rule=args.rule, seed=args.seed, steps=args.steps)
     save_report(report, out)
     print(report.to_markdown())
@@ -325,7 +351,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ensure_writable(out)
     if args.limit is not None and args.limit < 1:
         raise OptionError(f"--limit must be at least 1, got {args.limit}", "leave it out to use every image")
-    explainer = load_explainer(args.model, args.layers, args.device)
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     with tempfile.TemporaryDirectory() as samples_dir:
         if args.images_dir is None:
@@ -367,7 +393,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         build_collection(images)
         if not args.quiet:
             print(f"indexing the default collection in {images} (pass a folder of your own images for real use)")
-    explainer = load_explainer(args.model, args.layers, args.device)
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     classes = [_class_index(explainer, text) for text in args.relevance_class]
     try:
         report = index_folder(

@@ -1,4 +1,6 @@
-"""Loading a model by name: a zoo model, ``path/to/file.py:function`` or ``package.module:function``."""
+"""Loading a model by spec: a zoo model, ``torchvision:NAME``, ``timm:NAME``, ``path/to/file.py:function``
+or ``package.module:function``; without ``--layers``, the chain is the model's own or the one
+``analysis.discovery.default_chain`` proposes."""
 
 from __future__ import annotations
 
@@ -8,17 +10,46 @@ from pathlib import Path
 
 from torch import nn
 
+from .analysis.discovery import default_chain
 from .core.errors import ModelError, OptionError
 from .explainer import Explainer
+from .models.library import is_library_spec, load_library_model
 from .models.zoo import MODELS, ZooModel, load_model
 
 
-def load_explainer(model: str, layers: str | None, device: str) -> Explainer:
-    """``--model`` is a zoo name or ``path/to/file.py:function`` / ``package.module:function``.
+def model_options(args) -> dict:
+    """``load_explainer``'s keyword options from parsed CLI model arguments (--layout, --weights, --random-weights)."""
+    layouts = {}
+    for item in getattr(args, "layout", None) or []:
+        layer, sep, kind = item.partition("=")
+        if not sep or not layer.strip() or not kind.strip():
+            raise OptionError(f"bad --layout {item!r}", "write --layout LAYER=KIND, e.g. --layout blocks.3=tokens")
+        layouts[layer.strip()] = kind.strip()
+    return {"layouts": layouts, "weights": getattr(args, "weights", None), "random_weights": getattr(args, "random_weights", False)}
 
-    The function returns a ZooModel, or an nn.Module (then ``--layers`` is required).
+
+def load_explainer(
+    model: str,
+    layers: str | None,
+    device: str,
+    layouts: dict[str, str] | None = None,
+    weights: str | None = None,
+    random_weights: bool = False,
+) -> Explainer:
+    """``--model`` is a zoo name, ``torchvision:NAME`` / ``timm:NAME`` (with ``weights`` or
+    ``random_weights``), or ``path/to/file.py:function`` / ``package.module:function`` returning a
+    ZooModel or an nn.Module. Without ``layers``, the model's own chain or a proposed one is used.
     """
     layer_list = [part.strip() for part in layers.split(",") if part.strip()] if layers else None
+    options = {"layouts": layouts or None}
+    if (weights is not None or random_weights) and not is_library_spec(model):
+        raise OptionError(
+            "--weights and --random-weights apply to torchvision:NAME and timm:NAME models", "drop them, or name such a model"
+        )
+    if is_library_spec(model):
+        zoo = load_library_model(model, weights, random_weights)
+        zoo.default_layers = layer_list or default_chain(zoo.module, zoo.preprocess.size)
+        return Explainer.from_zoo_model(zoo, device, **options)
     if ":" in model and model not in MODELS:
         source, _, func_name = model.rpartition(":")
         if source.endswith(".py"):
@@ -38,13 +69,10 @@ def load_explainer(model: str, layers: str | None, device: str) -> Explainer:
             raise ModelError(f"{source} has no function {func_name!r}", "name a function that returns the model")
         built = factory()
         if isinstance(built, ZooModel):
-            return Explainer.from_zoo_model(built, device, layer_list)
+            explainer = Explainer.from_zoo_model(built, device, layer_list, **options)
+            explainer.name = model  # the spec: what an exemplar database records and is matched against
+            return explainer
         if isinstance(built, nn.Module):
-            if not layer_list:
-                raise OptionError(
-                    "a custom nn.Module needs a layer chain",
-                    "pass --layers name1,name2,... (input side first; see `featuretree layers --model ...`)",
-                )
-            return Explainer(built, layer_list, name=model, device=device)
+            return Explainer(built, layer_list or default_chain(built, 224), name=model, device=device, **options)
         raise ModelError(f"{model} returned {type(built).__name__}", "return a torch.nn.Module or featuretree.ZooModel")
-    return Explainer.from_zoo_model(load_model(model), device, layer_list)
+    return Explainer.from_zoo_model(load_model(model), device, layer_list, **options)

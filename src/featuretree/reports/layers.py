@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +43,17 @@ def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), de
     ]
 
 
-def format_layers(rows: Sequence[LayerRow], chain_only: bool = False) -> str:
+def format_layers(rows: Sequence[LayerRow], chain_only: bool = False, layouts: Mapping[str, str] | None = None) -> str:
+    """The listing; ``layouts`` gives each chain layer's layout (or the error that names --layout)."""
+    layouts = layouts or {}
     lines = [f"{'':2}{'name':<32} {'type':<18} {'output shape':<18} note"]
     for row in rows:
         if chain_only and not row.in_chain:
             continue
         shape = "x".join(str(s) for s in row.shape) if row.shape else "-"
         note = f"called {row.calls} times (reused)" if row.calls > 1 else ("not run" if row.calls == 0 else "")
+        if row.name in layouts:
+            note = f"{layouts[row.name]} {note}".strip()
         lines.append(f"{'*' if row.in_chain else '':2}{row.name:<32} {row.type:<18} {shape:<18} {note}".rstrip())
     lines.append("* = in the default chain (input side first; the tree goes down it from the root)")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from ..core.errors import OptionError
 from ..core.samples import SAMPLES
-from ..loading import load_explainer
+from ..loading import load_explainer, model_options
 from ..models.zoo import MODELS
 from .app import ServerSettings, create_app
 from .session import Limits, read_exemplar_info
@@ -57,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.model is None:
         loader = None
     else:
-        loaded = load_explainer(args.model, args.layers, args.device)  # fail now, not on the first request
+        loaded = load_explainer(args.model, args.layers, args.device, **model_options(args))  # fail now, not on the first request
 
         def loader(name: str, device: str):
             return loaded
