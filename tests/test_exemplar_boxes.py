@@ -200,3 +200,21 @@ def test_unknown_schema_version_is_refused_in_one_line(tmp_path, capsys):
     assert main(["units", str(db_path), "--layer", "corners"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "schema version 3" in err
+
+
+def test_a_model_without_guided_backprop_gets_no_reconstructions(tmp_path):
+    """Reconstructions are guided backprop: on a SiLU model they are refused with the reason (the unit
+    grids then show the patches alone), whether asked for up front or on first view."""
+    from featuretree.core.errors import GuidedUndefinedError
+    from featuretree.exemplars.indexer import reconstruct
+
+    folder = tmp_path / "imgs"
+    make_noise(folder, 6, seed=3)
+    explainer = load_explainer(SILU_MAXPOOL, None, "cpu")
+    index(folder, tmp_path / "ex.db", explainer, SILU_MAXPOOL)
+    with ExemplarDB(tmp_path / "ex.db") as db:
+        entries = db.exemplars("deep", 0)
+    with pytest.raises(GuidedUndefinedError, match="silu"):
+        reconstruct(explainer, entries[:1])
+    with pytest.raises(GuidedUndefinedError, match="silu"):
+        index(folder, tmp_path / "again.db", explainer, SILU_MAXPOOL, reconstructions=True)

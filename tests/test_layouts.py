@@ -10,7 +10,7 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 import featuretree as ft
-from featuretree.core.errors import LayerError
+from featuretree.core.errors import LayerError, OptionError
 from featuretree.core.layouts import CHANNELS_FIRST, CHANNELS_LAST, VECTOR, Tokens, layout_for
 from featuretree.core.units import Unit
 
@@ -199,3 +199,107 @@ def test_bad_layout_overrides_are_refused(layouts, words):
         ft.Explainer(net, TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE), layouts=layouts).analyze(
             torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
         )
+
+
+# ----- nonlinearities other than rectifiers ----------------------------------------------------
+def test_guided_is_refused_where_gelu_softmax_or_layer_norm_run_and_its_pictures_are_left_out(tmp_path):
+    torch.manual_seed(0)
+    net = TokenNet().double().eval()
+    analysis = ft.Explainer(net, TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE)).analyze(
+        torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    )
+    assert {"gelu", "softmax", "layer_norm"} <= set(analysis.record.nonlinearities)
+    root = Unit("head", 0)
+    with pytest.raises(OptionError, match="guided backprop is defined only for .* gelu"):
+        analysis.expand((root,), rule="guided")
+    tree = analysis.tree(depth=1, k=2)
+    tree.save(tmp_path / "out")
+    for node in tree.walk():
+        assert tree.evidence[node.id].guided is None
+        assert "guided" not in node.images and "guided_original" not in node.images and "heatmap" in node.images
+
+
+@pytest.mark.parametrize(
+    ("extra", "defined"),
+    [
+        (nn.Identity(), True),
+        (nn.Dropout(0.5), True),  # eval mode: the identity
+        (nn.MaxPool2d(1), True),  # max pooling: a selection, as in AlexNet and VGG
+        (nn.SiLU(), False),
+        (nn.Hardswish(), False),
+        (nn.Sigmoid(), False),
+    ],
+)
+def test_guided_stays_defined_for_rectifiers_dropout_and_max_pooling_only(extra, defined):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), extra), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    analysis = ft.Explainer(net, ["0", "2"], preprocess=ft.Preprocess(size=8)).analyze(torch.rand(1, 3, 8, 8))
+    assert (analysis.guided_problem is None) == defined, analysis.record.nonlinearities
+    if defined:
+        assert analysis.expand((Unit("2", 0),), rule="guided").children is not None
+    else:
+        with pytest.raises(OptionError, match=type(extra).__name__.lower()):
+            analysis.contributions((Unit("2", 0),), rule="guided")
+
+
+# ----- every rule, verification, evaluate and sanity on every layout -------------------------------
+@pytest.mark.parametrize("rule", ft.rule_names())
+def test_every_rule_scores_a_channels_last_net_as_its_channels_first_twin(rule):
+    torch.manual_seed(6)
+    last = ChannelsLastNet().double().eval()
+    first = ChannelsFirstTwin(last).eval()
+    x = torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    analyses = [ft.Explainer(net, CHAIN, preprocess=ft.Preprocess(size=IMAGE)).analyze(x) for net in (last, first)]
+    root = Unit("head", int(analyses[0].logits.argmax()))
+    for path in ((root,), (root, analyses[0].expand((root,), k=1, rule=rule).children[0].unit)):
+        scores = [a.contributions(path, rule=rule) for a in analyses]
+        torch.testing.assert_close(scores[0], scores[1], rtol=1e-7, atol=1e-10)
+    trees = [a.verify(a.tree(depth=2, k=2, rule=rule, images=False)) for a in analyses]
+    ids = [[n.id for n in t.walk()] for t in trees]
+    assert ids[0] == ids[1]
+    measured = [[v for n in t.walk() if n.verification for v in n.verification.values()] for t in trees]
+    assert measured[0] and measured[0] == pytest.approx(measured[1], rel=1e-7, abs=1e-10)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "integrated", "ablation"])
+def test_every_rule_but_guided_runs_on_tokens(rule):
+    torch.manual_seed(7)
+    analysis = ft.Explainer(TokenNet().double().eval(), TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE)).analyze(
+        torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    )
+    root = Unit("head", int(analysis.logits.argmax()))
+    scores = analysis.contributions((root,), rule=rule)
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+    if rule == "gradient":  # the root's children's scores add up to the logit's gradient x activation over every token
+        block = analysis.activation("block2")
+        (grad,) = torch.autograd.grad(analysis.record.output[0, root.channel], analysis.record.activations["block2"], retain_graph=True)
+        torch.testing.assert_close(scores.sum(), (block * grad).sum().double())
+
+
+def test_evaluate_and_sanity_run_on_a_token_chain():
+    from featuretree.reports.evaluate import evaluate_children
+    from featuretree.reports.sanity import sanity_check
+
+    torch.manual_seed(8)
+    explainer = ft.Explainer(TokenNet().double().eval(), TOKEN_CHAIN, preprocess=ft.Preprocess(size=IMAGE))
+    x = torch.rand(1, 3, IMAGE, IMAGE, dtype=torch.float64)
+    analysis = explainer.analyze(x)
+    root = Unit("head", int(analysis.logits.argmax()))
+    rows = evaluate_children(analysis, (root,), 2, ["gradient", "ablation"], 3, torch.Generator().manual_seed(0))
+    assert rows and all(r is not None for r in rows)
+    report = sanity_check(explainer, x, k=2, depth=1, steps=1)
+    assert report.to_markdown()
+
+
+def test_a_model_without_classes_takes_roots_on_its_layers_and_refuses_class_roots():
+    torch.manual_seed(9)
+    segmenter = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(6, 4, 1), nn.ReLU()), nn.Conv2d(4, 3, 1)
+    )
+    analysis = ft.Explainer(segmenter, ["0", "1", "2"], preprocess=ft.Preprocess(size=16)).analyze(torch.rand(1, 3, 16, 16))
+    assert analysis.top_classes() == [] and analysis.logits_layer is None
+    tree = analysis.tree(root="2:1", depth=2, k=2, images=False)
+    assert tree.root.id == "2:1" and tree.root.children and tree.root.children[0].layer == "1"
+    assert analysis.resolve_root(None).layer == "2"
+    with pytest.raises(ft.core.errors.UnitError, match=r"no classes: its output has shape \[1, 3, 16, 16\]"):
+        analysis.resolve_root("class:0")

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture.forward import ForwardRecord, capture_forward, producer_layout
+from ..capture.forward import ForwardRecord, capture_forward, guided_problem, producer_layout
 from ..core.cache import ByteLRU
-from ..core.errors import ImageInputError, LayerError, ModelError, UnitError, check_choice, did_you_mean
+from ..core.errors import GuidedUndefinedError, ImageInputError, LayerError, UnitError, check_choice, did_you_mean
 from ..core.images import PreparedImage
 from ..core.layouts import layout_for
 from ..core.units import ClassScore, LayerInfo, Path, Unit
@@ -53,13 +53,11 @@ class ImageAnalysis:
             shape = tuple(act.shape[1:])
             layout = layout_for(name, shape, input_hw, producer_layout(act), explainer.layouts.get(name))
             self.chain.append(LayerInfo(name, self.record.module_types[name], shape, layout))
-        logits = self.record.output.detach()
-        if logits.dim() != 2 or logits.shape[0] != 1:
-            raise ModelError(
-                f"the model output has shape {list(logits.shape)}; expected [1, classes]",
-                "wrap the model so forward() returns class logits",
-            )
-        self.logits = logits[0].float().cpu()
+        output = self.record.output.detach()
+        # A [1, classes] output has classes; any other (a segmenter's maps, ...) has none: roots are then
+        # units of chain layers, and class roots are refused saying why.
+        self.has_classes = output.dim() == 2 and output.shape[0] == 1
+        self.logits = output[0].float().cpu() if self.has_classes else torch.zeros(0)
         self.probabilities = self.logits.softmax(0)
         # Gradients, scores and per-analysis receptive fields, bounded by bytes.
         self.memo: ByteLRU[torch.Tensor] = ByteLRU(explainer.cache_bytes)
@@ -71,7 +69,12 @@ class ImageAnalysis:
         """The chain layer that is the model output (if the chain ends at the logits)."""
         last = self.layers[-1]
         act = self.record.activations[last]
-        if act.dim() == 2 and act.shape == self.record.output.shape and torch.equal(act.detach(), self.record.output.detach()):
+        if (
+            self.has_classes
+            and act.dim() == 2
+            and act.shape == self.record.output.shape
+            and torch.equal(act.detach(), self.record.output.detach())
+        ):
             return last
         return None
 
@@ -80,6 +83,8 @@ class ImageAnalysis:
         return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
 
     def top_classes(self, n: int = 5) -> list[ClassScore]:
+        if not self.has_classes:
+            return []
         n = max(1, min(n, self.logits.numel()))
         probs, idx = self.probabilities.topk(n)
         return [ClassScore(int(i), self.class_name(int(i)), float(p), float(self.logits[i])) for p, i in zip(probs, idx)]
@@ -136,8 +141,21 @@ class ImageAnalysis:
             return layout.keep_channel(torch.ones_like(act), unit.channel)
         return layout.max_seed(act, unit.channel)
 
+    @property
+    def guided_problem(self) -> str | None:
+        """Why guided backprop has no meaning for this model (None where it has one)."""
+        return guided_problem(self.record)
+
+    def check_backward(self, mode: str) -> None:
+        """Refuse the guided backward where it is undefined, rather than mixing rules silently."""
+        if mode == "guided" and self.guided_problem:
+            raise GuidedUndefinedError(
+                self.guided_problem, "use the gradient rule (the default), integrated or ablation, and the heatmap view"
+            )
+
     def backward(self, upper: str, lower: str | None, grad_output: torch.Tensor, mode: str) -> torch.Tensor:
         """Vector-Jacobian product from layer ``upper`` down to ``lower`` (None = the input)."""
+        self.check_backward(mode)
         target = self.record.input if lower is None else self.record.activations[lower]
         with self.record.rule.use(mode):
             (grad,) = torch.autograd.grad(self.record.activations[upper], target, grad_output, retain_graph=True, allow_unused=True)
@@ -149,6 +167,7 @@ class ImageAnalysis:
         Batched into one ``autograd.grad(is_grads_batched=True)`` call when the explainer batches
         (default on accelerators); a loop otherwise, which is faster on CPU (benchmarks/bench_speed.py).
         """
+        self.check_backward(mode)
         if len(grad_outputs) > 1 and self.explainer.batch_backward:
             target = self.record.input if lower is None else self.record.activations[lower]
             with self.record.rule.use(mode):

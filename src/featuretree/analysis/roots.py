@@ -39,6 +39,12 @@ def resolve_root(analysis: ImageAnalysis, root: str | Unit | None = None) -> Uni
 def class_unit(analysis: ImageAnalysis, text: str) -> Unit:
     """The logits unit of a class given by index or name."""
     layer = analysis.logits_layer
+    if not analysis.has_classes:
+        shape = [1, *analysis.record.output.shape[1:]]
+        raise UnitError(
+            f"this model has no classes: its output has shape {shape}, not [1, classes]",
+            "give the root as LAYER:CHANNEL (see `featuretree layers`)",
+        )
     if layer is None:
         raise UnitError(
             "class roots need the logits layer at the top of the chain",

@@ -35,6 +35,9 @@ class ForwardRecord:
     # "linear" backward (rectifiers open) is then the same for every image, so receptive fields
     # are a property of the model and weights and may be shared between images.
     fixed_linearisation: bool = False
+    # Input-dependent nonlinear calls other than the rectifiers and max pooling (gelu, silu, softmax,
+    # layer_norm, ...; "custom autograd function" for Functions the capture cannot see into).
+    nonlinearities: tuple[str, ...] = ()
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -112,6 +115,7 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
             raise LayerError(f"layer {name!r} has output shape {list(act.shape)}; expected batch size 1", "pass one image at a time")
         if not act.requires_grad:
             raise LayerError(f"layer {name!r} output does not depend on the input", "pick a layer inside the network")
+    foreign = has_foreign_functions(output, Rectifier)
     return ForwardRecord(
         input=x,
         output=output,
@@ -120,8 +124,18 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         rectifier_count=gates.count,
         module_types={name: type(modules[name]).__name__ for name in layers},
         graph_bytes=sum(saved.values()),
-        fixed_linearisation=gates.fixed_linearisation and not has_foreign_functions(output, Rectifier),
+        fixed_linearisation=gates.fixed_linearisation and not foreign,
+        nonlinearities=tuple(sorted(gates.nonlinearities)) + (("custom autograd function",) if foreign else ()),
     )
+
+
+def guided_problem(record: ForwardRecord) -> str | None:
+    """Why guided backprop has no meaning on this forward pass's model (None where it has one)."""
+    found = record.nonlinearities
+    if not found:
+        return None
+    shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    return f"guided backprop is defined only for networks whose nonlinearities are ReLU-family rectifiers and max pooling; this model also computes {shown}"
 
 
 # Autograd nodes that keep each value's axes where they were (elementwise maps, normalisation per

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.overrides import TorchFunctionMode
 
 from .linearity import is_inference_affine, is_linear_call
 from .rectifiers import BackwardRule, Rectifier, in_place, rectifier_bounds
+
+# Max pooling passes the gradient to the selected input unchanged, as guided backprop's original
+# networks (AlexNet, VGG) did: it keeps guided backprop defined.
+_SELECTIONS = ("max_pool", "adaptive_max_pool")
+# Reshaping and splitting calls move values without changing them: never a nonlinearity (they are kept
+# off linearity.LINEAR_FUNCS only until a receptive-field test covers them).
+_SHAPE_OPS = (
+    *("unbind", "split", "split_with_sizes", "chunk", "expand", "expand_as", "repeat", "narrow", "select"),
+    *("unflatten", "movedim", "t", "flip", "roll", "tile"),
+)
 
 
 class RectifierGates(TorchFunctionMode):
@@ -22,10 +34,21 @@ class RectifierGates(TorchFunctionMode):
         self.rule = rule
         self.count = 0
         self.fixed_linearisation = True
+        # Names of input-dependent calls that are neither rectifiers, nor linear, nor max-pooling
+        # selections: where any ran, guided backprop has no defined meaning (see ForwardRecord).
+        self.nonlinearities: set[str] = set()
         self.input: torch.Tensor | None = None  # set by capture_forward
+        # Tensors computed from the input, by id (entries leave with their tensors): a weight view
+        # computed from parameters alone (``w[:, :, None, None]``) has a grad_fn but no input in it.
+        self._derived: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
     def _depends_on_input(self, value: object) -> bool:
-        return isinstance(value, torch.Tensor) and (value.grad_fn is not None or value is self.input)
+        return isinstance(value, torch.Tensor) and (value is self.input or self._derived.get(id(value)) is value)
+
+    def _mark_derived(self, result: object) -> None:
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, torch.Tensor):
+                self._derived[id(value)] = value
 
     def _keeps_fixed(self, func, args, kwargs, result) -> bool:
         depends = self._depends_on_input
@@ -43,12 +66,27 @@ class RectifierGates(TorchFunctionMode):
         if bounds is not None and isinstance(x, torch.Tensor) and x.requires_grad:
             self.count += 1
             out = Rectifier.apply(x, bounds[0], bounds[1], self.rule)
+            if self._depends_on_input(x):
+                self._mark_derived(out)
             if in_place(func, args, kwargs) and not x.is_leaf:
                 # Keep in-place semantics for code that ignores the return value (``F.relu_(y); return y``).
                 x.copy_(out)
                 return x
             return out
         result = func(*args, **kwargs)
-        if self.fixed_linearisation and not self._keeps_fixed(func, args, kwargs, result):
+        touches = self._touches_input(args, kwargs)
+        if touches:
+            self._mark_derived(result)
+        keeps_fixed = self._keeps_fixed(func, args, kwargs, result)
+        if not keeps_fixed:
             self.fixed_linearisation = False
+            name = getattr(func, "__name__", type(func).__name__)
+            bare = name.lstrip("_")
+            if not bare.startswith(_SELECTIONS) and bare not in _SHAPE_OPS and touches:
+                self.nonlinearities.add(name)
         return result
+
+    def _touches_input(self, args, kwargs) -> bool:
+        values = (*args, *kwargs.values())
+        flat = [v for value in values for v in (value if isinstance(value, (list, tuple)) else (value,))]
+        return any(self._depends_on_input(v) for v in flat)

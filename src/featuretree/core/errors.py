@@ -35,6 +35,10 @@ class OptionError(FeatureTreeError):
     """An option value out of its allowed range."""
 
 
+class GuidedUndefinedError(OptionError):
+    """Guided backprop was asked of a model whose nonlinearities give it no meaning (GELU, softmax, ...)."""
+
+
 class OutputError(FeatureTreeError):
     """The output location cannot be written."""
 

@@ -78,6 +78,8 @@ def evidence_many(
     backward = get_rule(rule).backward
     for kind in kinds:
         check_choice(kind, EVIDENCE_KINDS, "evidence kind")
+    if analysis.guided_problem:  # no guided pictures where guided backprop means nothing
+        kinds = [kind for kind in kinds if kind != "guided"]
     paths = [analysis.validate_path(p) for p in paths]
     results: dict[int, NodeEvidence] = {}
     groups: dict[str, list[int]] = {}

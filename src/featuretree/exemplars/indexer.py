@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..capture.forward import capture_forward, resolve_modules
+from ..capture.forward import capture_forward, guided_problem, resolve_modules
 from ..capture.hooks import forward_hooks
-from ..core.errors import FeatureTreeError, ImageInputError, LayerError, OptionError
+from ..core.errors import FeatureTreeError, GuidedUndefinedError, ImageInputError, LayerError, OptionError
 from ..core.images import Preprocess, decode_image, load_image
 from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
@@ -570,6 +570,11 @@ def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
             records.clear()  # one image's graph at a time
             with explainer.forward_lock:  # hooks on a model the server may share
                 record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
+            problem = guided_problem(record)
+            if problem:  # reconstructions are guided backprop: refuse them where it means nothing
+                raise GuidedUndefinedError(
+                    f"no reconstructions: {problem}", "index without --reconstructions; the image patches still show each unit"
+                )
         act = record.activations[ex.layer]
         seed = layouts[ex.layer].point_seed(act, ex.unit, (ex.row, ex.col))
         with record.rule.use("guided"):

@@ -8,6 +8,7 @@ import os
 
 from PIL import Image, ImageDraw
 
+from ..core.errors import GuidedUndefinedError
 from ..render.pictures import png_bytes
 from .db import ACTIVATION, Exemplar, ExemplarDB
 
@@ -90,7 +91,10 @@ def exemplar_grid(
     slots = min(limit or top_n, top_n)
     entries = db.exemplars(layer, unit, limit=slots, ranking=ranking)
     patches = [db.blob(ex.crop) for ex in entries]
-    recons = ensure_reconstructions(db, entries, explainer) if reconstructions and entries else ([] if reconstructions else None)
+    try:
+        recons = ensure_reconstructions(db, entries, explainer) if reconstructions and entries else ([] if reconstructions else None)
+    except GuidedUndefinedError:  # reconstructions are guided backprop, undefined for this model: patches only
+        recons = None
     what = "max" if ranking == ACTIVATION else f"relevance to {ranking}"
     best = f"  {what} {entries[0].value:.3g}" if entries else "  (no images indexed)"
     return unit_grid(entries, patches, recons, f"{layer}:{unit}{best}", slots)

@@ -206,8 +206,7 @@ def evaluate_children(
     measured = analysis.contributions(path, "ablation")  # single-channel drops of J
     scores = {rule: analysis.contributions(path, rule) for rule in rules}
     tops = {rule: [int(i) for i in s.topk(k).indices] for rule, s in scores.items()}
-    act = analysis.activation(child_layer)[0].double()
-    strength = act.flatten(1).sum(1) if act.dim() == 3 else act
+    strength = analysis.layer_info(child_layer).layout.channel_totals(analysis.activation(child_layer).double())[0]
     active = [int(i) for i in strength.topk(k).indices]
     randoms = [torch.randperm(channels, generator=generator)[:k].tolist() for _ in range(random_draws)]
     sets = [tops[r] for r in rules] + [active] + randoms

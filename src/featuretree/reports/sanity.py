@@ -56,6 +56,10 @@ class SanityStep:
         return data
 
 
+def _fmt(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.3f}"
+
+
 @dataclass
 class SanityReport:
     root: str
@@ -71,7 +75,7 @@ class SanityReport:
         for s in self.steps:
             upto = s.randomised[-1] if s.randomised else "(trained model)"
             lines.append(
-                f"| {s.step} | {upto} | {s.guided_rank:.3f} | {s.heat_rank:.3f} | {100 * s.children_kept:.0f}% | {' '.join(s.root_children)} |"
+                f"| {s.step} | {upto} | {_fmt(s.guided_rank)} | {_fmt(s.heat_rank)} | {100 * s.children_kept:.0f}% | {' '.join(s.root_children)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -133,7 +137,8 @@ def randomise_(modules: Sequence[nn.Module], generator: torch.Generator) -> None
 
 def _node_maps(analysis, path, rule: str, seed_mode: str) -> tuple[np.ndarray, np.ndarray]:
     ev = analysis.evidence(path, rule, seed_mode)
-    return np.abs(ev.guided).sum(0), ev.heat
+    # No guided map where guided backprop is undefined for the model (its rank correlation is then NaN).
+    return (np.abs(ev.guided).sum(0) if ev.guided is not None else None), ev.heat
 
 
 def sanity_check(
@@ -179,12 +184,13 @@ def sanity_check(
             device=explainer.device,
             cache_bytes=explainer.cache_bytes,
             batch_backward=explainer.batch_backward,
+            layouts=explainer.layouts,
         )
         other = noisy.analyze(image)
         guided, heat, kept = [], [], []
         for node, path in nodes:
             g, h = _node_maps(other, path, rule, seed_mode)
-            guided.append(spearman(originals[node.id][0], g))
+            guided.append(spearman(originals[node.id][0], g) if g is not None else float("nan"))
             heat.append(spearman(originals[node.id][1], h))
             if node.children:
                 picked = {s.unit.channel for s in other.expand(path, k, rule, seed_mode).children}

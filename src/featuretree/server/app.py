@@ -28,7 +28,7 @@ from ..explainer import Analysis
 from ..render.export import render_html, render_images
 from ..render.pictures import picture_mime
 from ..rules import rule_names, rules_help
-from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace
+from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace, unavailable_views
 from .view import add_exemplar_grids, build_view_tree
 
 # Annotations here are evaluated when each route is defined (no ``from __future__ import annotations``),
@@ -118,6 +118,7 @@ class LayerOut(BaseModel):
     name: str
     type: str
     shape: list[int]
+    layout: str
 
 
 class AnalysisOut(BaseModel):
@@ -130,6 +131,7 @@ class AnalysisOut(BaseModel):
     chain: list[LayerOut]
     default_root: str
     logits_layer: str | None
+    unavailable_views: dict[str, str] = {}  # view -> why this model cannot draw it
 
 
 class NodeOut(BaseModel):
@@ -364,9 +366,10 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             original_size=list(an.image.original_size),
             size=[an.image.picture.width, an.image.picture.height],
             top_classes=[ClassOut(**asdict(c), unit=f"{logits}:{c.index}" if logits else None) for c in an.top_classes(5)],
-            chain=[LayerOut(name=c.name, type=c.type, shape=list(c.shape)) for c in an.chain],
+            chain=[LayerOut(name=c.name, type=c.type, shape=list(c.shape), layout=repr(c.layout)) for c in an.chain],
             default_root=str(an.resolve_root(None)),
             logits_layer=logits,
+            unavailable_views=unavailable_views(an),
         )
 
     @app.get(
@@ -448,7 +451,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         paths = [(*units, Unit(c.layer, c.unit)) for c in listed.children]
         encoded = workspace.pictures_many(model, image, paths, view, rule, seed_mode, encoding="view")
         # The next click is most likely on one of these children: have their own children ready.
-        workspace.prefetch_children(model, image, paths, k, view, rule, seed_mode, encoding="view")
+        workspace.prefetch_children(model, image, paths, k, view, rule, seed_mode)
         mime = picture_mime(view)
         return ExpandOut(
             **listed.model_dump(exclude={"children"}),

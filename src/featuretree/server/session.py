@@ -65,6 +65,21 @@ VIEW_KINDS: dict[str, tuple[str, ...]] = {
 PICTURE_ENCODINGS: tuple[str, ...] = ("png", "view")
 
 
+GUIDED_VIEWS: tuple[str, ...] = ("guided", "guided_original")
+
+
+def unavailable_views(analysis: Analysis) -> dict[str, str]:
+    """The views this analysis cannot draw, with the reason (guided backprop undefined for the model)."""
+    problem = analysis.guided_problem
+    return {view: problem for view in GUIDED_VIEWS} if problem else {}
+
+
+def check_view(analysis: Analysis, view: str) -> None:
+    why = unavailable_views(analysis).get(view)
+    if why:
+        raise OptionError(f"the {view} view is not available for this model: {why}", "use the heatmap or a receptive-field view")
+
+
 class TooLargeError(ImageInputError):
     """An upload over the configured byte limit (HTTP 413)."""
 
@@ -292,6 +307,7 @@ class Workspace:
         in the HTML export (``"view"``: JPEG for the photo-like views, see ``render.PICTURE_FORMATS``)."""
         check_choice(encoding, PICTURE_ENCODINGS, "picture encoding")
         analysis = self.analysis(model, image)
+        check_view(analysis, view)
         key = (encoding, model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
         found = self.pictures.get(key)
         if found is not None:
@@ -317,6 +333,7 @@ class Workspace:
         """``picture`` of many nodes; the evidence none of the caches holds yet is computed in one
         ``Analysis.evidence_many`` call, so siblings share its per-layer backward passes."""
         analysis = self.analysis(model, image)
+        check_view(analysis, view)
         device = str(analysis.explainer.device)
         kinds = VIEW_KINDS[view]
         wanted = list(paths)
@@ -345,18 +362,11 @@ class Workspace:
         return [self.picture(model, image, path, view, rule, seed_mode, encoding) for path in paths]
 
     def prefetch_children(
-        self,
-        model: str,
-        image: str,
-        paths: Sequence[tuple[Unit, ...]],
-        k: int,
-        view: str,
-        rule: str,
-        seed_mode: str,
-        encoding: str = "view",
+        self, model: str, image: str, paths: Sequence[tuple[Unit, ...]], k: int, view: str, rule: str, seed_mode: str
     ) -> None:
         """In the background, expand each of ``paths`` and render its children's ``view``: the work one
-        click on that node in the explorer asks for (``/api/expand``), so the click finds it cached."""
+        click on that node in the explorer asks for (``/api/expand``, pictures in the views' export formats),
+        so the click finds it cached."""
         if self.prefetcher is None:
             return
 
@@ -365,11 +375,11 @@ class Workspace:
                 expansion = self.analysis(model, image).expand(path, k, rule, seed_mode)
                 kids = [(*path, child.unit) for child in expansion.children]
                 if kids:
-                    self.pictures_many(model, image, kids, view, rule, seed_mode, encoding)
+                    self.pictures_many(model, image, kids, view, rule, seed_mode, encoding="view")
 
             return run
 
-        self.prefetcher.submit([((model, image, path, k, view, rule, seed_mode, encoding), job(path)) for path in paths])
+        self.prefetcher.submit([((model, image, path, k, view, rule, seed_mode), job(path)) for path in paths])
 
     def verification(self, model: str, image: str, path: tuple[Unit, ...], channels: Sequence[int], seed_mode: str) -> Verification:
         """Ablate each of ``channels`` (of the layer below ``path[-1]``) alone, and all together, in one batched pass."""

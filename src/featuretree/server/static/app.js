@@ -379,6 +379,16 @@ async function loadAnalysis(useDefaultRoot) {
   $("photo-caption").textContent = `${analysis.source} · ${analysis.original_size.join("×")} → ${analysis.size.join("×")}`;
   $("exemplar-help").hidden = !(info.exemplars && info.exemplars.model === state.model);
   $("chain").textContent = `layers (input side first): ${analysis.chain.map((c) => c.name).join(", ")}`;
+  // Views this model cannot draw (guided backprop where it has no meaning) are disabled, with the reason.
+  const missing = analysis.unavailable_views || {};
+  for (const b of $("views").children) {
+    b.disabled = b.dataset.view in missing;
+    b.title = missing[b.dataset.view] || "";
+  }
+  if (state.view in missing) {
+    state.view = "heatmap";
+    for (const b of $("views").children) b.setAttribute("aria-pressed", String(b.dataset.view === state.view));
+  }
   if (useDefaultRoot || state.root === undefined) {
     state.root = analysis.default_root;
     state.open = new Set([state.root]);
