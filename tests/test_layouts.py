@@ -301,5 +301,25 @@ def test_a_model_without_classes_takes_roots_on_its_layers_and_refuses_class_roo
     tree = analysis.tree(root="2:1", depth=2, k=2, images=False)
     assert tree.root.id == "2:1" and tree.root.children and tree.root.children[0].layer == "1"
     assert analysis.resolve_root(None).layer == "2"
-    with pytest.raises(ft.core.errors.UnitError, match=r"no classes: its output has shape \[1, 3, 16, 16\]"):
+    with pytest.raises(ft.core.errors.UnitError, match=r"no classes: its output is shape \[1, 3, 16, 16\]"):
         analysis.resolve_root("class:0")
+
+
+def test_a_model_returning_a_tuple_takes_roots_on_its_layers():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.main, self.aux = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 3, 1)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.main(h), self.aux(h)
+
+    torch.manual_seed(10)
+    analysis = ft.Explainer(TwoHeads(), ["body", "main"], preprocess=ft.Preprocess(size=16)).analyze(torch.rand(1, 3, 16, 16))
+    assert analysis.resolve_root(None).layer == "main" and analysis.top_classes() == []
+    tree = analysis.tree(root="main:0", depth=1, k=2)
+    assert tree.root.children and all(tree.evidence[n.id].heat is not None for n in tree.walk())
+    with pytest.raises(ft.core.errors.UnitError, match="its output is a tuple"):
+        analysis.resolve_root("class:1")

@@ -53,11 +53,11 @@ class ImageAnalysis:
             shape = tuple(act.shape[1:])
             layout = layout_for(name, shape, input_hw, producer_layout(act), explainer.layouts.get(name))
             self.chain.append(LayerInfo(name, self.record.module_types[name], shape, layout))
-        output = self.record.output.detach()
-        # A [1, classes] output has classes; any other (a segmenter's maps, ...) has none: roots are then
-        # units of chain layers, and class roots are refused saying why.
-        self.has_classes = output.dim() == 2 and output.shape[0] == 1
-        self.logits = output[0].float().cpu() if self.has_classes else torch.zeros(0)
+        output = self.record.output
+        # A [1, classes] output has classes; any other (a segmenter's maps, a tuple, ...) has none: roots
+        # are then units of chain layers, and class roots are refused saying why.
+        self.has_classes = output is not None and output.dim() == 2 and output.shape[0] == 1
+        self.logits = output.detach()[0].float().cpu() if self.has_classes else torch.zeros(0)
         self.probabilities = self.logits.softmax(0)
         # Gradients, scores and per-analysis receptive fields, bounded by bytes.
         self.memo: ByteLRU[torch.Tensor] = ByteLRU(explainer.cache_bytes)

@@ -40,9 +40,8 @@ def class_unit(analysis: ImageAnalysis, text: str) -> Unit:
     """The logits unit of a class given by index or name."""
     layer = analysis.logits_layer
     if not analysis.has_classes:
-        shape = [1, *analysis.record.output.shape[1:]]
         raise UnitError(
-            f"this model has no classes: its output has shape {shape}, not [1, classes]",
+            f"this model has no classes: its output is {analysis.record.output_description}, not one [1, classes] tensor",
             "give the root as LAYER:CHANNEL (see `featuretree layers`)",
         )
     if layer is None:

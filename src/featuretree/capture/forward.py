@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.errors import LayerError, ModelError, did_you_mean
+from ..core.errors import LayerError, did_you_mean
 from .gates import RectifierGates
 from .hooks import forward_hooks
 from .linearity import has_foreign_functions
@@ -25,7 +25,7 @@ class ForwardRecord:
     """Everything one forward pass leaves behind for the backward passes that follow."""
 
     input: torch.Tensor
-    output: torch.Tensor
+    output: torch.Tensor | None  # None when the model returns no single tensor (a tuple, a dict of maps)
     activations: dict[str, torch.Tensor]
     rule: BackwardRule
     rectifier_count: int
@@ -38,6 +38,7 @@ class ForwardRecord:
     # Input-dependent nonlinear calls other than the rectifiers and max pooling (gelu, silu, softmax,
     # layer_norm, ...; "custom autograd function" for Functions the capture cannot see into).
     nonlinearities: tuple[str, ...] = ()
+    output_description: str = ""  # "shape [1, 1000]", or "a tuple": for errors about class roots
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
@@ -94,11 +95,10 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
     hooks = [(modules[name], make_hook(name)) for name in layers]
     with forward_hooks(hooks), torch.enable_grad(), gates, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         output = model(x)
-    if not isinstance(output, torch.Tensor):
-        raise ModelError(
-            f"the model returns {type(output).__name__}, not a tensor of logits",
-            "wrap it so forward() returns one [N, classes] tensor",
-        )
+    # A model that returns a tuple or a dict (auxiliary heads, feature maps) has no classes here:
+    # its roots are units of the chain layers.
+    output_description = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+    output = output if isinstance(output, torch.Tensor) else None
     missing = [name for name in layers if name not in activations]
     if missing:
         raise LayerError(
@@ -115,7 +115,7 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
             raise LayerError(f"layer {name!r} has output shape {list(act.shape)}; expected batch size 1", "pass one image at a time")
         if not act.requires_grad:
             raise LayerError(f"layer {name!r} output does not depend on the input", "pick a layer inside the network")
-    foreign = has_foreign_functions(output, Rectifier)
+    foreign = has_foreign_functions(output if output is not None else activations[layers[-1]], Rectifier)
     return ForwardRecord(
         input=x,
         output=output,
@@ -126,6 +126,7 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         graph_bytes=sum(saved.values()),
         fixed_linearisation=gates.fixed_linearisation and not foreign,
         nonlinearities=tuple(sorted(gates.nonlinearities)) + (("custom autograd function",) if foreign else ()),
+        output_description=output_description,
     )
 
 
