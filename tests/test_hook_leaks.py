@@ -67,6 +67,10 @@ def test_server_requests_including_failing_ones(toy, tmp_path):
         response = client.get(route, params={**q, **params})
         assert response.status_code == status, (route, response.text)
         assert all_hooks_removed(toy.model), route
+    for units, status in [(["corners:0", "edges:2"], 200), (["edges:0", "corners:99"], 400)]:
+        response = client.post("/api/intervene", json={**q, "units": units, "scale": 0.0})
+        assert response.status_code == status, response.text
+        assert all_hooks_removed(toy.model), units
 
 
 def test_entry_points_that_raise(toy, tmp_path, capsys):

@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
     _add_model_args(ev)
 
+    ab = sub.add_parser(
+        "ablate",
+        help="zero or scale units (any layers, several at once) and see the top classes and the root objective change",
+        description="Intervene on one photo: multiply the named units by --scale (0 zeroes them) in one forward pass, and "
+        "compare the top-5 classes and the root objective before and after.",
+    )
+    ab.add_argument("photo", nargs="?", help="image file; default: the bundled sample photo 'chelsea'")
+    ab.add_argument("--units", required=True, help="comma-separated units LAYER:CHANNEL, e.g. _blocks.14:6,_head_act:1156")
+    ab.add_argument("--scale", type=float, default=0.0, help="factor for those units (default: %(default)s, i.e. zeroed)")
+    ab.add_argument("--root", help="root objective: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    ab.add_argument("--json", action="store_true", help="print one JSON object: top_before, top_after, root_before, root_after")
+    _add_model_args(ab)
+
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
     ly.add_argument("--chain", action="store_true", help="show only the chain layers")
     _add_model_args(ly)
@@ -451,8 +464,38 @@ def cmd_units(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from .analysis.interventions import intervention_result
+    from .core.images import load_image
+    from .core.samples import sample_path
+    from .core.units import Unit
+
+    if not math.isfinite(args.scale):
+        raise OptionError(f"--scale must be a finite number, got {args.scale}", "use e.g. --scale 0 (zero) or --scale 2")
+    units = [Unit.parse(part.strip()) for part in args.units.split(",") if part.strip()]
+    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
+    analysis = explainer.analyze(load_image(photo))
+    result = intervention_result(analysis, units, args.scale, args.root)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{', '.join(result.units)} x {result.scale:g} on {photo.name}")
+    print(f"root {result.root}: {result.root_before:.4g} -> {result.root_after:.4g} ({result.root_after - result.root_before:+.4g})")
+    for title, rows in (("before", result.top_before), ("after", result.top_after)):
+        if rows:
+            print(f"top classes {title}:")
+            for row in rows:
+                print(f"  {row['index']:>5}  {row['probability']:6.1%}  logit {row['logit']:8.3f}  {row['name']}")
+    return 0
+
+
 COMMANDS = {
     "explain": cmd_explain,
+    "ablate": cmd_ablate,
     "layers": cmd_layers,
     "serve": cmd_serve,
     "index": cmd_index,

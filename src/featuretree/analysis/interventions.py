@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -135,3 +136,78 @@ def ablate(
         empty = torch.zeros(0, dtype=torch.float64)
         return empty, empty.clone(), parent_value, root_value
     return torch.cat(parent_drops), torch.cat(root_drops), parent_value, root_value
+
+
+def intervene(analysis: ImageAnalysis, units: Sequence[Unit], scale: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The analysed image's output with every unit of ``units`` (any chain layers, several at once)
+    multiplied by ``scale``: one no-grad forward pass with a scaling hook on each touched layer.
+
+    Returns the model output (batch 1) and the outputs of every chain layer, after the intervention.
+    """
+    if not units:
+        raise UnitError("no units to intervene on", "name at least one, e.g. --units _blocks.14:6")
+    per_layer: dict[str, list[int]] = {}
+    for unit in units:
+        info = analysis.layer_info(unit.layer)
+        if not 0 <= unit.channel < info.channels:
+            raise UnitError(f"unit {unit.channel} is out of range for layer {unit.layer!r}", f"it has channels 0..{info.channels - 1}")
+        per_layer.setdefault(unit.layer, []).append(unit.channel)
+    model = analysis.explainer.model
+    modules = resolve_modules(model, analysis.layers)
+    x = analysis.record.input.detach()
+    hooks = []
+    for layer, channels in per_layer.items():
+        factors = torch.ones(1, analysis.layer_info(layer).channels, device=x.device)
+        factors[0, channels] = float(scale)
+        hooks.append((modules[layer], _scaling_hook(analysis.layer_info(layer).layout, factors, False)))
+    store: dict[str, torch.Tensor] = {}
+    with analysis.explainer.forward_lock, torch.no_grad(), forward_hooks(hooks), watching(modules, store):
+        output = model(x)
+    return output, store
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    """What scaling some units did to the prediction and to the root objective, on one image."""
+
+    units: list[str]
+    scale: float
+    root: str
+    root_before: float
+    root_after: float
+    top_before: list[dict[str, object]]  # each: index, name, logit, probability
+    top_after: list[dict[str, object]]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _top(analysis: ImageAnalysis, logits: torch.Tensor, n: int) -> list[dict[str, object]]:
+    probabilities = logits.double().softmax(0)
+    values, indices = probabilities.topk(min(n, logits.numel()))
+    return [
+        {"index": int(i), "name": analysis.class_name(int(i)), "logit": float(logits[i]), "probability": float(p)}
+        for p, i in zip(values, indices)
+    ]
+
+
+def intervention_result(
+    analysis: ImageAnalysis, units: Sequence[Unit], scale: float = 0.0, root: str | Unit | None = None, top: int = 5
+) -> InterventionResult:
+    """``intervene`` and compare: the top classes before and after, and the root objective (the sum of
+    the root unit's map, or its logit) before and after."""
+    root_unit = analysis.resolve_root(root)
+    output, store = intervene(analysis, units, scale)
+    seed = analysis.seed(root_unit, "sum")
+    before = float(objective(analysis.activation(root_unit.layer), seed)[0])
+    after = float(objective(store[root_unit.layer], seed)[0])
+    has_classes = analysis.has_classes
+    return InterventionResult(
+        units=[str(u) for u in units],
+        scale=float(scale),
+        root=str(root_unit),
+        root_before=before,
+        root_after=after,
+        top_before=_top(analysis, analysis.logits, top) if has_classes else [],
+        top_after=_top(analysis, output.detach()[0].float().cpu(), top) if has_classes else [],
+    )

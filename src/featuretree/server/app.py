@@ -18,9 +18,10 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..analysis.image_analysis import SEED_MODES
+from ..analysis.interventions import intervention_result
 from ..core.errors import FeatureTreeError, UnitError
 from ..core.samples import available_samples
 from ..core.units import Unit, path_id
@@ -132,6 +133,31 @@ class AnalysisOut(BaseModel):
     default_root: str
     logits_layer: str | None
     unavailable_views: dict[str, str] = {}  # view -> why this model cannot draw it
+
+
+class InterveneIn(BaseModel):
+    model: str = Field(min_length=1, max_length=200)
+    image: str = Field(min_length=1, max_length=200)
+    units: list[str] = Field(min_length=1, max_length=256, description="units LAYER:CHANNEL, any chain layers")
+    scale: float = Field(0.0, allow_inf_nan=False, description="factor for those units (0 zeroes them)")
+    root: str | None = Field(None, max_length=400, description="root objective (default: the top predicted class)")
+
+
+class ClassChangeOut(BaseModel):
+    index: int
+    name: str
+    logit: float
+    probability: float
+
+
+class InterveneOut(BaseModel):
+    units: list[str]
+    scale: float
+    root: str
+    root_before: float
+    root_after: float
+    top_before: list[ClassChangeOut]
+    top_after: list[ClassChangeOut]
 
 
 class NodeOut(BaseModel):
@@ -344,6 +370,19 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             )
         digest, picture = workspace.add_upload(data)
         return UploadOut(image=digest, width=picture.width, height=picture.height, bytes=len(data))
+
+    @app.post(
+        "/api/intervene",
+        response_model=InterveneOut,
+        responses=ERRORS,
+        summary="Zero or scale units (any layers, several at once): the top-5 classes and the root objective before and after",
+        description="One forward pass with every named unit multiplied by scale; the result equals a plain forward pass "
+        "with those channels multiplied by scale.",
+    )
+    def intervene(body: InterveneIn) -> InterveneOut:
+        an = workspace.analysis(body.model, body.image)
+        units = [Unit.parse(u.strip()) for u in body.units]
+        return InterveneOut(**intervention_result(an, units, body.scale, body.root).to_dict())
 
     def parse_node_path(analysis: Analysis, text: str) -> tuple[Unit, ...]:
         parts = text.split("/")
