@@ -385,6 +385,9 @@ async function loadAnalysis(useDefaultRoot) {
     b.disabled = b.dataset.view in missing;
     b.title = missing[b.dataset.view] || "";
   }
+  // The guided rule needs guided backprop too.
+  for (const o of $("rule").options) o.disabled = o.value === "guided" && "guided" in missing;
+  if (state.rule === "guided" && "guided" in missing) { state.rule = "gradient"; $("rule").value = "gradient"; }
   if (state.view in missing) {
     state.view = "heatmap";
     for (const b of $("views").children) b.setAttribute("aria-pressed", String(b.dataset.view === state.view));
