@@ -148,7 +148,7 @@ def test_maps_and_vectors_are_detected_from_their_shape_and_the_image(shape, siz
 
 @pytest.mark.parametrize(
     ("tokens", "size", "prefix", "grid"),
-    [(197, 224, 1, 14), (198, 224, 2, 14), (50, 224, 1, 7), (201, 224, 5, 14), (577, 384, 1, 24), (3136, 224, 0, 56)],
+    [(197, 224, 1, 14), (198, 224, 2, 14), (50, 224, 1, 7), (50, 240, 1, 7), (201, 224, 5, 14), (577, 384, 1, 24), (3136, 224, 0, 56)],
 )
 def test_token_sequences_are_detected_with_their_prefix_tokens_and_patch_grid(tokens, size, prefix, grid):
     layout = layout_for("blocks.3", (tokens, 384), (size, size))
@@ -160,7 +160,7 @@ def test_token_sequences_are_detected_with_their_prefix_tokens_and_patch_grid(to
     [
         ((56, 56, 56), ("either [C, H, W] or [H, W, C]", "--layout layer=")),
         ((40, 30, 20), ("neither", "--layout layer=")),
-        ((10, 64), ("10 tokens", "--layout layer=")),
+        ((5000, 64), ("5000 tokens", "--layout layer=")),
         ((2, 3, 4, 5), ("[1, C, H, W], [1, H, W, C], [1, N, C] or [1, C]",)),
     ],
 )
@@ -182,6 +182,17 @@ def test_a_convolution_settles_a_shape_that_fits_both_ways_and_a_permute_does_no
         ft.Explainer(permuted, ["0", "2"], preprocess=ft.Preprocess(size=32)).analyze(torch.rand(1, 3, 32, 32))
     told = ft.Explainer(permuted, ["0", "2"], preprocess=ft.Preprocess(size=32), layouts={"0": "channels_last"})
     assert told.analyze(torch.rand(1, 3, 32, 32)).layer_info("0").layout is CHANNELS_LAST
+    # A linear layer over the last axis of a permuted map writes [H, W, C].
+    linear = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), ToChannelsLast(), nn.Linear(8, 8)), nn.Flatten(), nn.Linear(512, 3))
+    explainer = ft.Explainer(linear, ["0", "2"], preprocess=ft.Preprocess(size=32))
+    assert explainer.analyze(torch.rand(1, 3, 32, 32)).layer_info("0").layout is CHANNELS_LAST
+
+
+def test_maps_of_non_square_images_fit_with_either_rounding():
+    from featuretree.core.layouts import _fits_image
+
+    assert _fits_image(3, 5, (240, 320)) and _fits_image(4, 5, (240, 320))  # stride 64 rounded down, up
+    assert not _fits_image(5, 3, (240, 320)) and not _fits_image(5, 4, (16, 16))
 
 
 @pytest.mark.parametrize(

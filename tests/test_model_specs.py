@@ -25,6 +25,11 @@ def test_the_proposed_chain_is_the_trunks_blocks_then_the_logits():
     assert default_chain(TokenNet(), 32) == ["embed", "block1", "block2", "head.fc"]
 
 
+def test_a_model_the_proposal_cannot_run_gets_a_clear_error():
+    with pytest.raises(ModelError, match="pass --layers"):
+        default_chain(TokenNet(), 48)  # its position embedding fixes 32 px
+
+
 def test_a_block_is_represented_by_its_activation_and_pooling_layers_are_skipped():
     # conv, norm, relu at one shape: the relu stands for the block; the max pool is not a block.
     net = nn.Sequential(
@@ -52,6 +57,9 @@ def test_weights_load_from_a_checkpoint_with_prefixed_keys_and_a_wrong_file_is_r
     load_weights(target, tmp_path / "ckpt.pt")
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+    torch.save({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in source.state_dict().items()}, tmp_path / "wider.pt")
+    with pytest.raises(ModelError, match="do not fit the model: size mismatch"):
+        load_weights(target, tmp_path / "wider.pt")
     torch.save(nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ModelError, match="do not fit the model"):
         load_weights(target, tmp_path / "other.pt")

@@ -62,11 +62,18 @@ def record_runs(model: nn.Module, size: int, device: torch.device | str = "cpu")
         return hook
 
     hooks = [(module, make_hook(name)) for name, module in model.named_modules() if name]
-    with torch.no_grad(), forward_hooks(hooks):
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        output = model.eval()(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype))
-    if not isinstance(output, torch.Tensor):
-        raise ModelError(f"the model returns {type(output).__name__}, not a tensor", "wrap it so forward() returns one tensor")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    try:
+        with torch.no_grad(), forward_hooks(hooks):
+            output = model.eval()(x)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        raise ModelError(
+            f"cannot propose a layer chain: the model failed on a {size}x{size} input ({type(err).__name__})",
+            "pass --layers (see `featuretree layers`)",
+        ) from None
+    if not isinstance(output, torch.Tensor):  # a tuple or dict of outputs: no logits module to end the chain with
+        return runs, set()
     same = {n for n, o in outputs.items() if o.shape == output.shape and runs[n].calls == 1 and torch.equal(o, output)}
     return runs, same
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -17,7 +15,9 @@ _SELECTIONS = ("max_pool", "adaptive_max_pool")
 # off linearity.LINEAR_FUNCS only until a receptive-field test covers them).
 _SHAPE_OPS = (
     *("unbind", "split", "split_with_sizes", "chunk", "expand", "expand_as", "repeat", "narrow", "select"),
-    *("unflatten", "movedim", "t", "flip", "roll", "tile"),
+    *("unflatten", "movedim", "t", "flip", "roll", "tile", "transpose", "permute", "squeeze", "unsqueeze"),
+    *("view", "view_as", "reshape", "reshape_as", "flatten", "contiguous", "clone", "setitem", "getitem"),
+    *("type_as", "half", "float", "double", "bfloat16", "to", "detach"),
 )
 
 
@@ -38,17 +38,36 @@ class RectifierGates(TorchFunctionMode):
         # selections: where any ran, guided backprop has no defined meaning (see ForwardRecord).
         self.nonlinearities: set[str] = set()
         self.input: torch.Tensor | None = None  # set by capture_forward
-        # Tensors computed from the input, by id (entries leave with their tensors): a weight view
-        # computed from parameters alone (``w[:, :, None, None]``) has a grad_fn but no input in it.
-        self._derived: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        # Whether an autograd node's graph reaches the input, memoised per node: a weight view computed
+        # from parameters alone (``w[:, :, None, None]``) has a grad_fn, but no path to the input.
+        self._reaches: dict[object, bool] = {}
 
     def _depends_on_input(self, value: object) -> bool:
-        return isinstance(value, torch.Tensor) and (value is self.input or self._derived.get(id(value)) is value)
+        if not isinstance(value, torch.Tensor):
+            return False
+        return value is self.input or (value.grad_fn is not None and self._reaches_input(value.grad_fn))
 
-    def _mark_derived(self, result: object) -> None:
-        for value in result if isinstance(result, (tuple, list)) else (result,):
-            if isinstance(value, torch.Tensor):
-                self._derived[id(value)] = value
+    def _reaches_input(self, node) -> bool:
+        """Iterative walk of the graph below ``node`` (in-place writes and TorchScript outputs included,
+        since they are in the graph), each node decided once."""
+        memo, stack = self._reaches, [node]
+        while stack:
+            top = stack[-1]
+            if top in memo:
+                stack.pop()
+                continue
+            if type(top).__name__ == "AccumulateGrad":
+                memo[top] = top.variable is self.input
+                stack.pop()
+                continue
+            children = [child for child, _ in top.next_functions if child is not None]
+            pending = [child for child in children if child not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[top] = any(memo[child] for child in children)
+            stack.pop()
+        return memo[node]
 
     def _keeps_fixed(self, func, args, kwargs, result) -> bool:
         depends = self._depends_on_input
@@ -66,8 +85,6 @@ class RectifierGates(TorchFunctionMode):
         if bounds is not None and isinstance(x, torch.Tensor) and x.requires_grad:
             self.count += 1
             out = Rectifier.apply(x, bounds[0], bounds[1], self.rule)
-            if self._depends_on_input(x):
-                self._mark_derived(out)
             if in_place(func, args, kwargs) and not x.is_leaf:
                 # Keep in-place semantics for code that ignores the return value (``F.relu_(y); return y``).
                 x.copy_(out)
@@ -75,13 +92,11 @@ class RectifierGates(TorchFunctionMode):
             return out
         result = func(*args, **kwargs)
         touches = self._touches_input(args, kwargs)
-        if touches:
-            self._mark_derived(result)
         keeps_fixed = self._keeps_fixed(func, args, kwargs, result)
         if not keeps_fixed:
             self.fixed_linearisation = False
             name = getattr(func, "__name__", type(func).__name__)
-            bare = name.lstrip("_")
+            bare = name.strip("_")
             if not bare.startswith(_SELECTIONS) and bare not in _SHAPE_OPS and touches:
                 self.nonlinearities.add(name)
         return result

@@ -281,25 +281,31 @@ VECTOR = Vector()
 
 
 def _fits_image(rows: int, cols: int, input_hw: tuple[int, int]) -> bool:
-    """Could a rows x cols grid be the image downsampled by one stride? With both sides rounded the same
-    way, rows / H - cols / W lies strictly between -1 / W and 1 / H (a square image: rows == cols)."""
+    """Could a rows x cols grid be the image downsampled by one stride? Rounded down or up, rows / H and
+    cols / W differ by less than 1 / min(H, W) (a square image: rows == cols)."""
     height, width = input_hw
-    return 1 <= rows <= height and 1 <= cols <= width and -height < rows * width - cols * height < width
+    return 1 <= rows <= height and 1 <= cols <= width and abs(rows * width - cols * height) < max(height, width)
 
 
-def _patch_grids(tokens: int, input_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
+def _patch_grids(tokens: int, input_hw: tuple[int, int], prefix: int | None = None) -> list[tuple[int, int, int]]:
     """The (prefix, rows, cols) with prefix + rows * cols == tokens, the grid being the image cut into
-    p x p patches. Grids whose patch size divides the image exactly are preferred; only without any
-    such grid are rounded ones (a strided patch embedding rounds down, a padded one up) considered."""
+    p x p patches (rounded down as a strided patch embedding does, or up as a padded one does). Of
+    several, the fewest prefix tokens win (class, distillation and register tokens are few), exact
+    patch sizes before rounded ones; ``prefix`` keeps only that count."""
     height, width = input_hw
-    exact, rounded = set(), set()
+    found: dict[tuple[int, int, int], bool] = {}  # grid -> whether its patch size divides the image
     for patch in range(1, max(height, width) + 1):
         for rows, cols in ((height // patch, width // patch), (-(-height // patch), -(-width // patch))):
-            prefix = tokens - rows * cols
-            if rows >= 1 and cols >= 1 and 0 <= prefix <= _MAX_PREFIX_TOKENS:
+            count = tokens - rows * cols
+            if rows >= 1 and cols >= 1 and 0 <= count <= _MAX_PREFIX_TOKENS and (prefix is None or count == prefix):
                 divides = height % patch == 0 and width % patch == 0
-                (exact if divides else rounded).add((prefix, rows, cols))
-    return sorted(exact or rounded)
+                found[(count, rows, cols)] = found.get((count, rows, cols), False) or divides
+    if not found:
+        return []
+    fewest = min(grid[0] for grid in found)
+    best = [grid for grid in found if grid[0] == fewest]
+    exact = [grid for grid in best if found[grid]]
+    return sorted(exact or best)
 
 
 def _override_hint(name: str) -> str:
@@ -324,11 +330,9 @@ def parse_layout(name: str, spec: str, shape: Sequence[int], input_hw: tuple[int
         return CHANNELS_LAST
     if kind == "vector":
         return VECTOR
-    grids = _patch_grids(int(shape[0]), input_hw)
-    if arg:
-        if not arg.isdigit():
-            raise LayerError(f"bad layout {spec!r} for layer {name!r}", "write tokens:P with P the number of leading non-patch tokens")
-        grids = [g for g in grids if g[0] == int(arg)]
+    if arg and not arg.isdigit():
+        raise LayerError(f"bad layout {spec!r} for layer {name!r}", "write tokens:P with P the number of leading non-patch tokens")
+    grids = _patch_grids(int(shape[0]), input_hw, int(arg) if arg else None)
     if len(grids) != 1:
         what = "no patch grid" if not grids else f"{len(grids)} patch grids ({', '.join(f'{p} + {r}x{c}' for p, r, c in grids)})"
         raise LayerError(

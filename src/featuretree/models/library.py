@@ -8,6 +8,7 @@ same metadata or, for 1000 classes, ImageNet's.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -35,7 +36,8 @@ def load_library_model(spec: str, weights: str | os.PathLike[str] | None = None,
         )
     # Random weights are drawn from a fixed seed, without touching the caller's random state, so every
     # load of the same spec is the same model (an index and a server built from it agree).
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
         module, preprocess, classes = _torchvision(name) if library == "torchvision" else _timm(name)
         if weights is None:
@@ -71,7 +73,10 @@ def _torchvision(name: str) -> tuple[nn.Module, Preprocess, list[str] | None]:
     available = torchvision.models.list_models()
     if name not in available:
         raise ModelError(f"torchvision has no model {name!r}", did_you_mean(name, available) or "see torchvision.models.list_models()")
-    module = torchvision.models.get_model(name, weights=None)
+    builder = torchvision.models.get_model_builder(name)
+    # Detection and segmentation builders would fetch ImageNet backbone weights by default: never.
+    options = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+    module = builder(weights=None, **options)
     preprocess, classes = Preprocess(size=224), None
     try:  # the weights' metadata ships with torchvision: input size, normalisation, class names
         default = torchvision.models.get_model_weights(name).DEFAULT
@@ -120,7 +125,11 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> None:
     if not isinstance(state, dict):
         raise ModelError(f"{os.fspath(path)} holds a {type(state).__name__}, not a state dict", "save model.state_dict()")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches (another class count, another width)
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)[:200]
+        raise ModelError(f"the weights do not fit the model: {first.strip()}", "give the weights of this architecture") from None
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys, result.unexpected_keys
         raise ModelError(

@@ -165,20 +165,22 @@ class KeyLocks:
     computation instead of repeating it."""
 
     def __init__(self) -> None:
-        self._locks: dict[Hashable, threading.Lock] = {}
+        self._locks: dict[Hashable, list] = {}  # key -> [lock, threads holding or waiting]
         self._guard = threading.Lock()
 
     @contextmanager
     def building(self, key: Hashable) -> Iterator[None]:
-        """Hold ``key``'s lock (created on first use, dropped when nobody holds it)."""
+        """Hold ``key``'s lock (created on first use, dropped when no thread holds or waits for it)."""
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1  # holders and waiters
         try:
-            with lock:
+            with entry[0]:
                 yield
         finally:
             with self._guard:
-                if self._locks.get(key) is lock and not lock.locked():
+                entry[1] -= 1
+                if entry[1] == 0 and self._locks.get(key) is entry:
                     del self._locks[key]
 
     def once(self, cache: ByteLRU, key: Hashable, build: Callable[[], object]):
@@ -372,7 +374,11 @@ class Workspace:
 
         def job(path: tuple[Unit, ...]) -> Callable[[], None]:
             def run() -> None:
-                expansion = self.analysis(model, image).expand(path, k, rule, seed_mode)
+                # Only for an image still in the cache: never a forward pass for a page the user has left.
+                analysis = self.analyses.get((model, image, str(self.explainer(model).device)))
+                if analysis is None:
+                    return
+                expansion = analysis.expand(path, k, rule, seed_mode)
                 kids = [(*path, child.unit) for child in expansion.children]
                 if kids:
                     self.pictures_many(model, image, kids, view, rule, seed_mode, encoding="view")
