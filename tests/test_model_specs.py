@@ -94,3 +94,26 @@ def test_layout_options_reach_the_explainer():
     assert options["layouts"] == {"_fc": "vector", "_head_act": "channels_first"}
     explainer = load_explainer("toy_squares", None, "cpu", layouts={"classifier": "vector"})
     assert explainer.layouts == {"classifier": "vector"}
+
+
+def test_an_exemplar_database_refuses_images_from_other_weights(tmp_path):
+    """The same model spec with other weights (as --weights or --random-weights can give) must not add to
+    a database built with the first ones."""
+    from featuretree.exemplars.db import DatabaseError
+    from featuretree.exemplars.indexer import index_folder
+
+    from .conftest import square_picture
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    square_picture().save(folder / "a.png")
+    first = ft.Explainer.from_zoo("toy_squares")
+    index_folder(folder, tmp_path / "ex.db", first, "toy_squares", top_n=2, batch_size=2, workers=0, progress=False)
+    other = ft.Explainer.from_zoo("toy_squares")
+    assert other.weights_fingerprint() == first.weights_fingerprint()
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    assert other.weights_fingerprint() != first.weights_fingerprint()
+    square_picture(box=(4, 6, 20, 22)).save(folder / "b.png")
+    with pytest.raises(DatabaseError, match="weights"):
+        index_folder(folder, tmp_path / "ex.db", other, "toy_squares", top_n=2, batch_size=2, workers=0, progress=False)

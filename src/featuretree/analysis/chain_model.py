@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -88,6 +89,21 @@ class ChainModel:
         """Changes whenever a parameter or buffer is modified in place or replaced."""
         tensors = (*self.model.parameters(), *self.model.buffers())
         return hash(tuple((id(t), t._version) for t in tensors))
+
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): which weights these are,
+        however they were loaded. Kept until a weight changes."""
+        version = self.weights_version()
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        digest = hashlib.sha256()
+        for name, tensor in (*self.model.named_parameters(), *self.model.named_buffers()):
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+        self._fingerprint = (version, digest.hexdigest())
+        return self._fingerprint[1]
 
     def uses_channels_last(self) -> bool:
         weight = next((p for p in self.model.parameters() if p.dim() == 4), None)

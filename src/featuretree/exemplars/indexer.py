@@ -221,8 +221,17 @@ class IndexReport:
 
 
 # ----- the streaming pass ---------------------------------------------------
-def _meta_for(model_spec: str, layers: Sequence[str], preprocess: Preprocess, top_n: int, rankings: Sequence[str]) -> dict:
-    meta = {"model": model_spec, "layers": list(layers), "preprocess": preprocess.to_dict(), "top_n": top_n, "rankings": list(rankings)}
+def _meta_for(explainer, model_spec: str, top_n: int, rankings: Sequence[str]) -> dict:
+    meta = {
+        "model": model_spec,
+        "layers": list(explainer.layers),
+        "preprocess": explainer.preprocess.to_dict(),
+        "top_n": top_n,
+        "rankings": list(rankings),
+        # Which weights and layouts: the same spec can name other weights (--weights, --random-weights).
+        "weights": explainer.weights_fingerprint(),
+        "layouts": dict(sorted(explainer.layouts.items())),
+    }
     return json.loads(json.dumps(meta))  # the form it is stored in (tuples become lists)
 
 
@@ -230,12 +239,20 @@ def _check_meta(db: ExemplarDB, wanted: dict) -> None:
     have = db.meta()
     if not have:
         return
-    for key in ("model", "layers", "preprocess", "top_n", "rankings"):
+    for key in ("model", "layers", "preprocess", "top_n", "rankings", "weights", "layouts"):
+        if key in ("weights", "layouts") and key not in have:
+            continue  # databases from before these were recorded
         if have.get(key) != wanted[key]:
             shown = ",".join(have[key]) if key in ("layers", "rankings") else have.get(key)
-            option = {"model": "--model", "layers": "--layers", "preprocess": "--model", "top_n": "--top", "rankings": "--relevance-class"}[
-                key
-            ]
+            option = {
+                "model": "--model",
+                "layers": "--layers",
+                "preprocess": "--model",
+                "top_n": "--top",
+                "rankings": "--relevance-class",
+                "weights": "--weights",
+                "layouts": "--layout",
+            }[key]
             raise DatabaseError(
                 f"{db.path} was built with {key} {shown!r}, not {wanted[key]!r}",
                 f"use the same {option} to add images, or choose a new --out",
@@ -280,7 +297,7 @@ def index_folder(
     size = preprocess.size
     classes = sorted({int(k) for k in relevance_classes})
     rankings = [ACTIVATION] + [f"class:{k}" for k in classes]
-    wanted = _meta_for(model_spec, explainer.layers, preprocess, top_n, rankings)
+    wanted = _meta_for(explainer, model_spec, top_n, rankings)
     report = IndexReport(db=str(db_path), total=len(files), ignored=ignored)
     if classes:  # check before the database records these rankings for good
         with torch.inference_mode(), explainer.forward_lock:
@@ -623,7 +640,8 @@ def _unchanged(db: ExemplarDB, ex: Exemplar) -> bool:
 def _matches(db: ExemplarDB, explainer, layers: set[str]) -> bool:
     meta = db.meta()
     same_preprocess = json.loads(json.dumps(explainer.preprocess.to_dict())) == meta.get("preprocess")
-    return meta.get("model") == explainer.name and same_preprocess and layers <= set(explainer.layers)
+    same_weights = meta.get("weights", explainer.weights_fingerprint()) == explainer.weights_fingerprint()
+    return meta.get("model") == explainer.name and same_preprocess and same_weights and layers <= set(explainer.layers)
 
 
 def fill_reconstructions(db: ExemplarDB, explainer, progress: bool = True, layer: str | None = None) -> None:
