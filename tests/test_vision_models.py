@@ -156,3 +156,16 @@ def test_architecture_through_every_surface(spec, photos, tmp_path):
     assert hooks_left(short.model) == []
 
     assert hooks_left(explainer.model) == [] and hooks_left(double.model) == []
+
+
+def test_random_weights_are_the_same_every_load_and_leave_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_explainer("torchvision:vit_b_16", None, "cpu", random_weights=True)
+    after = torch.rand(3)
+    b = load_explainer("torchvision:vit_b_16", None, "cpu", random_weights=True)
+    assert torch.equal(before, after)
+    assert a.weights_fingerprint() == b.weights_fingerprint()
+    # torchvision starts the ViT head at zero; random weights draw it small so gradients flow.
+    assert a.model.heads.head.weight.abs().sum() > 0

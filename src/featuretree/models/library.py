@@ -74,17 +74,22 @@ def _torchvision(name: str) -> tuple[nn.Module, Preprocess, list[str] | None]:
     if name not in available:
         raise ModelError(f"torchvision has no model {name!r}", did_you_mean(name, available) or "see torchvision.models.list_models()")
     builder = torchvision.models.get_model_builder(name)
+    accepts = inspect.signature(builder).parameters
     # Detection and segmentation builders would fetch ImageNet backbone weights by default: never.
-    options = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
-    module = builder(weights=None, **options)
+    options: dict[str, object] = {"weights_backbone": None} if "weights_backbone" in accepts else {}
     preprocess, classes = Preprocess(size=224), None
     try:  # the weights' metadata ships with torchvision: input size, normalisation, class names
         default = torchvision.models.get_model_weights(name).DEFAULT
         transforms = default.transforms()
         preprocess = Preprocess(size=int(transforms.crop_size[0]), mean=tuple(transforms.mean), std=tuple(transforms.std))
         classes = list(default.meta.get("categories") or []) or None
+        if "image_size" in accepts and "min_size" in default.meta:
+            # A ViT whose default weights are for another resolution (vit_h_14: 518 px) is built for it.
+            options["image_size"] = int(default.meta["min_size"][0])
+            preprocess = Preprocess(size=options["image_size"], mean=preprocess.mean, std=preprocess.std)
     except (ValueError, AttributeError, KeyError, TypeError):
         pass
+    module = builder(weights=None, **options)
     return module, preprocess, classes
 
 
