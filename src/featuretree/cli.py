@@ -64,7 +64,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Explain a CNN's prediction on one image as a tree of units.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Explain a vision model's prediction (CNN or transformer) on one image as a tree of units."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

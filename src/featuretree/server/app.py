@@ -282,7 +282,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         lifespan=lifespan,
         title="featuretree explorer",
         version="1",
-        description="Explain a CNN's prediction on one image as a tree of units. Children are computed on demand; "
+        description="Explain a vision model's prediction (CNN or transformer) on one image as a tree of units. Children are computed on demand; "
         "one forward pass per (model, image) is cached and reused by every request.",
     )
     app.state.workspace = workspace
