@@ -104,3 +104,11 @@ def test_api_intervene_equals_the_engine_and_rejects_bad_input():
     bad = client.post("/api/intervene", json={**body, "units": ["corners:99"]})
     assert bad.status_code == 400 and "out of range" in bad.json()["problem"]
     assert client.post("/api/intervene", json={**body, "units": []}).status_code == 422
+
+
+def test_the_public_analysis_intervenes_by_unit_names():
+    analysis = ft.Explainer(make_net("plain"), ["0", "1", "2", "3"], preprocess=ft.Preprocess(size=16)).analyze(
+        torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    )
+    by_name = analysis.intervene(["1:0", "2:3"], 0.5)
+    assert by_name == intervention_result(analysis, [Unit("1", 0), Unit("2", 3)], 0.5)

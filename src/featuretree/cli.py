@@ -470,7 +470,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     import json
     import math
 
-    from .analysis.interventions import intervention_result
     from .core.images import load_image
     from .core.samples import sample_path
     from .core.units import Unit
@@ -481,7 +480,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     photo = Path(args.photo) if args.photo else sample_path("chelsea")
     explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     analysis = explainer.analyze(load_image(photo))
-    result = intervention_result(analysis, units, args.scale, args.root)
+    result = analysis.intervene(units, args.scale, args.root)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -13,6 +13,7 @@ import torch
 
 from .analysis.chain_model import ChainModel
 from .analysis.image_analysis import ImageAnalysis
+from .analysis.interventions import InterventionResult, intervention_result
 from .core.images import DEFAULT_MAX_PIXELS, prepare_image
 from .core.units import Unit
 from .evidence.evidence import EVIDENCE_KINDS, NodeEvidence, evidence_many, path_gain
@@ -80,6 +81,14 @@ class Analysis(ImageAnalysis):
     def verify(self, tree: FeatureTree) -> FeatureTree:
         """Measure every edge of ``tree`` (made from this analysis) by ablation."""
         return verify_tree(self, tree)
+
+    def intervene(
+        self, units: Sequence[Unit | str], scale: float = 0.0, root: str | Unit | None = None, top: int = 5
+    ) -> InterventionResult:
+        """Multiply ``units`` (any chain layers, several at once; ``"LAYER:CH"`` or ``Unit``) by ``scale`` in
+        one forward pass: the top classes and the root objective before and after."""
+        parsed = [u if isinstance(u, Unit) else Unit.parse(u) for u in units]
+        return intervention_result(self, parsed, scale, root, top)
 
 
 class Explainer(ChainModel):
