@@ -168,5 +168,5 @@ def producer_layout(tensor: torch.Tensor, max_steps: int = 64) -> str | None:
             return "channels_last"  # nn.Linear on [B, H, W, C]: a matrix product over the flattened positions, viewed back
         if not name.startswith(_AXIS_KEEPING):
             return None
-        node = next((fn for fn, _ in node.next_functions if fn is not None and type(fn).__name__ != "AccumulateGrad"), None)
+        node = below
     return None

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..capture.forward import capture_forward, guided_problem, resolve_modules
+from ..capture.forward import resolve_modules
 from ..capture.hooks import forward_hooks
 from ..core.errors import FeatureTreeError, GuidedUndefinedError, ImageInputError, LayerError, OptionError
 from ..core.images import Preprocess, decode_image, load_image
@@ -574,28 +574,23 @@ def crop_picture(picture: Image.Image, box: tuple[int, int, int, int]) -> Image.
 # ----- guided-backprop reconstructions -------------------------------------
 def reconstruct(explainer, entries: Sequence[Exemplar]) -> list[bytes]:
     """Guided-backprop reconstruction of each entry (its unit seeded at its max location), cropped to its box, as PNG."""
-    preprocess: Preprocess = explainer.preprocess
-    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    std = torch.tensor(explainer.preprocess.std).view(3, 1, 1)
     out: list[bytes] = []
-    records: dict[int, object] = {}
-    layouts = {info.name: info.layout for info in blank_analysis(explainer).chain} if entries else {}
+    analyses: dict[int, object] = {}
     for ex in entries:
-        record = records.get(ex.image_id)
-        if record is None:
-            picture = preprocess.fit(load_image(ex.file))
-            x = preprocess.to_tensor(picture).to(explainer.device)
-            records.clear()  # one image's graph at a time
-            with explainer.forward_lock:  # hooks on a model the server may share
-                record = records[ex.image_id] = capture_forward(explainer.model, x, explainer.layers)
-            problem = guided_problem(record)
+        analysis = analyses.get(ex.image_id)
+        if analysis is None:
+            analyses.clear()  # one image's graph at a time
+            # The engine's analysis: the forward record and each layer's layout from one forward pass.
+            analysis = analyses[ex.image_id] = explainer.analyze(load_image(ex.file))
+            problem = analysis.guided_problem
             if problem:  # reconstructions are guided backprop: refuse them where it means nothing
                 raise GuidedUndefinedError(
                     f"no reconstructions: {problem}", "index without --reconstructions; the image patches still show each unit"
                 )
-        act = record.activations[ex.layer]
-        seed = layouts[ex.layer].point_seed(act, ex.unit, (ex.row, ex.col))
-        with record.rule.use("guided"):
-            (grad,) = torch.autograd.grad(act, record.input, seed, retain_graph=True)
+        info = analysis.layer_info(ex.layer)
+        seed = info.layout.point_seed(analysis.activation(ex.layer), ex.unit, (ex.row, ex.col))
+        grad = analysis.backward(ex.layer, None, seed, "guided")
         delta = (grad[0].detach().cpu() / std).permute(1, 2, 0).numpy()
         left, top, right, bottom = ex.box
         region = delta[top:bottom, left:right]
