@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.autograd.functional import jacobian
 
 import featuretree as ft
 from featuretree.core.errors import LayerError, OptionError
@@ -15,38 +14,7 @@ from featuretree.core.layouts import CHANNELS_FIRST, CHANNELS_LAST, VECTOR, Toke
 from featuretree.core.units import Unit
 
 from .layout_models import CHAIN, IMAGE, PATCH, TOKEN_CHAIN, ChannelsFirstTwin, ChannelsLastNet, ToChannelsLast, TokenNet
-
-
-def channel_axis(act: torch.Tensor, layout: str) -> int:
-    return 1 if layout == "channels_first" or act.dim() == 2 else act.dim() - 1
-
-
-def reference_scores(net: nn.Sequential, x: torch.Tensor, path: list[int], layouts: list[str]) -> list[torch.Tensor]:
-    """Each level's child scores along ``path`` (root logit, then channels), from explicit Jacobians of
-    one stage at a time; a score sums gradient x activation over every position of the channel."""
-    with torch.no_grad():
-        acts = [x]
-        for stage in net:
-            acts.append(stage(acts[-1].clone()))
-    stages = list(net)
-    delta = torch.zeros_like(acts[-1])
-    delta[0, path[0]] = 1.0
-    results, level = [], len(stages)
-    for depth in range(len(path)):
-        below = acts[level - 1]
-        jac = jacobian(lambda a, s=stages[level - 1]: s(a.clone()), below)
-        grad = (delta.reshape(-1) @ jac.reshape(delta.numel(), -1)).reshape(below.shape)
-        axis = channel_axis(below, layouts[level - 2])
-        terms = (below * grad)[0].movedim(axis - 1, -1)
-        results.append(terms.reshape(-1, terms.shape[-1]).sum(0))
-        if depth + 1 < len(path):
-            keep = torch.zeros(below.shape[axis], dtype=torch.bool)
-            keep[path[depth + 1]] = True
-            shape = [1] * below.dim()
-            shape[axis] = -1
-            delta = grad * keep.view(shape)
-        level -= 1
-    return results
+from .test_scores_reference import reference_scores
 
 
 def check_against_reference(net: nn.Sequential, chain: list[str], layouts: list[str], seed: int) -> None:

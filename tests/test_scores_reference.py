@@ -44,27 +44,33 @@ def make_net(kind: str) -> nn.Sequential:
     return net
 
 
-def reference_scores(net: nn.Sequential, x: torch.Tensor, path: list[int]) -> list[torch.Tensor]:
-    """Scores at each level along ``path`` (root class, then channels), from explicit Jacobians."""
+def reference_scores(net: nn.Sequential, x: torch.Tensor, path: list[int], layouts: list[str] | None = None) -> list[torch.Tensor]:
+    """Each level's child scores along ``path`` (root logit, then channels), from explicit Jacobians of
+    one stage at a time; a score sums gradient x activation over every position of the channel.
+    ``layouts`` gives each stage output's layout ("channels_first", "channels_last", "tokens", "vector";
+    default: channels-first), i.e. which axis is the channel."""
     with torch.no_grad():
         acts = [x]
         for stage in net:
             acts.append(stage(acts[-1].clone()))
     stages = list(net)
-    # Root: logit path[0] of the last stage.
+    layouts = layouts or ["channels_first"] * len(stages)
     delta = torch.zeros_like(acts[-1])
     delta[0, path[0]] = 1.0
-    results = []
-    level = len(stages)
+    results, level = [], len(stages)
     for depth in range(len(path)):
         below = acts[level - 1]
         jac = jacobian(lambda a, s=stages[level - 1]: s(a.clone()), below)  # out dims x in dims
         grad = (delta.reshape(-1) @ jac.reshape(delta.numel(), -1)).reshape(below.shape)
-        results.append((below * grad)[0].flatten(1).sum(1))
+        axis = 1 if layouts[level - 2] == "channels_first" or below.dim() == 2 else below.dim() - 1
+        terms = (below * grad)[0].movedim(axis - 1, -1)
+        results.append(terms.reshape(-1, terms.shape[-1]).sum(0))
         if depth + 1 < len(path):
-            masked = torch.zeros_like(grad)
-            masked[:, path[depth + 1]] = grad[:, path[depth + 1]]
-            delta = masked
+            keep = torch.zeros(below.shape[axis], dtype=torch.bool)
+            keep[path[depth + 1]] = True
+            shape = [1] * below.dim()
+            shape[axis] = -1
+            delta = grad * keep.view(shape)
         level -= 1
     return results
 
