@@ -36,6 +36,18 @@ def _port(text: str) -> int:
     return port
 
 
+def _add_photo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "photo", nargs="?", help="image file (jpg, png, webp, bmp, tiff...); default: the bundled sample photo 'chelsea' (a cat)"
+    )
+
+
+def _photo_path(args: argparse.Namespace) -> Path:
+    from .core.samples import sample_path
+
+    return Path(args.photo) if args.photo else sample_path("chelsea")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -75,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain one photo: writes tree.json, PNGs and tree.html",
         description="Explain one photo. Children of a node are the units of the chain layer below it ranked by gradient x activation, with the gradient flowing from the root and masked at every node on the path.",
     )
-    ex.add_argument(
-        "photo", nargs="?", help="image file (jpg, png, webp, bmp, tiff...); default: the bundled sample photo 'chelsea' (a cat)"
-    )
+    _add_photo_arg(ex)
     ex.add_argument("--out", help="output folder (default: featuretree-out/<photo name>)")
     ex.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
     ex.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
@@ -113,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model-randomisation sanity check: cascading re-initialisation from the top of the chain. Views that barely change "
         "do not depend on what the model learned.",
     )
-    sa.add_argument("photo", nargs="?", help="image file; default: the bundled sample photo 'chelsea'")
+    _add_photo_arg(sa)
     sa.add_argument("--out", help="output folder for sanity.md/.csv/.png (default: featuretree-out/sanity-<photo name>)")
     sa.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
     sa.add_argument("--k", type=_whole_number, default=3, help="children kept per node (default: %(default)s)")
@@ -151,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Intervene on one photo: multiply the named units by --scale (0 zeroes them) in one forward pass, and "
         "compare the top-5 classes and the root objective before and after.",
     )
-    ab.add_argument("photo", nargs="?", help="image file; default: the bundled sample photo 'chelsea'")
+    _add_photo_arg(ab)
     ab.add_argument("--units", required=True, help="comma-separated units LAYER:CHANNEL, e.g. _blocks.14:6,_head_act:1156")
     ab.add_argument("--scale", type=float, default=0.0, help="factor for those units (default: %(default)s, i.e. zeroed)")
     ab.add_argument("--root", help="root objective: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
@@ -239,7 +249,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .core.images import load_image
-    from .core.samples import sample_path
     from .render.export import ensure_writable, save_tree
 
     timings: dict[str, float] = {}
@@ -247,7 +256,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     age = _process_age()
     if age is not None:
         timings["startup"] = age  # interpreter and imports, before this command ran
-    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    photo = _photo_path(args)
     out = Path(args.out) if args.out else Path("featuretree-out") / photo.stem
     ensure_writable(out)
     image = load_image(photo)
@@ -343,11 +352,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     from .core.images import load_image
-    from .core.samples import sample_path
     from .render.export import ensure_writable
     from .reports.sanity import sanity_check, save_report
 
-    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    photo = _photo_path(args)
     out = Path(args.out) if args.out else Path("featuretree-out") / f"sanity-{photo.stem}"
     ensure_writable(out)
     image = load_image(photo)
@@ -471,13 +479,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     import math
 
     from .core.images import load_image
-    from .core.samples import sample_path
     from .core.units import Unit
 
     if not math.isfinite(args.scale):
         raise OptionError(f"--scale must be a finite number, got {args.scale}", "use e.g. --scale 0 (zero) or --scale 2")
     units = [Unit.parse(part.strip()) for part in args.units.split(",") if part.strip()]
-    photo = Path(args.photo) if args.photo else sample_path("chelsea")
+    photo = _photo_path(args)
     explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
     analysis = explainer.analyze(load_image(photo))
     result = analysis.intervene(units, args.scale, args.root)
