@@ -73,3 +73,36 @@ def test_errors_are_one_line(toy_explainer, square_image):
             analysis.resolve_root(spec)
         assert "\n" not in str(info.value)
     assert all_hooks_removed(toy_explainer.model)
+
+
+class Tripwire(nn.Module):
+    """Stages a and b, then a tail that must not run once a and b have been watched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+        self.tail_calls = 0
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        self.tail_calls += 1
+        return y.sum()
+
+
+def test_watching_with_stop_ends_the_forward_pass_once_every_output_is_in_and_removes_its_hooks():
+    from featuretree.capture.hooks import watching
+
+    net = Tripwire()
+    x = torch.randn(2, 3)
+    store: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), watching({"a": net.a, "b": net.b}, store, stop=True):
+        net(x)
+        pytest.fail("the with block goes on after the model call")  # never reached: the pass stopped in b's hook
+    assert net.tail_calls == 0
+    torch.testing.assert_close(store["b"], net.b(net.a(x)))
+    assert all_hooks_removed(net)
+    # Without stop the whole model runs.
+    with torch.no_grad(), watching({"a": net.a}, store):
+        net(x)
+    assert net.tail_calls == 1

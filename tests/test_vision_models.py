@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 
 import pytest
@@ -169,3 +170,52 @@ def test_random_weights_are_the_same_every_load_and_leave_the_callers_random_sta
     assert a.weights_fingerprint() == b.weights_fingerprint()
     # torchvision starts the ViT head at zero; random weights draw it small so gradients flow.
     assert a.model.heads.head.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("spec", "classes"), [("torchvision:resnet18", 10), ("timm:convnext_atto", 7)])
+def test_weights_with_another_class_count_build_the_head_to_fit(spec, classes, tmp_path):
+    """A checkpoint fine-tuned on N classes loads into the library architecture with an N-way head, and
+    the loaded model computes exactly what the fine-tuned module computes."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(5)
+    library, _, name = spec.partition(":")
+    if library == "torchvision":
+        trained = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    else:
+        trained = timm.create_model(name, pretrained=False, num_classes=classes)
+    trained.eval()
+    torch.save({"epoch": 3, "state_dict": trained.state_dict()}, tmp_path / "finetuned.pt")
+    explainer = load_explainer(spec, None, "cpu", weights=tmp_path / "finetuned.pt")
+    image = Image.open(sample_path("chelsea")).convert("RGB")
+    analysis = explainer.analyze(image)
+    with torch.no_grad():
+        expected = trained(analysis.record.input)
+    assert analysis.logits.shape == (classes,)
+    torch.testing.assert_close(analysis.logits, expected[0], rtol=1e-5, atol=1e-5)
+    assert analysis.class_name(classes - 1) == f"class {classes - 1}"
+    # The tree's default root is the predicted class of the new head.
+    assert explainer.analyze(image).tree(depth=1, k=2).root.unit == int(expected.argmax())
+
+
+def test_detectors_and_segmenters_take_layer_roots_and_refuse_class_roots_with_the_reason(tmp_path):
+    """A detector (list of dicts out) and a segmenter (dict of maps out) explain from a layer root;
+    batched verification stops at the watched layers, so it never feeds a batch to the detection
+    stages; a class root names the output it cannot read."""
+    from featuretree.core.errors import FeatureTreeError
+
+    image = Image.open(sample_path("chelsea")).convert("RGB")
+    for spec in ("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision:lraspp_mobilenet_v3_large"):
+        explainer = load_explainer(spec, None, "cpu", random_weights=True)
+        analysis = explainer.analyze(image)
+        assert not analysis.has_classes
+        tree = analysis.tree(depth=2, k=2, verify=True)
+        assert tree.root.layer == explainer.layers[-1] and len(list(tree.walk())) == 7
+        checked = [node.verification for node in tree.walk() if node.verification]
+        assert len(checked) == 6 and all(math.isfinite(v["parent_drop"]) for v in checked)
+        top = tree.root.children[0].verification
+        assert top["parent_drop"] * top["estimate"] > 0  # zeroing the strongest child lowers the root
+        with pytest.raises(FeatureTreeError, match="has no classes: its output is (a list|an OrderedDict)"):
+            analysis.tree(root="class:1", depth=1)
+        assert hooks_left(explainer.model) == []

@@ -287,8 +287,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{PROG}: timings (s): {phases}; total {total:.2f}", file=sys.stderr)
     if not args.quiet:
         elapsed = time.perf_counter() - start
-        top = tree.top_classes[0]
-        print(f"{photo.name}: {top['name']} (class {top['index']}, p={top['probability']:.2f}); {len(tree)} nodes in {elapsed:.1f}s")
+        if tree.top_classes:
+            top = tree.top_classes[0]
+            verdict = f"{top['name']} (class {top['index']}, p={top['probability']:.2f})"
+        else:
+            verdict = f"root {tree.root.layer}:{tree.root.unit}"
+        print(f"{photo.name}: {verdict}; {len(tree)} nodes in {elapsed:.1f}s")
         print(format_tree(tree))
     print(out / ("tree.html" if not args.no_html else "tree.json"))
     return 0

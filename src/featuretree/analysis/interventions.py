@@ -66,7 +66,11 @@ def scaled_forward(
     watched = {name: modules[name] for name in watch}
     if share_prefix:
         try:
-            with torch.no_grad(), forward_hooks([(modules[layer], _scaling_hook(layout, factors, True))]), watching(watched, store):
+            with (
+                torch.no_grad(),
+                forward_hooks([(modules[layer], _scaling_hook(layout, factors, True))]),
+                watching(watched, store, stop=True),
+            ):
                 model(x)
             if all(store[name].shape[0] == rows for name in watch):
                 return store
@@ -74,7 +78,7 @@ def scaled_forward(
             if not needs_stacked_input(err):
                 raise
         store.clear()
-    with torch.no_grad(), forward_hooks([(modules[layer], _scaling_hook(layout, factors, False))]), watching(watched, store):
+    with torch.no_grad(), forward_hooks([(modules[layer], _scaling_hook(layout, factors, False))]), watching(watched, store, stop=True):
         model(x.expand(rows, *x.shape[1:]))
     return store
 

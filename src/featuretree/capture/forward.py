@@ -97,7 +97,9 @@ def capture_forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) ->
         output = model(x)
     # A model that returns a tuple or a dict (auxiliary heads, feature maps) has no classes here:
     # its roots are units of the chain layers.
-    output_description = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+    kind = type(output).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    output_description = f"shape {list(output.shape)}" if isinstance(output, torch.Tensor) else f"{article} {kind}"
     output = output if isinstance(output, torch.Tensor) else None
     missing = [name for name in layers if name not in activations]
     if missing:

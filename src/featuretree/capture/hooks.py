@@ -46,8 +46,27 @@ def replacing_hook(value: object) -> ForwardHook:
     return hook
 
 
+class _AllWatched(Exception):
+    """Raised from a hook once every watched output is in, to end a forward pass early."""
+
+
 @contextlib.contextmanager
-def watching(modules: dict[str, nn.Module], store: dict[str, object]) -> Iterator[None]:
-    """Inside: the outputs of ``modules`` are kept in ``store`` by name."""
-    with forward_hooks((module, recording_hook(store, name)) for name, module in modules.items()):
+def watching(modules: dict[str, nn.Module], store: dict[str, object], *, stop: bool = False) -> Iterator[None]:
+    """Inside: the outputs of ``modules`` are kept in ``store`` by name.
+
+    With ``stop``, the forward pass inside ends as soon as every watched output is in: the rest of the
+    model (a classifier's head, a detector's proposal and box stages) is neither run nor needed, and
+    the ``with`` block is left at that point without an error.
+    """
+    names = set(modules)
+
+    def hook_for(name: str) -> ForwardHook:
+        def hook(module: nn.Module, inputs, output) -> None:
+            store[name] = output
+            if stop and names <= store.keys():
+                raise _AllWatched
+
+        return hook
+
+    with forward_hooks((module, hook_for(name)) for name, module in modules.items()), contextlib.suppress(_AllWatched):
         yield

@@ -251,7 +251,7 @@ def _curve(analysis: Analysis, path: Sequence[Unit], order: torch.Tensor, steps:
     weight = analysis.delta(path, "gradient")
     store: dict[str, torch.Tensor] = {}
     module = resolve_modules(analysis.explainer.model, [unit.layer])
-    with torch.no_grad(), watching(module, store):
+    with torch.no_grad(), watching(module, store, stop=True):
         analysis.explainer.model(stacked)
     values = objective(store[unit.layer], weight).cpu().numpy()
     reference = float(objective(analysis.activation(unit.layer), weight)[0])
