@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_photo_arg(ex)
     ex.add_argument("--out", help="output folder (default: featuretree-out/<photo name>)")
-    ex.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    ex.add_argument(
+        "--root",
+        help="root unit: class:N, class:NAME or LAYER:CHANNEL; class:A-class:B or LAYER:A-LAYER:B explains why A rather than B (default: the top predicted class)",
+    )
     ex.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
     ex.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
     ex.add_argument(
@@ -125,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_photo_arg(sa)
     sa.add_argument("--out", help="output folder for sanity.md/.csv/.png (default: featuretree-out/sanity-<photo name>)")
-    sa.add_argument("--root", help="root unit: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    sa.add_argument(
+        "--root",
+        help="root unit: class:N, class:NAME or LAYER:CHANNEL; class:A-class:B or LAYER:A-LAYER:B explains why A rather than B (default: the top predicted class)",
+    )
     sa.add_argument("--k", type=_whole_number, default=3, help="children kept per node (default: %(default)s)")
     sa.add_argument("--depth", type=_whole_number, default=2, help="levels below the root (default: %(default)s)")
     sa.add_argument("--rule", default="gradient", metavar=_RULES_METAVAR, help="child-scoring rule, as for explain (default: %(default)s)")
@@ -164,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_photo_arg(ab)
     ab.add_argument("--units", required=True, help="comma-separated units LAYER:CHANNEL, e.g. _blocks.14:6,_head_act:1156")
     ab.add_argument("--scale", type=float, default=0.0, help="factor for those units (default: %(default)s, i.e. zeroed)")
-    ab.add_argument("--root", help="root objective: class:N, class:NAME or LAYER:CHANNEL (default: the top predicted class)")
+    ab.add_argument(
+        "--root", help="root objective: class:N, class:NAME, LAYER:CHANNEL or a contrast class:A-class:B (default: the top predicted class)"
+    )
     ab.add_argument("--json", action="store_true", help="print one JSON object: top_before, top_after, root_before, root_after")
     _add_model_args(ab)
 
@@ -316,7 +324,7 @@ def format_tree(tree, max_lines: int = 40) -> str:
             lines.append("  ...")
             break
         label = f" {node.label}" if node.label else ""
-        line = f"{'  ' * node.depth}{node.layer}:{node.unit}{label}"
+        line = f"{'  ' * node.depth}{node.path[-1]}{label}"
         if node.score is not None:
             line += f"  score {node.score:.4g}  share {100 * node.share:.1f}%"
         if node.verification:

@@ -21,7 +21,7 @@ from ..core.layouts import layout_for
 from ..core.units import ClassScore, LayerInfo, Path, Unit
 from .chain_model import ChainModel
 from .gradients import PathGradients
-from .roots import resolve_root
+from .roots import resolve_root, unit_label
 
 SEED_MODES: tuple[str, ...] = ("sum", "max")
 
@@ -109,6 +109,10 @@ class ImageAnalysis:
         """``None`` -> the top class logit; ``class:N`` / ``class:NAME``; ``LAYER:CHANNEL``; or a Unit."""
         return resolve_root(self, root)
 
+    def unit_label(self, unit: Unit) -> str | None:
+        """A logits unit's class name ("Egyptian cat − tabby" for a contrastive root); None elsewhere."""
+        return unit_label(self, unit)
+
     def validate_path(self, path: Sequence[Unit]) -> Path:
         """Check that each unit sits one chain layer below its parent and is in range."""
         path = tuple(path)
@@ -137,9 +141,15 @@ class ImageAnalysis:
         check_choice(seed_mode, SEED_MODES, "seed mode")
         act = self.activation(unit.layer)
         layout = self.layer_info(unit.layer).layout
-        if seed_mode == "sum":
-            return layout.keep_channel(torch.ones_like(act), unit.channel)
-        return layout.max_seed(act, unit.channel)
+        seeds = [layout.keep_channel(torch.ones_like(act), c) if seed_mode == "sum" else layout.max_seed(act, c) for c in unit.channels]
+        # A contrastive root's objective is the first unit's minus the second's: so is its seed.
+        return seeds[0] if len(seeds) == 1 else seeds[0] - seeds[1]
+
+    def unit_values(self, unit: Unit) -> torch.Tensor:
+        """The unit's values at every position (for a contrast, the first channel's minus the second's)."""
+        layout = self.layer_info(unit.layer).layout
+        act = self.activation(unit.layer)
+        return sum(sign * layout.unit_values(act, c) for c, sign in zip(unit.channels, unit.signs))
 
     @property
     def guided_problem(self) -> str | None:

@@ -1,4 +1,5 @@
-"""Reading a root: the top class, ``class:N`` / ``class:NAME``, ``LAYER:CHANNEL`` or a Unit."""
+"""Reading a root: the top class, ``class:N`` / ``class:NAME``, ``LAYER:CHANNEL`` or a Unit; and
+contrastive roots, ``class:A-class:B`` or ``LAYER:A-LAYER:B`` (the first minus the second)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,27 @@ def resolve_root(analysis: ImageAnalysis, root: str | Unit | None = None) -> Uni
     if isinstance(root, Unit):
         unit = root
     elif root.startswith("class:"):
-        unit = class_unit(analysis, root[len("class:") :].strip())
+        first, sep, second = root[len("class:") :].partition("-class:")
+        unit = class_unit(analysis, first.strip())
+        if sep:
+            other = class_unit(analysis, second.strip())
+            if other.channel == unit.channel:
+                raise UnitError(f"{root!r} contrasts a class with itself", "name two different classes")
+            unit = Unit(unit.layer, unit.channel, other.channel)
     else:
         unit = Unit.parse(root)
     info = analysis.layer_info(unit.layer)
-    if not 0 <= unit.channel < info.channels:
-        raise UnitError(f"unit {unit.channel} is out of range for layer {unit.layer!r}", f"it has channels 0..{info.channels - 1}")
+    for channel in unit.channels:
+        if not 0 <= channel < info.channels:
+            raise UnitError(f"unit {channel} is out of range for layer {unit.layer!r}", f"it has channels 0..{info.channels - 1}")
     return unit
+
+
+def unit_label(analysis: ImageAnalysis, unit: Unit) -> str | None:
+    """A logits unit's class name ("Egyptian cat", or "Egyptian cat − tabby" for a contrast); None elsewhere."""
+    if unit.layer != analysis.logits_layer:
+        return None
+    return " − ".join(analysis.class_name(c) for c in unit.channels)
 
 
 def class_unit(analysis: ImageAnalysis, text: str) -> Unit:

@@ -53,8 +53,9 @@ def strongest_position(analysis: ImageAnalysis, path: Path, backward: str, seed_
     layout = analysis.layer_info(unit.layer).layout
     if not layout.spatial:
         return None
-    act = layout.unit_map(analysis.activation(unit.layer), unit.channel)
-    contribution = act * layout.unit_map(analysis.delta(path, backward, seed_mode), unit.channel)
+    activation, delta = analysis.activation(unit.layer), analysis.delta(path, backward, seed_mode)
+    act = sum(sign * layout.unit_map(activation, c) for c, sign in zip(unit.channels, unit.signs))
+    contribution = sum(layout.unit_map(activation, c) * layout.unit_map(delta, c) for c in unit.channels)
     if float(contribution.abs().max()) == 0.0:
         contribution = act
     flat = int(contribution.argmax()) if float(contribution.max()) > 0 else int(contribution.abs().argmax())
@@ -88,7 +89,6 @@ def evidence_many(
     std = torch.tensor(analysis.explainer.preprocess.std, device=analysis.record.input.device).view(3, 1, 1)
     x = analysis.record.input.detach()[0]
     for layer, members in groups.items():
-        layout = analysis.layer_info(layer).layout
         none: list[torch.Tensor | None] = [None] * len(members)
         guided = none
         if "guided" in kinds or ("heat" in kinds and backward == "guided"):
@@ -103,7 +103,7 @@ def evidence_many(
         locations = [strongest_position(analysis, paths[i], backward, seed_mode) for i in members]
         boxes = receptive_fields(analysis, layer, locations) if "box" in kinds else [None] * len(members)
         for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
-            act = layout.unit_values(analysis.activation(layer), paths[i][-1].channel)
+            act = analysis.unit_values(paths[i][-1])
             results[i] = NodeEvidence(
                 # d objective / d pixel (0..1 units)
                 guided=(g_guided[0] / std).float().cpu().numpy() if "guided" in kinds else None,

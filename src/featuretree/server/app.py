@@ -165,6 +165,7 @@ class NodeOut(BaseModel):
     path: list[str]
     layer: str
     unit: int
+    contrast: int | None = None  # a contrastive root: unit minus contrast
     label: str | None
     activation_sum: float
     activation_max: float
@@ -392,7 +393,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         return analysis.validate_path((root, *(Unit.parse(p.strip()) for p in parts[1:])))
 
     def label_of(analysis: Analysis, unit: Unit) -> str | None:
-        return analysis.class_name(unit.channel) if unit.layer == analysis.logits_layer else None
+        return analysis.unit_label(unit)
 
     @app.get("/api/analysis", response_model=AnalysisOut, responses=ERRORS, summary="Top-5 classes, layer chain and default root")
     def analysis_info(model: ModelQ, image: ImageQ) -> AnalysisOut:
@@ -431,6 +432,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             path=[str(u) for u in units],
             layer=unit.layer,
             unit=unit.channel,
+            contrast=unit.contrast,
             label=label_of(an, unit),
             activation_sum=ev.activation_sum,
             activation_max=ev.activation_max,

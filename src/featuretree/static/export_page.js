@@ -11,8 +11,10 @@
     const head = el("header", { class: "ft-head" });
     if (images.photo) head.append(el("img", { class: "photo", alt: "model input", src: images.photo }));
     const info = el("div", { class: "ft-info" });
-    const top = tree.top_classes[0];
-    info.append(el("h1", {}, `Why ${top ? "“" + top.name + "”" : "this"}? ${tree.model.name} on ${tree.image.source}`));
+    const sides = (tree.root.label || "").split(" − "); // a contrastive root's label is "A − B"
+    const question = tree.root.contrast != null && sides.length === 2 ? `Why “${sides[0]}” rather than “${sides[1]}”?`
+      : tree.root.label ? `Why “${tree.root.label}”?` : `What drives ${tree.root.id}?`;
+    info.append(el("h1", {}, `${question} ${tree.model.name} on ${tree.image.source}`));
     const table = el("table", { class: "top5" });
     for (const c of tree.top_classes) {
       const bar = el("span", { class: "bar" });

@@ -5,7 +5,7 @@
 // Plain script, no dependencies, works from file://.
 //
 // A tree is given as nodes in the tree.json format (docs/tree-schema.md): id, layer, unit, depth,
-// label, score, share, expanded, coverage, rest, total_positive, leaf_reason, verification,
+// label, contrast (a contrastive root's second unit), score, share, expanded, coverage, rest, total_positive, leaf_reason, verification,
 // verification_all, box, children (the shown ones). A host may add view-only fields:
 //   loading (children are being computed), error (text), verification_pending, verification_error,
 //   verification_all.count (how many children the joint ablation zeroed; else children.length).
@@ -32,6 +32,11 @@
     }
     for (const kid of kids) if (kid !== null && kid !== undefined) node.append(kid);
     return node;
+  }
+
+  // "layer:unit", or "layer:A−B" for a contrastive root (unit A minus unit B).
+  function unitText(node) {
+    return node.contrast != null ? `${node.layer}:${node.unit}−${node.contrast}` : `${node.layer}:${node.unit}`;
   }
 
   // ----- number formats: the only ones either page uses ------------------------------------
@@ -300,7 +305,7 @@
         "data-node": node.id, "aria-busy": node.loading ? "true" : null,
       });
       Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });
-      box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: node.id }, `${node.layer}:${node.unit}`)));
+      box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: node.id }, unitText(node))));
       const sub = this.subText(node);
       const share = node.depth === 0 || node.share === null || node.share === undefined ? null : pct(node.share);
       box.append(el("div", { class: "ft-sub", title: share ? `${share} · ${sub}` : sub },
@@ -314,6 +319,7 @@
     subText(node) {
       if (node.depth === 0) {
         const cls = node.label ? (this.opt.topClasses || []).find((c) => c.index === node.unit && c.name === node.label) : null;
+        if (node.contrast != null) return `${node.label || "contrast"} · why the first rather than the second`;
         return node.label ? `${node.label}${cls ? ` · p=${cls.probability.toFixed(3)}` : ""}` : "root unit";
       }
       return `score ${fmt(node.score)}${node.label ? " · " + node.label : ""}`;

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 def node_for(analysis: ImageAnalysis, path: Path, score: float | None, share: float | None) -> Node:
     unit = path[-1]
-    label = analysis.class_name(unit.channel) if unit.layer == analysis.logits_layer else None
     return Node(
         id=path_id(path),
         path=[str(u) for u in path],
         layer=unit.layer,
         unit=unit.channel,
+        contrast=unit.contrast,
         depth=len(path) - 1,
-        label=label,
+        label=analysis.unit_label(unit),
         score=score,
         share=share,
     )
@@ -121,8 +121,7 @@ def build_tree(
                 analysis.prefetch_layer_gradients([p for _, p in frontier], backward, seed_mode)
             for node, path in frontier:
                 if not images:
-                    layout = analysis.layer_info(path[-1].layer).layout
-                    act = layout.unit_values(analysis.activation(path[-1].layer), path[-1].channel)
+                    act = analysis.unit_values(path[-1])
                     node.activation_sum, node.activation_max = float(act.sum()), float(act.max())
                 if node.depth < depth:
                     expansion = expand(analysis, path, k, rule, seed_mode, negatives)

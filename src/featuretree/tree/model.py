@@ -36,7 +36,8 @@ class Node:
     layer: str
     unit: int
     depth: int
-    label: str | None = None
+    label: str | None = None  # a class name; for a contrastive root "A − B"
+    contrast: int | None = None  # a contrastive root's second unit: the objective is unit minus contrast
     score: float | None = None  # contribution to the root objective through the path (None at the root)
     share: float | None = None  # score / parent's total positive contribution
     activation_sum: float = 0.0

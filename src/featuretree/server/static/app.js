@@ -20,6 +20,7 @@ let tree = null;          // the TreeView drawing the stage
 const children = new Map(); // "model|image|k|rule|seed|path" -> {status, data|error, promise}
 const verifications = new Map(); // same keys -> {status, data|error}: /api/verify of a node's children
 const pictures = new Map(); // "model|image|rule|seed|view|path" -> data URI from /api/expand (most recent last)
+const rootLabels = new Map(); // "model|image|root" -> the server's label of a root outside the top 5
 const MAX_PICTURES = 400;   // beyond this the oldest are dropped (their URL is fetched again if shown)
 window.ftTimings = [];    // click-to-rendered-children durations, read by the benchmark
 
@@ -187,12 +188,34 @@ function ensureOpenLoaded() {
 }
 
 // ----- the visible tree ----------------------------------------------------------------
+// A root is "LAYER:N", or "LAYER:A-LAYER:B" for a contrast (A minus B, one layer).
+function parseRoot(text) {
+  const contrast = text.match(/^(.+):(\d+)-(.+):(\d+)$/);
+  if (contrast && contrast[1] === contrast[3]) return { layer: contrast[1], unit: +contrast[2], contrast: +contrast[4] };
+  return { layer: text.slice(0, text.lastIndexOf(":")), unit: +text.split(":").pop(), contrast: null };
+}
+
+// The root's label ("Egyptian cat", "Egyptian cat − tabby") from the top-5 classes, else asked of
+// the server once per root (classes outside the top 5) and drawn again when it answers.
+function rootLabel(root, layer, units) {
+  if (layer !== analysis.logits_layer) return null;
+  const names = units.map((u) => analysis.top_classes.find((c) => c.index === u)?.name);
+  if (names.every(Boolean)) return names.join(" − ");
+  const key = `${state.model}|${state.image}|${root}`;
+  if (!rootLabels.has(key)) {
+    rootLabels.set(key, null);
+    api("/api/node", { model: state.model, image: state.image, path: root, rule: state.rule, seed_mode: state.seed })
+      .then((node) => { rootLabels.set(key, node.label); if (state.root === root) draw(); })
+      .catch(() => {});
+  }
+  return rootLabels.get(key) || units.map((u) => `class ${u}`).join(" − ");
+}
+
 function rootNode() {
   if (!state.root) return null;
-  const cls = analysis.top_classes.find((c) => c.unit === state.root);
-  const [layer, unit] = [state.root.slice(0, state.root.lastIndexOf(":")), +state.root.split(":").pop()];
-  const label = layer === analysis.logits_layer ? (cls ? cls.name : `class ${unit}`) : null;
-  return { id: state.root, layer, unit, label, score: null, share: null, depth: 0 };
+  const { layer, unit, contrast } = parseRoot(state.root);
+  const label = rootLabel(state.root, layer, contrast === null ? [unit] : [unit, contrast]);
+  return { id: state.root, layer, unit, contrast, label, score: null, share: null, depth: 0 };
 }
 
 function kidsOf(node) {
@@ -346,13 +369,23 @@ function reroot(node) { tree.hideZoom(); setRoot(unitOf(node.id)); }
 // ----- panel ---------------------------------------------------------------------------
 function renderTop5() {
   const list = $("top5");
-  list.replaceChildren(...analysis.top_classes.map((c) => el("li", {},
-    el("button", {
-      type: "button", "aria-pressed": String(c.unit === state.root), disabled: !c.unit,
-      title: c.unit ? `explain ${c.unit}` : "", onclick: () => c.unit && setRoot(c.unit),
-    },
-    el("span", { class: "name" }, c.name), el("span", { class: "muted" }, `${(100 * c.probability).toFixed(1)}%`),
-    (() => { const b = el("span", { class: "bar" }); b.style.width = `${Math.max(1, 100 * c.probability)}%`; return b; })()))));
+  const top = analysis.top_classes[0];
+  list.replaceChildren(...analysis.top_classes.map((c, i) => {
+    // "vs": a contrastive root, why the top class rather than this one (top logit minus this logit).
+    const contrast = top && top.unit && c.unit && i > 0 ? `${top.unit}-${c.unit}` : null;
+    return el("li", {},
+      el("button", {
+        type: "button", "aria-pressed": String(c.unit === state.root), disabled: !c.unit,
+        title: c.unit ? `explain ${c.unit}` : "", onclick: () => c.unit && setRoot(c.unit),
+      },
+      el("span", { class: "name" }, c.name), el("span", { class: "muted" }, `${(100 * c.probability).toFixed(1)}%`),
+      (() => { const b = el("span", { class: "bar" }); b.style.width = `${Math.max(1, 100 * c.probability)}%`; return b; })()),
+      contrast ? el("button", {
+        type: "button", class: "vs", "aria-pressed": String(contrast === state.root), "data-contrast": contrast,
+        title: `why “${top.name}” rather than “${c.name}”: explain logit ${top.index} minus logit ${c.index}`,
+        onclick: () => setRoot(contrast),
+      }, "vs") : null);
+  }));
 }
 
 function renderGallery() {
