@@ -29,6 +29,14 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _fraction(text: str) -> float:
+    """A number; the range is checked where the value is used, with a message naming the fix."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _port(text: str) -> int:
     port = _whole_number(text)
     if not 0 <= port <= 65535:
@@ -94,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="root unit: class:N, class:NAME or LAYER:CHANNEL; class:A-class:B or LAYER:A-LAYER:B explains why A rather than B (default: the top predicted class)",
     )
     ex.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
+    ex.add_argument(
+        "--coverage",
+        type=_fraction,
+        metavar="F",
+        help="keep only the fewest top children whose shares of the node's positive evidence sum to F (0 < F <= 1), at most --k",
+    )
     ex.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
     ex.add_argument(
         "--rule", default="gradient", metavar=_RULES_METAVAR, help=f"how children are scored: {rules_help()} (default: %(default)s)"
@@ -286,6 +300,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         negatives=args.negatives,
         progress=not args.quiet,
         verify=args.verify,
+        coverage=args.coverage,
     )
     timings["tree"] = time.perf_counter() - start
     save_tree(tree, out, html=not args.no_html, timings=timings)
@@ -302,6 +317,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             verdict = f"root {tree.root.layer}:{tree.root.unit}"
         print(f"{photo.name}: {verdict}; {len(tree)} nodes in {elapsed:.1f}s")
         print(format_tree(tree))
+        complete = tree.completeness()
+        if complete:
+            levels = ", ".join(f"{100 * c:.0f}%" for c in complete["levels"])
+            print(f"the shown leaves carry {100 * complete['leaves']:.0f}% of the root's positive evidence (per level: {levels})")
     print(out / ("tree.html" if not args.no_html else "tree.json"))
     return 0
 

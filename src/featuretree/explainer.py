@@ -31,9 +31,18 @@ class Analysis(ImageAnalysis):
         """Per-channel scores of the layer below the path's end under ``rule``, shape [C] float64."""
         return score_children(self, path, rule, seed_mode)
 
-    def expand(self, path: Sequence[Unit], k: int = 5, rule: str = "gradient", seed_mode: str = "sum", negatives: int = 0) -> Expansion:
-        """Rank the units of the layer below ``path[-1]`` by their contribution through the path."""
-        return expand(self, path, k, rule, seed_mode, negatives)
+    def expand(
+        self,
+        path: Sequence[Unit],
+        k: int = 5,
+        rule: str = "gradient",
+        seed_mode: str = "sum",
+        negatives: int = 0,
+        coverage: float | None = None,
+    ) -> Expansion:
+        """Rank the units of the layer below ``path[-1]`` by their contribution through the path; keep the
+        top ``k``, or with ``coverage`` F the fewest of them whose shares reach F."""
+        return expand(self, path, k, rule, seed_mode, negatives, coverage)
 
     def evidence(
         self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum", kinds: Sequence[str] = EVIDENCE_KINDS
@@ -61,8 +70,10 @@ class Analysis(ImageAnalysis):
         images: bool = True,
         progress: bool = False,
         verify: bool = False,
+        coverage: float | None = None,
     ) -> FeatureTree:
-        """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each.
+        """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each
+        (with ``coverage`` F: the fewest of the top k whose shares reach F).
 
         ``verify=True`` also measures every edge by ablation."""
         return build_tree(
@@ -76,6 +87,7 @@ class Analysis(ImageAnalysis):
             images=images,
             progress=progress,
             verify=verify,
+            coverage=coverage,
         )
 
     def verify(self, tree: FeatureTree) -> FeatureTree:

@@ -48,6 +48,9 @@ PathQ = Annotated[
     ),
 ]
 KQ = Annotated[int, Query(ge=1, le=64, description="children kept per node")]
+CoverageQ = Annotated[
+    float | None, Query(gt=0, le=1, description="keep only the fewest top-k children whose shares of the positive evidence reach this")
+]
 SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's map or its max pixel")]
 
 PNG_CACHE = "public, max-age=86400, immutable"
@@ -442,10 +445,18 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         )
 
     @app.get("/api/children", response_model=ChildrenOut, responses=ERRORS, summary="Expand a node: its top-k children with scores")
-    def children(model: ModelQ, image: ImageQ, path: PathQ, k: KQ = 5, rule: RuleQ = "gradient", seed_mode: SeedQ = "sum") -> ChildrenOut:
+    def children(
+        model: ModelQ,
+        image: ImageQ,
+        path: PathQ,
+        k: KQ = 5,
+        rule: RuleQ = "gradient",
+        seed_mode: SeedQ = "sum",
+        coverage: CoverageQ = None,
+    ) -> ChildrenOut:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
-        ex = an.expand(units, k, rule, seed_mode)
+        ex = an.expand(units, k, rule, seed_mode, coverage=coverage)
         return ChildrenOut(
             id=path_id(units),
             child_layer=ex.child_layer,
@@ -485,8 +496,9 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         rule: RuleQ = "gradient",
         seed_mode: SeedQ = "sum",
         view: Annotated[View, Query(description="which picture of each child")] = "heatmap",
+        coverage: CoverageQ = None,
     ) -> ExpandOut:
-        listed = children(model, image, path, k, rule, seed_mode)
+        listed = children(model, image, path, k, rule, seed_mode, coverage)
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
         paths = [(*units, Unit(c.layer, c.unit)) for c in listed.children]
@@ -520,10 +532,11 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         k: KQ = 5,
         rule: RuleQ = "gradient",
         seed_mode: SeedQ = "sum",
+        coverage: CoverageQ = None,
     ) -> VerifyOut:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
-        ex = an.expand(units, k, rule, seed_mode)
+        ex = an.expand(units, k, rule, seed_mode, coverage=coverage)
         if ex.child_layer is None:
             raise UnitError(f"{units[-1]} is in the first chain layer; it has no children to verify", "verify a deeper node")
         result = workspace.verification(model, image, units, [c.unit.channel for c in ex.children], seed_mode)
@@ -590,6 +603,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         format: Literal["json", "html"] = "json",
         verify: Annotated[bool, Query(description="measure every shown edge by ablation (node.verification)")] = True,
         exemplars: Annotated[bool, Query(description="HTML: embed each node's exemplar grid when the server has --db")] = True,
+        coverage: CoverageQ = None,
     ) -> Response:
         an = workspace.analysis(model, image)
         root_units = parse_node_path(an, root)
@@ -605,7 +619,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             return out
 
         tree = build_view_tree(
-            workspace, model, image, root_units, parse_many(open), parse_many(removed), k, rule, seed_mode, verify=verify
+            workspace, model, image, root_units, parse_many(open), parse_many(removed), k, rule, seed_mode, verify=verify, coverage=coverage
         )
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", an.image.source.rsplit(".", 1)[0])[:60] or "image"
         if format == "json":

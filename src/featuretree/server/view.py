@@ -20,6 +20,7 @@ def build_view_tree(
     rule: str,
     seed_mode: str,
     verify: bool = True,
+    coverage: float | None = None,
 ) -> FeatureTree:
     """The tree the page shows: every expanded node gets its top-k children minus the removed ones.
 
@@ -41,7 +42,7 @@ def build_view_tree(
         max_depth = max(max_depth, node.depth)
         if path not in expanded:
             continue
-        expansion = analysis.expand(path, k, rule, seed_mode)
+        expansion = analysis.expand(path, k, rule, seed_mode, coverage=coverage)
         apply_expansion(node, expansion)
         for scored in expansion.children:
             child_path = (*path, scored.unit)
@@ -61,6 +62,8 @@ def build_view_tree(
             node.verification_all = (result.joint or result.children[0]).to_dict()
     tree.settings["depth"] = max_depth
     tree.settings["view"] = "explorer export"
+    if coverage is not None:
+        tree.settings["coverage"] = coverage
     if verify:
         tree.settings["verified"] = True
     return tree

@@ -27,6 +27,13 @@
       `root ${tree.root.id}${tree.root.label ? " (" + tree.root.label + ")" : ""} · k=${s.k} · depth=${s.depth} · rule=${s.rule} · seed=${s.seed_mode}. ` +
       "Score = gradient × activation of the unit, conditioned on the path from the root; share = score / parent's total positive contribution. " +
       "Click a picture to hide or show its children; hover to enlarge. Wheel or pinch zooms, drag pans, f fits the tree, 0 is 100%."));
+    const complete = tree.completeness;
+    if (complete) {
+      info.append(el("div", { class: "meta", "data-completeness": complete.leaves.toFixed(6) },
+        `The shown leaves carry ${(100 * complete.leaves).toFixed(0)}% of the root's positive evidence ` +
+        `(per level: ${complete.levels.map((c) => (100 * c).toFixed(0) + "%").join(", ")}).` +
+        (s.coverage ? ` Children: the fewest of the top ${s.k} that reach ${(100 * s.coverage).toFixed(0)}% of their parent's evidence.` : "")));
+    }
     const controls = el("div", { class: "controls", role: "group", "aria-label": "node picture" });
     info.append(controls);
     head.append(info);
@@ -63,6 +70,16 @@
         onclick: (e) => { for (const b of controls.children) b.setAttribute("aria-pressed", String(b === e.currentTarget)); view.setView(key); },
       }, label));
     }
+
+    // Tree or merged graph: each distinct unit once, with all of its incoming edges (hubs stand out).
+    const shape = el("div", { class: "controls", role: "group", "aria-label": "tree or graph" });
+    for (const [mode, label, title] of [["tree", "tree", "one card per path"], ["graph", "graph", "one card per unit, with all its incoming edges"]]) {
+      shape.append(el("button", {
+        type: "button", "data-mode": mode, "aria-pressed": String(mode === "tree"), title,
+        onclick: (e) => { for (const b of shape.children) b.setAttribute("aria-pressed", String(b === e.currentTarget)); view.setGraph(mode === "graph"); },
+      }, label));
+    }
+    info.append(shape);
 
     if (hasGrids) {
       const gallery = el("section", { class: "ft-exemplars", id: "ft-exemplars" },

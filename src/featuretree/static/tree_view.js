@@ -39,6 +39,60 @@
     return node.contrast != null ? `${node.layer}:${node.unit}−${node.contrast}` : `${node.layer}:${node.unit}`;
   }
 
+  // The merged graph of a shown tree (tree.graph in Python, the same definition): each distinct unit
+  // once (its id is the last step of its paths), with the tree paths that reach it and their summed
+  // scores; one edge per (parent unit, child unit), its score the sum over the tree edges it merges and
+  // its share that score over the merged parents' positive totals. kids(node) gives the shown children.
+  function mergeGraph(root, kids = (n) => n.children || []) {
+    const unitOf = (node) => node.id.split("/").pop();
+    const nodes = new Map(), edges = new Map();
+    let frontier = [root];
+    while (frontier.length) { // breadth first, like the Python version: a unit's entry comes from its shallowest copy
+      const below = [];
+      for (const node of frontier) {
+        const id = unitOf(node);
+        if (!nodes.has(id)) nodes.set(id, { id, layer: node.layer, unit: node.unit, label: node.label ?? null, depth: node.depth, paths: [], copies: [], score: 0 });
+        const entry = nodes.get(id);
+        entry.paths.push(node.id);
+        entry.copies.push(node);
+        entry.score += node.score || 0;
+        for (const kid of kids(node)) {
+          const key = `${id}\n${unitOf(kid)}`;
+          if (!edges.has(key)) edges.set(key, { source: id, target: unitOf(kid), score: 0, paths: 0, total: 0 });
+          const edge = edges.get(key);
+          edge.score += kid.score || 0;
+          edge.paths += 1;
+          edge.total += node.total_positive || 0;
+          below.push(kid);
+        }
+      }
+      frontier = below;
+    }
+    for (const entry of nodes.values()) if (entry.depth === 0) entry.score = null;
+    const order = new Map([...nodes.keys()].map((id, i) => [id, i]));
+    const list = [...edges.values()].map(({ total, ...e }) => ({ ...e, share: total > 0 ? e.score / total : 0 }));
+    list.sort((a, b) => order.get(a.source) - order.get(b.source) || b.score - a.score);
+    return { nodes: [...nodes.values()], edges: list };
+  }
+
+  // The share of the root's positive evidence the shown tree accounts for (tree.completeness in Python):
+  // a node carries its share of its parent times what the parent carries (1 at the root); per depth
+  // and over the shown leaves. null until the root is expanded.
+  function completeness(root, kids = (n) => n.children || []) {
+    if (!root.expanded || !(root.total_positive > 0)) return null;
+    const perDepth = [];
+    let leaves = 0;
+    (function walk(n, carried) {
+      const shown = kids(n);
+      if (n.depth > 0) {
+        perDepth[n.depth - 1] = (perDepth[n.depth - 1] || 0) + carried;
+        if (!shown.length) leaves += carried;
+      }
+      for (const kid of shown) walk(kid, carried * (kid.share || 0));
+    })(root, 1);
+    return { leaves, levels: perDepth.filter((v) => v !== undefined) };
+  }
+
   // ----- number formats: the only ones either page uses ------------------------------------
   // A value: three significant digits; exponent notation outside [0.001, 10000).
   function fmt(x) {
@@ -199,12 +253,17 @@
       return { placed, width: Math.max(S.cardW, cursor - S.gapX), height: tops[depthMax] + band[depthMax], depthMax, tops, band, indent };
     }
 
+    // Tree or merged graph (each distinct unit once, with all its incoming edges).
+    setGraph(on) { this.graph = Boolean(on); this.auto = true; if (this.root) this.draw(this.root); }
+
     draw(root) {
       this.hideZoom(); // the cards are rebuilt, so the hovered one is gone
       this.root = root;
       this.message.hidden = true;
       this.bar.hidden = false;
       const S = (this.S = this.metrics());
+      this.host.dataset.mode = this.graph ? "graph" : "tree";
+      if (this.graph) { this.drawGraph(root, S); return; }
       // Trees with many leaves (more than opt.compactLeaves) stack leaf siblings when that shows the whole
       // tree larger on this screen (a 156-node tree: about four times larger than side by side).
       let leaves = 0;
@@ -255,7 +314,13 @@
         canvas.append(this.card(p.node, at, p.parent));
         if (p.panel) canvas.append(this.panelFor(p.node, p.panel, at, S));
       }
-      // Row labels live outside the zoomed canvas, so they stay readable at any zoom.
+      this.drawRowLabels(placed, depthMax, tops, band);
+      this._lastEdgeScale = null;
+      if (this.auto) this.fit(); else this.apply();
+    }
+
+    // Row labels live outside the zoomed canvas, so they stay readable at any zoom.
+    drawRowLabels(placed, depthMax, tops, band) {
       const byName = new Map((this.opt.chain || []).map((c) => [c.name, c]));
       this.rowLabels = [];
       this.rows.replaceChildren();
@@ -267,8 +332,104 @@
         this.rows.append(label);
         this.rowLabels.push([label, tops[d], band[d]]);
       }
+    }
+
+    // The merged graph: one row per layer, units ordered under the mean position of their parents
+    // (weighted by edge score), edges as wide as their share; a unit reached by several parents is a hub.
+    drawGraph(root, S) {
+      const graph = (this.graphModel = mergeGraph(root, (n) => this.kids(n)));
+      const rows = [];
+      for (const unit of graph.nodes) (rows[unit.depth] = rows[unit.depth] || []).push(unit);
+      const incoming = new Map(graph.nodes.map((u) => [u.id, []]));
+      for (const e of graph.edges) incoming.get(e.target).push(e);
+      const step = S.cardW + S.gapX, gapY = Math.round(S.pic * 0.1);
+      // A long row is staggered over several lines (unit i on line i mod lines), keeping its left-to-right
+      // order while the graph stays about as wide as it is tall.
+      const perLine = Math.max(10, Math.ceil(2.5 * Math.sqrt(graph.nodes.length)));
+      const lines = rows.map((r) => Math.ceil(r.length / perLine));
+      const rowWidth = (r, d) => (r.length - 1) * (step / lines[d]) + S.cardW;
+      const width = Math.max(...rows.map(rowWidth));
+      const x = new Map(), line = new Map();
+      rows.forEach((row, d) => {
+        if (d > 0) {
+          const centre = (u) => {
+            const ins = incoming.get(u.id), w = ins.reduce((s, e) => s + Math.max(e.score, 1e-12), 0);
+            return ins.reduce((s, e) => s + x.get(e.source) * Math.max(e.score, 1e-12), 0) / w;
+          };
+          const key = new Map(row.map((u) => [u.id, centre(u)]));
+          row.sort((a, b) => key.get(a.id) - key.get(b.id) || (b.score || 0) - (a.score || 0));
+        }
+        const left = (width - rowWidth(row, d)) / 2;
+        row.forEach((u, i) => { x.set(u.id, left + (i * step) / lines[d]); line.set(u.id, i % lines[d]); });
+      });
+      const depthMax = rows.length - 1;
+      const band = lines.map((n) => n * S.cardH + (n - 1) * gapY), tops = [0];
+      for (let d = 1; d <= depthMax; d++) tops.push(tops[d - 1] + band[d - 1] + (S.rowH - S.cardH));
+      const height = tops[depthMax] + band[depthMax];
+      this.size = { width, height };
+      const topOf = (u) => tops[u.depth] + line.get(u.id) * (S.cardH + gapY);
+      this.pos = new Map(graph.nodes.map((u) => [u.id, { left: x.get(u.id), top: topOf(u), width: S.cardW, height: S.cardH }]));
+      const canvas = this.canvas;
+      canvas.replaceChildren();
+      canvas.style.width = `${width}px`;
+      canvas.style.height = `${height}px`;
+      const svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("class", "ft-edges");
+      svg.setAttribute("width", width);
+      svg.setAttribute("height", height);
+      this.edges = [];
+      for (const e of graph.edges) {
+        const a = this.pos.get(e.source), b = this.pos.get(e.target);
+        const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top, my = (y1 + y2) / 2;
+        const path = document.createElementNS(SVG, "path");
+        path.setAttribute("d", `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`);
+        path.setAttribute("data-edge", `${e.source}>${e.target}`);
+        const title = document.createElementNS(SVG, "title");
+        title.textContent = `${e.source} → ${e.target}: score ${fmt(e.score)} over ${e.paths} path${e.paths > 1 ? "s" : ""}, ` +
+          `${pct(e.share)} of the evidence through ${e.source}`;
+        path.append(title);
+        svg.append(path);
+        this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, e.share)))]);
+      }
+      canvas.append(svg);
+      for (const unit of graph.nodes) canvas.append(this.graphCard(unit, incoming.get(unit.id).length, this.pos.get(unit.id)));
+      const placed = graph.nodes.map((u) => ({ node: u, depth: u.depth }));
+      this.drawRowLabels(placed, depthMax, tops, band);
       this._lastEdgeScale = null;
       if (this.auto) this.fit(); else this.apply();
+    }
+
+    // A unit's card in the graph: its picture is that of its strongest path (pictures are path-conditioned).
+    graphCard(unit, parents, at) {
+      const strongest = unit.copies.reduce((best, n) => ((n.score || 0) > (best.score || 0) ? n : best), unit.copies[0]);
+      const hub = parents > 1;
+      const box = el("div", {
+        class: `ft-card${unit.depth === 0 ? " root" : ""}${hub ? " hub" : ""}`, "data-node": strongest.id, "data-unit": unit.id,
+      });
+      Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });
+      box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: unit.id }, unitText(strongest))));
+      const sub = unit.depth === 0 ? this.subText(strongest)
+        : `score ${fmt(unit.score)} · ${unit.paths.length} path${unit.paths.length > 1 ? "s" : ""}${unit.label ? " · " + unit.label : ""}`;
+      box.append(el("div", { class: "ft-sub", title: `${sub}: the summed contribution to the root over every shown path through this unit` }, sub));
+      const row = el("div", { class: "ft-verify" });
+      if (hub) row.append(el("span", { class: "ft-badge hub", title: `${parents} shown parents feed on this unit` }, `hub · ${parents} parents`));
+      box.append(row);
+      const pic = el("div", {
+        class: "ft-pic", title: `picture of its strongest path, ${strongest.id}`,
+        onmouseenter: () => this.showZoom(strongest, pic), onmouseleave: () => this.hideZoom(),
+      });
+      const src = this.opt.picture ? this.opt.picture(strongest, this.view) : null;
+      if (src) pic.append(el("img", { class: `ft-img${this.opt.tiny ? " tiny" : ""}`, alt: `${VIEW_LABELS[this.view] || this.view} of ${strongest.id}`, draggable: "false", src }));
+      else if ((this.view === "rf_crop" || this.view === "rf_box") && strongest.box && this.opt.photo && this.opt.photo.src) {
+        pic.append(this.boxView(strongest, this.view === "rf_crop", this.S.pic));
+      } else pic.append(el("div", { class: "ft-nopic" }, "no picture"));
+      box.append(pic);
+      if (this.opt.buttons) {
+        // The host's buttons act on the strongest path; removing one path of a merged unit would not remove the unit.
+        const buttons = (this.opt.buttons(strongest) || []).filter((b) => b && b.dataset.action !== "remove");
+        box.append(el("div", { class: "ft-buttons" }, ...buttons));
+      }
+      return box;
     }
 
     // Update the badge rows and picture overlays in place (no redraw: a hovered picture keeps its zoom).
@@ -644,5 +805,5 @@
     }
   }
 
-  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, el, fmt, pct, ablationBadge });
+  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, el, fmt, pct, ablationBadge, mergeGraph, completeness });
 })();

@@ -13,7 +13,7 @@ from ..core.errors import OptionError, check_choice
 from ..core.units import Path, Unit, path_id
 from ..evidence.evidence import NodeEvidence, evidence_many
 from ..rules import get_rule
-from .expansion import Expansion, expand
+from .expansion import Expansion, check_coverage, expand
 from .model import Edge, FeatureTree, Node
 from .verify import verify_tree
 
@@ -86,6 +86,7 @@ def build_tree(
     images: bool = True,
     progress: bool = False,
     verify: bool = False,
+    coverage: float | None = None,
 ) -> FeatureTree:
     """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each.
 
@@ -94,6 +95,7 @@ def build_tree(
         raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
     if depth < 0:
         raise OptionError(f"depth must be 0 or more, got {depth}", "use --depth 0 for the root alone")
+    check_coverage(coverage)
     if negatives < 0:
         raise OptionError(f"negatives must be 0 or more, got {negatives}", "use --negatives 0 to hide them")
     backward = get_rule(rule).backward
@@ -106,6 +108,8 @@ def build_tree(
             f"use --depth {below} or less, or add layers with --layers",
         )
     settings = {"k": k, "depth": depth, "rule": rule, "seed_mode": seed_mode, "negatives": negatives}
+    if coverage is not None:
+        settings["coverage"] = coverage
     tree = _empty_tree(analysis, root_unit, settings)
     total = sum(k**level for level in range(depth + 1))
     frontier: list[tuple[Node, Path]] = [(tree.root, (root_unit,))]
@@ -124,7 +128,7 @@ def build_tree(
                     act = analysis.unit_values(path[-1])
                     node.activation_sum, node.activation_max = float(act.sum()), float(act.max())
                 if node.depth < depth:
-                    expansion = expand(analysis, path, k, rule, seed_mode, negatives)
+                    expansion = expand(analysis, path, k, rule, seed_mode, negatives, coverage)
                     apply_expansion(node, expansion)
                     for scored in expansion.children:
                         child_path = path + (scored.unit,)

@@ -58,6 +58,21 @@ def _top(scores: torch.Tensor, count: int, sign: float, total: float, layer: str
     return tuple(picked)
 
 
+def check_coverage(coverage: float | None) -> None:
+    if coverage is not None and not (0.0 < coverage <= 1.0 and math.isfinite(coverage)):
+        raise OptionError(f"coverage must be in (0, 1], got {coverage}", "e.g. --coverage 0.5 keeps children until half the evidence")
+
+
+def coverage_prefix(children: tuple[ScoredUnit, ...], coverage: float) -> tuple[ScoredUnit, ...]:
+    """The smallest prefix of ranked children whose shares sum to at least ``coverage`` (all if none does)."""
+    total = 0.0
+    for count, child in enumerate(children, start=1):
+        total += child.share
+        if total >= coverage * (1 - 1e-12):  # shares are rounded floats: 0.5 reached as 0.49999999999999994 counts
+            return children[:count]
+    return children
+
+
 def expand(
     analysis: ImageAnalysis,
     path: Sequence[Unit],
@@ -65,10 +80,15 @@ def expand(
     rule: str = "gradient",
     seed_mode: str = "sum",
     negatives: int = 0,
+    coverage: float | None = None,
 ) -> Expansion:
-    """Rank the units of the layer below ``path[-1]`` by their contribution through the path."""
+    """Rank the units of the layer below ``path[-1]`` by their contribution through the path.
+
+    Keeps the top ``k``; with ``coverage`` F, only the smallest prefix of them whose shares of the
+    positive total sum to at least F (at most k: a cap, so a flat layer cannot flood the tree)."""
     if k < 1:
         raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
+    check_coverage(coverage)
     get_rule(rule)
     path = analysis.validate_path(path)
     if path[-1].layer == analysis.layers[0]:
@@ -83,6 +103,8 @@ def expand(
     total_neg = float(scores.clamp(max=0).sum())
     child_layer = analysis.layer_below(path[-1])
     children = _top(scores, k, 1.0, total_pos, child_layer)
+    if coverage is not None:
+        children = coverage_prefix(children, coverage)
     negs = _top(scores, negatives, -1.0, -total_neg, child_layer)
     coverage = sum(c.share for c in children)
     reason = None if children else "no unit below contributes positively through this path (zero gradient)"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import OptionError
 from ..render.export import render_html, save_tree
+from .graph import completeness, merged_graph
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -107,7 +108,18 @@ class FeatureTree:
             "top_classes": self.top_classes,
             "settings": self.settings,
             "root": self.root.to_dict(),
+            # Derived from the nodes (so loading ignores them and a round trip reproduces them).
+            "completeness": self.completeness(),
+            "graph": self.graph(),
         }
+
+    def graph(self) -> dict[str, Any]:
+        """The merged graph: each distinct unit once, with every edge into it (see tree.graph)."""
+        return merged_graph(self)
+
+    def completeness(self) -> dict[str, Any] | None:
+        """The share of the root's positive evidence the shown leaves, and each level, account for."""
+        return completeness(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureTree:

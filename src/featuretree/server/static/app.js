@@ -7,7 +7,7 @@
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
-const { TreeView, VIEW_LABELS, el } = window.FeatureTreeView;
+const { TreeView, VIEW_LABELS, el, completeness } = window.FeatureTreeView;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -67,16 +67,19 @@ function readUrl() {
   state.removed = new Set(q.getAll("removed"));
   state.pinned = new Set(q.getAll("ex"));
   state.k = Math.min(64, Math.max(1, parseInt(q.get("k") || "5", 10) || 5));
+  const coverage = parseFloat(q.get("coverage"));
+  state.coverage = coverage > 0 && coverage <= 1 ? coverage : null; // null: the top k, whatever they cover
   state.rule = info.rules.includes(q.get("rule")) ? q.get("rule") : "gradient";
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
   state.view = info.views.includes(q.get("view")) ? q.get("view") : "heatmap";
+  state.graph = q.get("graph") === "1";
   return !q.has("open") && !q.has("root");
 }
 
 function viewParams() {
   return {
     model: state.model, image: state.image, root: state.root ?? "",
-    k: state.k, rule: state.rule, seed: state.seed, view: state.view,
+    k: state.k, coverage: state.coverage, rule: state.rule, seed: state.seed, view: state.view, graph: state.graph ? "1" : null,
     open: [...state.open], removed: [...state.removed], ex: [...state.pinned],
   };
 }
@@ -85,8 +88,8 @@ function writeUrl() {
   const url = `${location.pathname}?${qs(viewParams())}`;
   if (url !== location.pathname + location.search) history.replaceState(null, "", url);
   const exportParams = {
-    model: state.model, image: state.image, root: state.root, k: state.k, rule: state.rule, seed_mode: state.seed,
-    open: [...state.open], removed: [...state.removed],
+    model: state.model, image: state.image, root: state.root, k: state.k, coverage: state.coverage, rule: state.rule,
+    seed_mode: state.seed, open: [...state.open], removed: [...state.removed],
   };
   for (const fmtName of ["json", "html"]) {
     const a = $(`export-${fmtName}`);
@@ -101,7 +104,7 @@ function writeUrl() {
 }
 
 // ----- children on demand, with their pictures (one batched call) ----------------------
-function childKey(path) { return [state.model, state.image, state.k, state.rule, state.seed, path].join("|"); }
+function childKey(path) { return [state.model, state.image, state.k, state.coverage, state.rule, state.seed, path].join("|"); }
 function pictureKey(path, view = state.view) { return [state.model, state.image, state.rule, state.seed, view, path].join("|"); }
 
 function pictureUrl(path, view = state.view) {
@@ -122,7 +125,7 @@ function requestChildren(path) {
   const view = state.view;
   const keyOf = (id) => pictureKey(id, view); // the state as it was when asked
   entry.promise = api("/api/expand", {
-    model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed, view,
+    model: state.model, image: state.image, path, k: state.k, coverage: state.coverage, rule: state.rule, seed_mode: state.seed, view,
   }).then((data) => {
     entry.received = performance.now();
     for (const c of data.children) { keepPicture(keyOf(c.id), c.picture); delete c.picture; }
@@ -139,7 +142,7 @@ function requestVerify(path) {
   if (verifications.has(key)) return;
   const entry = { status: "loading" };
   verifications.set(key, entry);
-  api("/api/verify", { model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed })
+  api("/api/verify", { model: state.model, image: state.image, path, k: state.k, coverage: state.coverage, rule: state.rule, seed_mode: state.seed })
     .then((data) => { entry.status = "done"; entry.data = data; },
           (err) => { entry.status = "error"; entry.error = err.message; })
     .then(() => { if (childKey(path) === key && analysis && rootNode()) tree.refresh(viewTree()); });
@@ -283,8 +286,12 @@ function draw() {
   (function walk(n) { count++; n.children.forEach(walk); })(model);
   const busy = visibleNodes().filter((n) => children.get(childKey(n.id))?.status === "loading" && state.open.has(n.id)).length;
   document.body.dataset.busy = String(busy > 0);
+  const complete = completeness(model);
+  const carried = complete ? ` · the shown leaves carry ${(100 * complete.leaves).toFixed(0)}% of the root's positive evidence` : "";
+  const units = state.graph ? ` (${tree.graphModel.nodes.length} distinct units)` : "";
   status(busy ? `computing children of ${busy} node${busy > 1 ? "s" : ""}…`
-    : `${count} node${count > 1 ? "s" : ""} · root ${root.id}${root.label ? ` (${root.label})` : ""} · click a picture to expand or collapse · wheel zooms, drag pans, f fits`);
+    : `${count} node${count > 1 ? "s" : ""}${units} · root ${root.id}${root.label ? ` (${root.label})` : ""}${carried} · click a picture to expand or collapse · wheel zooms, drag pans, f fits`);
+  $("status").dataset.completeness = complete ? complete.leaves.toFixed(6) : "";
 }
 
 function cardButtons(node) {
@@ -509,6 +516,22 @@ function setupControls() {
     const k = parseInt($("k").value, 10);
     if (!(k >= 1 && k <= 64)) { toast("k must be a whole number from 1 to 64"); $("k").value = state.k; return; }
     state.k = k;
+    draw();
+    ensureOpenLoaded();
+  });
+  const shape = $("shape");
+  const showShape = () => { for (const b of shape.children) b.setAttribute("aria-pressed", String((b.dataset.mode === "graph") === state.graph)); };
+  showShape();
+  tree.graph = state.graph;
+  for (const b of shape.children) {
+    b.addEventListener("click", () => { state.graph = b.dataset.mode === "graph"; showShape(); tree.setGraph(state.graph); draw(); });
+  }
+  $("coverage").value = state.coverage ?? "";
+  $("coverage").addEventListener("change", () => {
+    const text = $("coverage").value.trim();
+    const f = text === "" ? null : parseFloat(text);
+    if (f !== null && !(f > 0 && f <= 1)) { toast("coverage is a share from 0 to 1 (e.g. 0.5), or empty for the top k"); $("coverage").value = state.coverage ?? ""; return; }
+    state.coverage = f;
     draw();
     ensureOpenLoaded();
   });
