@@ -142,3 +142,50 @@ def test_explorer_graph_coverage_and_contrast_live_in_the_url(page):
         assert "root=_fc%3A285-_fc%3A281" in page.url
         page.wait_for_function("document.querySelector('.ft-card.root .ft-sub').textContent.includes('tabby')")
         shot(page, "explorer-contrast-cat")
+
+
+def test_explorer_intervention_panel_selects_units_of_two_layers_scales_them_and_resets(page):
+    with live_server(create_app(ServerSettings(models=("toy_squares",)))) as url:
+        image = httpx.post(f"{url}/api/images", files={"file": ("square.png", square_png(), "image/png")}).json()["image"]
+        page.goto(f"{url}/?model=toy_squares&image={image}&root=classifier:0&open=classifier:0&open=classifier:0/corners:0")
+        page.wait_for_selector("body[data-busy=false]", state="attached")
+        page.wait_for_selector('.ft-card[data-node="classifier:0/corners:0/edges:0"]')
+        assert page.is_hidden("#intervene")
+        page.click('.ft-card[data-node="classifier:0/corners:1"] button[data-action=intervene]')
+        page.click('.ft-card[data-node="classifier:0/corners:0/edges:0"] button[data-action=intervene]')
+        page.wait_for_selector("#intervene[data-busy=false] .root-line")
+        assert page.eval_on_selector_all(".ft-card.ft-marked", "els => els.map(e => e.dataset.node).sort()") == [
+            "classifier:0/corners:0/edges:0",
+            "classifier:0/corners:1",
+        ]
+        expected = httpx.post(
+            f"{url}/api/intervene",
+            json={"model": "toy_squares", "image": image, "units": ["corners:1", "edges:0"], "scale": 0, "root": "classifier:0"},
+        ).json()
+        line = page.locator("#intervene .root-line")
+        assert float(line.get_attribute("data-root-after")) == pytest.approx(expected["root_after"], rel=1e-9)
+        assert float(line.get_attribute("data-root-before")) == pytest.approx(expected["root_before"], rel=1e-9)
+        shown = page.eval_on_selector_all("#iv-result tbody tr", "rows => rows.map(r => r.children[2].textContent)")
+        assert shown == [f"{100 * c['probability']:.1f}%" for c in expected["top_before_after"]]
+        shot(page, "explorer-intervention-toy")
+        # Scaling instead of zeroing: the panel follows, and the URL keeps units and scale.
+        page.fill("#iv-scale", "2")
+        page.press("#iv-scale", "Enter")
+        page.wait_for_function(
+            "document.querySelector('#intervene .root-line')?.textContent.includes('→') && document.querySelector('#intervene').dataset.busy === 'false'"
+        )
+        doubled = httpx.post(
+            f"{url}/api/intervene",
+            json={"model": "toy_squares", "image": image, "units": ["corners:1", "edges:0"], "scale": 2, "root": "classifier:0"},
+        ).json()
+        page.wait_for_function(
+            f"Math.abs(+document.querySelector('#intervene .root-line').dataset.rootAfter - {doubled['root_after']}) < 1e-9"
+        )
+        assert "iv=corners%3A1" in page.url and "iv=edges%3A0" in page.url and "scale=2" in page.url
+        fresh = page.context.new_page()
+        fresh.goto(page.url)
+        fresh.wait_for_selector("#intervene[data-busy=false] .root-line")
+        assert float(fresh.get_attribute("#intervene .root-line", "data-root-after")) == pytest.approx(doubled["root_after"], rel=1e-9)
+        fresh.close()
+        page.click("#iv-reset")
+        assert page.is_hidden("#intervene") and page.locator(".ft-card.ft-marked").count() == 0 and "iv=" not in page.url

@@ -57,6 +57,12 @@ def test_an_intervention_equals_a_hand_written_masked_forward_pass(make, chain, 
     assert result.root_before == pytest.approx(float(analysis.logits[root]))
     assert result.root_after == pytest.approx(float(output[0, root]))
     assert result.top_after[0]["probability"] == pytest.approx(float(output[0].softmax(0).max()))
+    # The classes that were on top, after: their own logits and probabilities of the hand-written pass.
+    after = output[0].double()
+    assert [c["index"] for c in result.top_before_after] == [c["index"] for c in result.top_before]
+    for entry in result.top_before_after:
+        assert entry["logit"] == pytest.approx(float(after[entry["index"]]), rel=1e-6)
+        assert entry["probability"] == pytest.approx(float(after.softmax(0)[entry["index"]]), rel=1e-6)
     # No hook stays behind.
     assert not any(m._forward_hooks for m in net.modules())
 

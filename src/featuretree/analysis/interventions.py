@@ -181,17 +181,22 @@ class InterventionResult:
     root_after: float
     top_before: list[dict[str, object]]  # each: index, name, logit, probability
     top_after: list[dict[str, object]]
+    # The classes of top_before, in its order, after the intervention (a class may leave the top 5).
+    top_before_after: list[dict[str, object]]
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def _top(analysis: ImageAnalysis, logits: torch.Tensor, n: int) -> list[dict[str, object]]:
+    _, indices = logits.double().topk(min(n, logits.numel()))
+    return _classes(analysis, logits, [int(i) for i in indices])
+
+
+def _classes(analysis: ImageAnalysis, logits: torch.Tensor, indices: Sequence[int]) -> list[dict[str, object]]:
     probabilities = logits.double().softmax(0)
-    values, indices = probabilities.topk(min(n, logits.numel()))
     return [
-        {"index": int(i), "name": analysis.class_name(int(i)), "logit": float(logits[i]), "probability": float(p)}
-        for p, i in zip(values, indices)
+        {"index": i, "name": analysis.class_name(i), "logit": float(logits[i]), "probability": float(probabilities[i])} for i in indices
     ]
 
 
@@ -206,12 +211,15 @@ def intervention_result(
     before = float(objective(analysis.activation(root_unit.layer), seed)[0])
     after = float(objective(store[root_unit.layer], seed)[0])
     has_classes = analysis.has_classes
+    before_top = _top(analysis, analysis.logits, top) if has_classes else []
+    after_logits = output.detach()[0].float().cpu() if has_classes else None
     return InterventionResult(
         units=[str(u) for u in units],
         scale=float(scale),
         root=str(root_unit),
         root_before=before,
         root_after=after,
-        top_before=_top(analysis, analysis.logits, top) if has_classes else [],
-        top_after=_top(analysis, output.detach()[0].float().cpu(), top) if has_classes else [],
+        top_before=before_top,
+        top_after=_top(analysis, after_logits, top) if has_classes else [],
+        top_before_after=_classes(analysis, after_logits, [c["index"] for c in before_top]) if has_classes else [],
     )

@@ -161,6 +161,7 @@ class InterveneOut(BaseModel):
     root_after: float
     top_before: list[ClassChangeOut]
     top_after: list[ClassChangeOut]
+    top_before_after: list[ClassChangeOut] = Field(description="the classes of top_before, in its order, after the intervention")
 
 
 class NodeOut(BaseModel):

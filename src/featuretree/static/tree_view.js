@@ -136,6 +136,7 @@
   //   exemplars); panelAspect: w / h (or a function)
   //   keys: handle f / + / - / 0 / arrows on the document (default true)
   //   compactLeaves: past this many leaves (default 30), stack leaf siblings in columns if that fits the tree larger
+  //   cardClass(node) -> extra class names for a card (e.g. the explorer's units selected for an intervention)
   class TreeView {
     constructor(host, options = {}) {
       this.host = host;
@@ -403,8 +404,9 @@
     graphCard(unit, parents, at) {
       const strongest = unit.copies.reduce((best, n) => ((n.score || 0) > (best.score || 0) ? n : best), unit.copies[0]);
       const hub = parents > 1;
+      const extra = this.opt.cardClass ? this.opt.cardClass(strongest) : "";
       const box = el("div", {
-        class: `ft-card${unit.depth === 0 ? " root" : ""}${hub ? " hub" : ""}`, "data-node": strongest.id, "data-unit": unit.id,
+        class: `ft-card${unit.depth === 0 ? " root" : ""}${hub ? " hub" : ""}${extra ? " " + extra : ""}`, "data-node": strongest.id, "data-unit": unit.id,
       });
       Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });
       box.append(el("div", { class: "ft-title" }, el("span", { class: "ft-unit", title: unit.id }, unitText(strongest))));
@@ -461,8 +463,9 @@
       const kids = this.kids(node);
       const collapsed = this.collapsed.has(node.id) && (node.children || []).length > 0;
       const open = kids.length > 0 || Boolean(node.loading);
+      const extra = this.opt.cardClass ? this.opt.cardClass(node) : "";
       const box = el("div", {
-        class: `ft-card${node.depth === 0 ? " root" : ""}${open ? " open" : ""}${node.loading ? " loading" : ""}${collapsed ? " collapsed" : ""}`,
+        class: `ft-card${node.depth === 0 ? " root" : ""}${open ? " open" : ""}${node.loading ? " loading" : ""}${collapsed ? " collapsed" : ""}${extra ? " " + extra : ""}`,
         "data-node": node.id, "aria-busy": node.loading ? "true" : null,
       });
       Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, height: `${at.height}px` });

@@ -73,6 +73,9 @@ function readUrl() {
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
   state.view = info.views.includes(q.get("view")) ? q.get("view") : "heatmap";
   state.graph = q.get("graph") === "1";
+  state.intervene = new Set(q.getAll("iv")); // units (LAYER:CH) selected for the intervention panel
+  const scale = parseFloat(q.get("scale"));
+  state.scale = Number.isFinite(scale) ? scale : 0;
   return !q.has("open") && !q.has("root");
 }
 
@@ -80,6 +83,7 @@ function viewParams() {
   return {
     model: state.model, image: state.image, root: state.root ?? "",
     k: state.k, coverage: state.coverage, rule: state.rule, seed: state.seed, view: state.view, graph: state.graph ? "1" : null,
+    iv: [...state.intervene], scale: state.intervene.size && state.scale !== 0 ? state.scale : null,
     open: [...state.open], removed: [...state.removed], ex: [...state.pinned],
   };
 }
@@ -304,6 +308,11 @@ function cardButtons(node) {
       title: "show or hide this unit's exemplars: the image patches that excite it most, beside their reconstructions",
       onclick: () => togglePinned(node.id),
     }, "ex") : null,
+    node.contrast == null ? el("button", {
+      type: "button", "data-action": "intervene", "aria-pressed": String(state.intervene.has(unitOf(node.id))),
+      title: "select this unit for the intervention panel: zero or scale it and see the prediction change",
+      onclick: () => toggleIntervene(unitOf(node.id)),
+    }, "±") : null,
     el("button", { type: "button", "data-action": "remove", title: "remove this node", onclick: () => remove(node.id) }, "✕"),
   ];
 }
@@ -368,10 +377,76 @@ function setRoot(unit) {
   renderTop5();
   tree.auto = true; // a new tree opens fitted
   draw();
+  renderIntervention(); // the same units, measured against the new root objective
   ensureOpenLoaded();
 }
 
 function reroot(node) { tree.hideZoom(); setRoot(unitOf(node.id)); }
+
+// ----- interventions: zero or scale the selected units, see the prediction change ---------
+let interveneTimer = 0;
+let interveneSeq = 0;
+
+function toggleIntervene(unit) {
+  if (state.intervene.has(unit)) state.intervene.delete(unit); else state.intervene.add(unit);
+  draw();
+  renderIntervention();
+}
+
+function renderIntervention() {
+  const panel = $("intervene");
+  panel.hidden = state.intervene.size === 0;
+  $("iv-units").replaceChildren(...[...state.intervene].map((u) => el("li", { "data-unit": u }, el("code", {}, u),
+    el("button", { type: "button", title: `leave ${u} as it is`, onclick: () => toggleIntervene(u) }, "✕"))));
+  $("iv-scale").value = state.scale;
+  clearTimeout(interveneTimer);
+  interveneSeq++; // an answer to an older selection is dropped
+  if (!state.intervene.size || !analysis) { $("iv-result").replaceChildren(); panel.dataset.busy = "false"; return; }
+  panel.dataset.busy = "true";
+  interveneTimer = setTimeout(runIntervention, 120); // one request after a burst of clicks
+}
+
+async function runIntervention() {
+  const seq = interveneSeq;
+  const body = { model: state.model, image: state.image, units: [...state.intervene], scale: state.scale, root: state.root || null };
+  try {
+    const res = await fetch("/api/intervene", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    if (seq === interveneSeq) showIntervention(data);
+  } catch (err) {
+    if (seq === interveneSeq) $("iv-result").replaceChildren(el("div", { class: "error" }, err.message));
+  } finally {
+    if (seq === interveneSeq) $("intervene").dataset.busy = "false";
+  }
+}
+
+function showIntervention(r) {
+  const p = (x) => `${(100 * x).toFixed(1)}%`;
+  const change = (before, after) => {
+    const d = after - before;
+    return el("td", { class: `num ${d < 0 ? "down" : d > 0 ? "up" : ""}` }, `${d >= 0 ? "+" : "−"}${(100 * Math.abs(d)).toFixed(1)}`);
+  };
+  const rows = r.top_before.map((c, i) => {
+    const after = r.top_before_after[i];
+    return el("tr", { "data-class": String(c.index) },
+      el("td", { class: "name" }, c.name), el("td", { class: "num" }, p(c.probability)), el("td", { class: "num" }, p(after.probability)),
+      change(c.probability, after.probability));
+  });
+  const known = new Set(r.top_before.map((c) => c.index));
+  for (const c of r.top_after.filter((c) => !known.has(c.index))) {
+    rows.push(el("tr", { "data-class": String(c.index), class: "new" },
+      el("td", { class: "name" }, `${c.name} (new in the top 5)`), el("td", { class: "num" }, "—"), el("td", { class: "num" }, p(c.probability)), el("td", {})));
+  }
+  const head = el("tr", {}, el("td", {}, "class"), el("td", { class: "num" }, "before"), el("td", { class: "num" }, "after"), el("td", { class: "num" }, "Δ pts"));
+  const rel = r.root_before !== 0 ? ` (${((100 * (r.root_after - r.root_before)) / Math.abs(r.root_before)).toFixed(1)}%)` : "";
+  const what = r.scale === 0 ? "zeroed" : `× ${r.scale}`;
+  $("iv-result").replaceChildren(
+    el("div", { class: "muted" }, `${r.units.length} unit${r.units.length > 1 ? "s" : ""} ${what}, in one forward pass:`),
+    r.top_before.length ? el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)) : null,
+    el("div", { class: "root-line", "data-root-before": String(r.root_before), "data-root-after": String(r.root_after) },
+      `root ${r.root}: ${r.root_before.toPrecision(4)} → ${r.root_after.toPrecision(4)}${rel}`));
+}
 
 // ----- panel ---------------------------------------------------------------------------
 function renderTop5() {
@@ -437,11 +512,13 @@ async function loadAnalysis(useDefaultRoot) {
     state.open = new Set([state.root]);
     state.removed = new Set();
     state.pinned = new Set();
+    state.intervene = new Set(); // units of another image's tree (or another model's layers)
   }
   tree.auto = true;
   renderTop5();
   renderGallery();
   draw();
+  renderIntervention();
   ensureOpenLoaded();
 }
 
@@ -493,6 +570,7 @@ function setupControls() {
     pictureTitle: (node) => isExpandable(node)
       ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
     buttons: cardButtons,
+    cardClass: (node) => (node.contrast == null && state.intervene.has(unitOf(node.id)) ? "ft-marked" : ""),
     panel: (node) => state.pinned.has(node.id) && hasExemplars(node)
       ? {
         src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`,
@@ -526,6 +604,14 @@ function setupControls() {
   for (const b of shape.children) {
     b.addEventListener("click", () => { state.graph = b.dataset.mode === "graph"; showShape(); tree.setGraph(state.graph); draw(); });
   }
+  $("iv-scale").addEventListener("change", () => {
+    const scale = parseFloat($("iv-scale").value);
+    if (!Number.isFinite(scale)) { toast("scale is a number: 0 zeroes the units, 2 doubles them"); $("iv-scale").value = state.scale; return; }
+    state.scale = scale;
+    writeUrl();
+    renderIntervention();
+  });
+  $("iv-reset").addEventListener("click", () => { state.intervene = new Set(); state.scale = 0; draw(); renderIntervention(); });
   $("coverage").value = state.coverage ?? "";
   $("coverage").addEventListener("change", () => {
     const text = $("coverage").value.trim();
