@@ -151,3 +151,49 @@ def test_rest_is_what_the_shown_children_leave_out(toy):
     # Corners 2 and 3 (weights 2 and 1 of 4+3+2+1) are the rest; the distractor is the negative part.
     assert root.rest["share"] == pytest.approx(3 / 10, rel=1e-5)
     assert root.rest["negative"] == pytest.approx(root.negatives[0].score)
+
+
+def test_class_effects_name_the_classes_whose_logits_a_hand_masked_forward_pass_lowers_most():
+    """Each verified child carries the classes whose logits fall most when it alone is zeroed (and the
+    joint check when all are); checked against this test's own masked forward pass in float64."""
+    from .test_scores_reference import make_net
+
+    torch.manual_seed(4)
+    net = make_net("residual")
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    names = ["ant", "bee", "cat", "dog"]
+    analysis = ft.Explainer(net, ["0", "1", "2", "3"], preprocess=ft.Preprocess(size=16), class_names=names).analyze(x)
+    tree = analysis.tree(depth=2, k=3, images=False, verify=True)
+
+    def masked_logits(layer: str, channels: list[int]) -> torch.Tensor:
+        def zero(module, inputs, output):
+            output = output.clone()
+            output[:, channels] = 0.0
+            return output
+
+        handle = dict(net.named_modules())[layer].register_forward_hook(zero)
+        try:
+            with torch.no_grad():
+                return net(x)[0]
+        finally:
+            handle.remove()
+
+    with torch.no_grad():
+        before = net(x)[0]
+    checked = 0
+    for node in tree.walk():
+        for child in node.children:
+            drops = before - masked_logits(child.layer, [child.unit])
+            expected = [int(i) for i in drops.argsort(descending=True) if drops[i] > 0][:3]
+            got = child.verification["classes"]
+            assert [c["index"] for c in got] == expected and [c["name"] for c in got] == [names[i] for i in expected]
+            after = (before - drops).softmax(0)
+            for c in got:
+                assert c["drop"] == pytest.approx(float(drops[c["index"]]), rel=1e-6, abs=1e-9)
+                assert c["probability_after"] == pytest.approx(float(after[c["index"]]), rel=1e-6)
+            checked += 1
+        if len(node.children) > 1:
+            joint = before - masked_logits(node.children[0].layer, [c.unit for c in node.children])
+            assert node.verification_all["classes"][0]["index"] == int(joint.argmax()) or joint.max() <= 0
+    assert checked == 3 + 9
+    assert all_hooks_removed(net)

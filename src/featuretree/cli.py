@@ -349,6 +349,11 @@ def format_tree(tree, max_lines: int = 40) -> str:
         if node.verification:
             v = node.verification
             line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
+            if v.get("classes"):
+                lowered = ", ".join(
+                    f"{c['name'].split(',')[0]} {100 * (1 - c['probability_after'] / c['probability']):.0f}%" for c in v["classes"]
+                )
+                line += f"; lowers {lowered}"
         if node.rest and node.children:
             line += f"  [rest {100 * node.rest['share']:.1f}% of positive; negatives {node.rest['negative']:.4g}]"
         lines.append(line)

@@ -88,7 +88,18 @@ def objective(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values.double() * weight.double()).flatten(1).sum(1)
 
 
-def ablate(
+@dataclass(frozen=True)
+class Ablation:
+    """What zeroing each set of child channels did, measured in one batched pass per chunk."""
+
+    parent_drop: torch.Tensor  # [n] float64: J_path(x) - J_path(x | a_S = 0)
+    root_drop: torch.Tensor  # [n] float64: root objective(x) - root objective(x | a_S = 0)
+    parent_value: float  # J_path(x)
+    root_value: float  # root objective(x)
+    logit_drops: torch.Tensor | None = None  # [n, classes] float64: logits(x) - logits(x | a_S = 0), when asked
+
+
+def ablation(
     analysis: ImageAnalysis,
     path: Sequence[Unit],
     channel_sets: Sequence[Sequence[int]],
@@ -96,15 +107,16 @@ def ablate(
     seed_mode: str = "sum",
     batch_size: int = DEFAULT_BATCH,
     share_prefix: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    logits: bool = False,
+) -> Ablation:
     """Zero each set of child channels (jointly) below ``path[-1]``.
 
     - parent_drop(S) = J_path(x) - J_path(x | a_S = 0), where J_path = delta(path) . a_N is the
       parent's objective (for the root, the root objective itself); gradient x activation is its
       first-order estimate.
     - root_drop(S): the drop of the root objective (seed . a_root), with no path conditioning.
-
-    Returns (parent_drop [n], root_drop [n], J_path(x), root objective(x)), float64 on the CPU.
+    - with ``logits`` (a chain that ends in the model's logits), every class's logit drop too: what the
+      child does for each class on this image, from the same passes.
     """
     if batch_size < 1:
         raise OptionError(f"batch size must be at least 1, got {batch_size}", "use 1 or more")
@@ -122,8 +134,9 @@ def ablate(
     root_weight = analysis.seed(root, seed_mode)
     parent_value = float(objective(analysis.activation(parent.layer), parent_weight)[0])
     root_value = float(objective(analysis.activation(root.layer), root_weight)[0])
-    watch = list(dict.fromkeys([parent.layer, root.layer]))
-    parent_drops, root_drops = [], []
+    logits_layer = analysis.logits_layer if logits else None
+    watch = list(dict.fromkeys([parent.layer, root.layer, *([logits_layer] if logits_layer else [])]))
+    parent_drops, root_drops, logit_drops = [], [], []
     # Row 0 of every chunk is the unablated image, so each drop compares two rows of one batched pass.
     step = max(1, batch_size - 1)
     for start in range(0, len(channel_sets), step):
@@ -136,10 +149,29 @@ def ablate(
         r = objective(out[root.layer], root_weight).cpu()
         parent_drops.append(p[0] - p[1:])
         root_drops.append(r[0] - r[1:])
+        if logits_layer:
+            rows = out[logits_layer].double().flatten(1).cpu()
+            logit_drops.append(rows[:1] - rows[1:])
     if not parent_drops:
         empty = torch.zeros(0, dtype=torch.float64)
-        return empty, empty.clone(), parent_value, root_value
-    return torch.cat(parent_drops), torch.cat(root_drops), parent_value, root_value
+        return Ablation(empty, empty.clone(), parent_value, root_value, None)
+    return Ablation(
+        torch.cat(parent_drops), torch.cat(root_drops), parent_value, root_value, torch.cat(logit_drops) if logit_drops else None
+    )
+
+
+def ablate(
+    analysis: ImageAnalysis,
+    path: Sequence[Unit],
+    channel_sets: Sequence[Sequence[int]],
+    *,
+    seed_mode: str = "sum",
+    batch_size: int = DEFAULT_BATCH,
+    share_prefix: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """``ablation`` as (parent_drop [n], root_drop [n], J_path(x), root objective(x)), float64 on the CPU."""
+    result = ablation(analysis, path, channel_sets, seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix)
+    return result.parent_drop, result.root_drop, result.parent_value, result.root_value
 
 
 def intervene(analysis: ImageAnalysis, units: Sequence[Unit], scale: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

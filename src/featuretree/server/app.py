@@ -213,12 +213,22 @@ class ExpandOut(ChildrenOut):
     children: list[PictureChildOut]
 
 
+class ClassEffectOut(BaseModel):
+    index: int
+    name: str
+    drop: float = Field(description="the class's logit before minus after zeroing")
+    logit: float = Field(description="the class's logit before")
+    probability: float = Field(description="the class's probability before")
+    probability_after: float = Field(description="the class's probability after zeroing")
+
+
 class EdgeCheckOut(BaseModel):
     estimate: float
     parent_drop: float
     root_drop: float
     parent_value: float
     root_value: float
+    classes: list[ClassEffectOut] = Field(default=[], description="the classes whose logits fall most when the unit is zeroed")
 
 
 class VerifiedChildOut(EdgeCheckOut):

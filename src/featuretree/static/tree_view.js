@@ -201,7 +201,7 @@
       this.host.style.setProperty("--ft-pic", `${pic}px`);
       const buttons = this.opt.buttons ? Math.round(rem * 1.35 + 10) : 0;
       const cardW = pic + 14;
-      const cardH = pic + Math.round(rem * 4.6) + buttons + 20;
+      const cardH = pic + Math.round(rem * 5.9) + buttons + 20; // title, score, badges, class effects, picture
       const aspect = (typeof this.opt.panelAspect === "function" ? this.opt.panelAspect() : this.opt.panelAspect) || 1;
       return {
         pic, rem, cardW, cardH, gapX: Math.round(pic * 0.14), rowH: cardH + Math.round(pic * 0.45),
@@ -444,6 +444,7 @@
         const node = nodes.get(cardEl.dataset.node);
         if (!node) continue;
         cardEl.querySelector(".ft-verify").replaceWith(this.verifyRow(node, parents.get(node.id)));
+        cardEl.querySelector(".ft-effect")?.replaceWith(this.effectRow(node));
         const old = cardEl.querySelector(".ft-rest");
         const rest = this.restBadge(node);
         if (old && rest) old.replaceWith(rest);
@@ -475,6 +476,7 @@
       box.append(el("div", { class: "ft-sub", title: share ? `${share} · ${sub}` : sub },
         share ? el("span", { class: "ft-share" }, share) : null, share ? ` · ${sub}` : sub));
       box.append(this.verifyRow(node, parent));
+      box.append(this.effectRow(node));
       box.append(this.picture(node, kids, collapsed));
       if (this.opt.buttons) box.append(el("div", { class: "ft-buttons" }, ...(this.opt.buttons(node) || [])));
       return box;
@@ -505,6 +507,22 @@
       } else if (node.verification_pending) {
         row.append(el("span", { class: "ft-badge pending", title: "measuring this edge by ablation…" }, "ablation …"));
       }
+      return row;
+    }
+
+    // What the unit does, in words: the classes whose logits fall most when it is zeroed on this image
+    // (measured with its siblings' verification); at the root, the same for all shown children together.
+    effectRow(node) {
+      const check = node.depth === 0 ? node.verification_all : node.verification;
+      const classes = (check && check.classes) || [];
+      const row = el("div", { class: "ft-effect" });
+      if (!classes.length) return row;
+      const who = node.depth === 0 ? "zeroing the shown children together" : "zeroing this unit";
+      // The relative drop of each class's probability (its ranking is that of the logit drops).
+      const rel = (c) => `${(100 * (1 - c.probability_after / c.probability)).toFixed(0)}%`;
+      row.title = `${who} on this image lowers ` + classes.map((c) => `${c.name} ${rel(c)} (logit ${fmt(c.logit)} → ${fmt(c.logit - c.drop)}, ` +
+        `p ${pct(c.probability)} → ${pct(c.probability_after)})`).join("; ") + ": the classes whose logits fall most";
+      row.append(el("span", { class: "ft-muted" }, "lowers "), classes.map((c) => `${c.name.split(",")[0]} ${rel(c)}`).join(", "));
       return row;
     }
 

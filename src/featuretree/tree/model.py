@@ -53,9 +53,9 @@ class Node:
     # What the shown children leave out: {"share", "score"} of the positive total, plus "negative".
     rest: dict[str, float] | None = None
     # Measured edge from the parent (tree.verify): estimate, parent_drop, root_drop, ...
-    verification: dict[str, float] | None = None
+    verification: dict[str, Any] | None = None
     # All shown children zeroed together (on expanded, verified nodes).
-    verification_all: dict[str, float] | None = None
+    verification_all: dict[str, Any] | None = None
     images: dict[str, str] = field(default_factory=dict)
     negatives: list[Edge] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..analysis.interventions import DEFAULT_BATCH, ablate
+import torch
+
+from ..analysis.interventions import DEFAULT_BATCH, ablation
 from ..core.units import Unit, parse_path
 from ..rules import score_children
 
@@ -30,11 +32,39 @@ class EdgeCheck:
     root_drop: float  # root objective(x) - root objective(x with the channels zeroed)
     parent_value: float  # J_path(x), the scale of parent_drop
     root_value: float
+    # What the unit does, in words: the classes whose logits fall most when it is zeroed on this image,
+    # strongest first, each {"index", "name", "drop", "logit", "probability", "probability_after"}
+    # (logit before; drop = logit before - after). Ranking by the logit drop is ranking by the relative
+    # drop of the probability too: the softmax's normaliser changes the same for every class.
+    classes: tuple[dict[str, Any], ...] = ()
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("channels")
+        data["classes"] = [dict(c) for c in self.classes]
         return data
+
+
+CLASS_EFFECTS = 3  # classes named per unit
+
+
+def class_effects(analysis: ImageAnalysis, drops: torch.Tensor, count: int = CLASS_EFFECTS) -> tuple[dict[str, Any], ...]:
+    """The ``count`` classes whose logits fall most (positive drops only), from one row of logit drops."""
+    logits = analysis.logits.double().cpu()
+    before, after = logits.softmax(0), (logits - drops).softmax(0)
+    values, indices = drops.topk(min(count, drops.numel()))
+    return tuple(
+        {
+            "index": int(i),
+            "name": analysis.class_name(int(i)),
+            "drop": float(v),
+            "logit": float(logits[i]),
+            "probability": float(before[i]),
+            "probability_after": float(after[i]),
+        }
+        for v, i in zip(values, indices)
+        if v > 0
+    )
 
 
 def verify_children(
@@ -54,18 +84,24 @@ def verify_children(
     # The ablation hooks sit on the shared model: no other forward pass may run meanwhile.
     with analysis.explainer.forward_lock:
         estimates = score_children(analysis, path, "gradient", seed_mode)
-        parent_drop, root_drop, parent_value, root_value = ablate(
-            analysis, path, sets, seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix
+        measured = ablation(
+            analysis,
+            path,
+            sets,
+            seed_mode=seed_mode,
+            batch_size=batch_size,
+            share_prefix=share_prefix,
+            logits=analysis.has_classes and analysis.logits_layer is not None,
         )
-    checks = [
-        EdgeCheck((c,), float(estimates[c]), float(parent_drop[i]), float(root_drop[i]), parent_value, root_value)
-        for i, c in enumerate(channels)
-    ]
+    p, r, pv, rv = measured.parent_drop, measured.root_drop, measured.parent_value, measured.root_value
+
+    def effects(row: int) -> tuple[dict[str, Any], ...]:
+        return class_effects(analysis, measured.logit_drops[row]) if measured.logit_drops is not None else ()
+
+    checks = [EdgeCheck((c,), float(estimates[c]), float(p[i]), float(r[i]), pv, rv, effects(i)) for i, c in enumerate(channels)]
     together = None
     if len(sets) > len(channels):
-        together = EdgeCheck(
-            tuple(channels), float(estimates[channels].sum()), float(parent_drop[-1]), float(root_drop[-1]), parent_value, root_value
-        )
+        together = EdgeCheck(tuple(channels), float(estimates[channels].sum()), float(p[-1]), float(r[-1]), pv, rv, effects(-1))
     return checks, together
 
 
