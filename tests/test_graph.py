@@ -105,3 +105,36 @@ def test_completeness_composes_the_shares_down_each_path():
     first = tree.root.children[0]
     assert partial["leaves"] == pytest.approx(first.share * first.coverage + tree.root.children[1].share, rel=1e-12)
     assert analysis.tree(depth=0, images=False).completeness() is None
+
+
+def test_rerank_keeps_the_candidates_whose_hand_measured_removal_lowers_the_parent_most():
+    net, x, analysis = _analysis("residual", seed=2)
+    root = analysis.resolve_root()
+    k, n = 2, 2
+    gradient = analysis.contributions((root,))
+    candidates = [int(i) for i in gradient.topk(n * k).indices if gradient[i] > 0]
+
+    def logit_without(channel: int) -> float:
+        def zero(module, inputs, output):
+            output = output.clone()
+            output[:, channel] = 0.0
+            return output
+
+        handle = net[2].register_forward_hook(zero)
+        try:
+            with torch.no_grad():
+                return float(net(x)[0, root.channel])
+        finally:
+            handle.remove()
+
+    with torch.no_grad():
+        before = float(net(x)[0, root.channel])
+    drops = {c: before - logit_without(c) for c in candidates}
+    expected = sorted((c for c in candidates if drops[c] > 0), key=lambda c: -drops[c])[:k]
+    got = analysis.expand((root,), k=k, rerank=n)
+    assert [c.unit.channel for c in got.children] == expected
+    assert [c.score for c in got.children] == [pytest.approx(float(gradient[c])) for c in expected]  # scores stay the rule's
+    tree = analysis.tree(depth=2, k=k, rerank=n, images=False)
+    assert [c.unit for c in tree.root.children] == expected and tree.settings["rerank"] == n
+    with pytest.raises(OptionError, match="rerank must be at least 1"):
+        analysis.expand((root,), rerank=0)

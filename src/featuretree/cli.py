@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="keep only the fewest top children whose shares of the node's positive evidence sum to F (0 < F <= 1), at most --k",
     )
+    ex.add_argument(
+        "--rerank",
+        type=_whole_number,
+        metavar="N",
+        help="measure the top N*k candidates by ablation (one batched pass per node) and keep the k whose removal lowers the parent most",
+    )
     ex.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
     ex.add_argument(
         "--rule", default="gradient", metavar=_RULES_METAVAR, help=f"how children are scored: {rules_help()} (default: %(default)s)"
@@ -173,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--curve-steps", type=_whole_number, default=16, help="points on each deletion/insertion curve (default: %(default)s)")
     ev.add_argument("--limit", type=_whole_number, help="use at most this many images (sorted by name)")
     ev.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
+    ev.add_argument(
+        "--rerank",
+        type=_whole_number,
+        metavar="N",
+        help="also evaluate gradient+rerankN: the top N*k by gradient x activation, reordered by measured ablation (as explain --rerank)",
+    )
     _add_model_args(ev)
 
     ab = sub.add_parser(
@@ -301,6 +313,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         verify=args.verify,
         coverage=args.coverage,
+        rerank=args.rerank,
     )
     timings["tree"] = time.perf_counter() - start
     save_tree(tree, out, html=not args.no_html, timings=timings)
@@ -435,6 +448,7 @@ def _run_evaluate(args: argparse.Namespace, explainer, rules: list[str], images_
         limit=args.limit,
         seed=args.seed,
         progress=True,
+        rerank=args.rerank,
     )
     save_evaluation(result, out)
     print(result.to_markdown())

@@ -39,10 +39,12 @@ class Analysis(ImageAnalysis):
         seed_mode: str = "sum",
         negatives: int = 0,
         coverage: float | None = None,
+        rerank: int | None = None,
     ) -> Expansion:
         """Rank the units of the layer below ``path[-1]`` by their contribution through the path; keep the
-        top ``k``, or with ``coverage`` F the fewest of them whose shares reach F."""
-        return expand(self, path, k, rule, seed_mode, negatives, coverage)
+        top ``k``, or with ``coverage`` F the fewest of them whose shares reach F; with ``rerank`` N, the k
+        of the top N*k whose removal (measured) lowers the parent most."""
+        return expand(self, path, k, rule, seed_mode, negatives, coverage, rerank)
 
     def evidence(
         self, path: Sequence[Unit], rule: str = "gradient", seed_mode: str = "sum", kinds: Sequence[str] = EVIDENCE_KINDS
@@ -71,6 +73,7 @@ class Analysis(ImageAnalysis):
         progress: bool = False,
         verify: bool = False,
         coverage: float | None = None,
+        rerank: int | None = None,
     ) -> FeatureTree:
         """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each
         (with ``coverage`` F: the fewest of the top k whose shares reach F).
@@ -88,6 +91,7 @@ class Analysis(ImageAnalysis):
             progress=progress,
             verify=verify,
             coverage=coverage,
+            rerank=rerank,
         )
 
     def verify(self, tree: FeatureTree) -> FeatureTree:

@@ -37,6 +37,7 @@ from ..core.units import Unit, path_id
 from ..explainer import Analysis, Explainer
 from ..render.export import write_report
 from ..rules import rule_names
+from ..tree.expansion import check_rerank, rerank_candidates
 from .charts import evaluation_figure, figure_png
 from .sanity import spearman
 
@@ -196,8 +197,13 @@ def evaluate_children(
     random_draws: int,
     generator: torch.Generator,
     image: str = "",
+    rerank: int | None = None,
 ) -> list[ChildRow]:
-    """Top-k ablation drop of each rule's children of ``path[-1]`` against random and most-active k-sets."""
+    """Top-k ablation drop of each rule's children of ``path[-1]`` against random and most-active k-sets.
+
+    With ``rerank`` N, also the row ``gradient+rerankN``: the top N*k by gradient x activation, reordered by
+    their measured drops (as ``explain --rerank``); its ranking for the Spearman is the candidates in that
+    order above every other channel in gradient order."""
     path = tuple(path)
     index = analysis.layers.index(path[-1].layer)
     child_layer = analysis.layers[index - 1]
@@ -206,6 +212,15 @@ def evaluate_children(
     measured = analysis.contributions(path, "ablation")  # single-channel drops of J
     scores = {rule: analysis.contributions(path, rule) for rule in rules}
     tops = {rule: [int(i) for i in s.topk(k).indices] for rule, s in scores.items()}
+    if rerank is not None:
+        gradient = analysis.contributions(path, "gradient")
+        picked = rerank_candidates(analysis, path, gradient, rerank * k, "sum")
+        ranking = gradient.clone() - gradient.max() - 1.0  # below every candidate
+        for place, channel in enumerate(picked):
+            ranking[channel] = float(len(picked) - place)
+        name = f"gradient+rerank{rerank}"
+        rules = [*rules, name]
+        scores[name], tops[name] = ranking, picked[:k]
     strength = analysis.layer_info(child_layer).layout.channel_totals(analysis.activation(child_layer).double())[0]
     active = [int(i) for i in strength.topk(k).indices]
     randoms = [torch.randperm(channels, generator=generator)[:k].tolist() for _ in range(random_draws)]
@@ -297,6 +312,7 @@ def evaluate_folder(
     limit: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    rerank: int | None = None,
 ) -> Evaluation:
     from tqdm.auto import tqdm
 
@@ -308,6 +324,7 @@ def evaluate_folder(
         raise OptionError("no rules to evaluate", f"use --rules with some of {', '.join(rule_names())}")
     for rule in rules:
         check_choice(rule, rule_names(), "rule")
+    check_rerank(rerank)
     if curve_steps < 1:
         raise OptionError(f"curve steps must be at least 1, got {curve_steps}", "use --curve-steps 16")
     files = list_images(images_dir, limit)
@@ -322,7 +339,7 @@ def evaluate_folder(
         if analysis.layers.index(root.layer) >= 2 and parents > 0:
             paths += [(root, c.unit) for c in analysis.expand((root,), k=parents).children]
         for path in paths:
-            result.children.extend(evaluate_children(analysis, path, k, rules, random_draws, generator, file.name))
+            result.children.extend(evaluate_children(analysis, path, k, rules, random_draws, generator, file.name, rerank))
             row, curves = evaluate_curves(analysis, path, curve_steps, generator, file.name)
             result.curves.append(row)
             for name, c in curves.items():

@@ -13,7 +13,7 @@ from ..core.errors import OptionError, check_choice
 from ..core.units import Path, Unit, path_id
 from ..evidence.evidence import NodeEvidence, evidence_many
 from ..rules import get_rule
-from .expansion import Expansion, check_coverage, expand
+from .expansion import Expansion, check_coverage, check_rerank, expand
 from .model import Edge, FeatureTree, Node
 from .verify import verify_tree
 
@@ -87,6 +87,7 @@ def build_tree(
     progress: bool = False,
     verify: bool = False,
     coverage: float | None = None,
+    rerank: int | None = None,
 ) -> FeatureTree:
     """Expand breadth-first from ``root`` to ``depth`` levels below it, keeping ``k`` children each.
 
@@ -96,6 +97,7 @@ def build_tree(
     if depth < 0:
         raise OptionError(f"depth must be 0 or more, got {depth}", "use --depth 0 for the root alone")
     check_coverage(coverage)
+    check_rerank(rerank)
     if negatives < 0:
         raise OptionError(f"negatives must be 0 or more, got {negatives}", "use --negatives 0 to hide them")
     backward = get_rule(rule).backward
@@ -110,6 +112,8 @@ def build_tree(
     settings = {"k": k, "depth": depth, "rule": rule, "seed_mode": seed_mode, "negatives": negatives}
     if coverage is not None:
         settings["coverage"] = coverage
+    if rerank is not None:
+        settings["rerank"] = rerank
     tree = _empty_tree(analysis, root_unit, settings)
     total = sum(k**level for level in range(depth + 1))
     frontier: list[tuple[Node, Path]] = [(tree.root, (root_unit,))]
@@ -128,7 +132,7 @@ def build_tree(
                     act = analysis.unit_values(path[-1])
                     node.activation_sum, node.activation_max = float(act.sum()), float(act.max())
                 if node.depth < depth:
-                    expansion = expand(analysis, path, k, rule, seed_mode, negatives, coverage)
+                    expansion = expand(analysis, path, k, rule, seed_mode, negatives, coverage, rerank)
                     apply_expansion(node, expansion)
                     for scored in expansion.children:
                         child_path = path + (scored.unit,)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..analysis.interventions import ablate
 from ..core.errors import ModelError, OptionError
 from ..core.units import Path, Unit, path_id
 from ..rules import get_rule, score_children
@@ -73,6 +74,25 @@ def coverage_prefix(children: tuple[ScoredUnit, ...], coverage: float) -> tuple[
     return children
 
 
+def check_rerank(rerank: int | None) -> None:
+    if rerank is not None and rerank < 1:
+        raise OptionError(f"rerank must be at least 1, got {rerank}", "e.g. --rerank 3 measures the top 3k candidates")
+
+
+def rerank_candidates(analysis: ImageAnalysis, path: Path, scores: torch.Tensor, count: int, seed_mode: str) -> list[int]:
+    """The ``count`` strongest positive candidates under ``scores``, reordered by the measured drop of the
+    parent's path objective when each alone is zeroed (one batched pass); those whose removal does not
+    lower it are dropped."""
+    count = min(count, int((scores > 0).sum()))
+    if count == 0:
+        return []
+    candidates = [int(i) for i in scores.topk(count).indices]
+    with analysis.explainer.forward_lock:
+        drops, _, _, _ = ablate(analysis, path, [[c] for c in candidates], seed_mode=seed_mode)
+    order = sorted(range(count), key=lambda i: (-float(drops[i]), i))
+    return [candidates[i] for i in order if float(drops[i]) > 0]
+
+
 def expand(
     analysis: ImageAnalysis,
     path: Sequence[Unit],
@@ -81,14 +101,18 @@ def expand(
     seed_mode: str = "sum",
     negatives: int = 0,
     coverage: float | None = None,
+    rerank: int | None = None,
 ) -> Expansion:
     """Rank the units of the layer below ``path[-1]`` by their contribution through the path.
 
     Keeps the top ``k``; with ``coverage`` F, only the smallest prefix of them whose shares of the
-    positive total sum to at least F (at most k: a cap, so a flat layer cannot flood the tree)."""
+    positive total sum to at least F (at most k: a cap, so a flat layer cannot flood the tree).
+    With ``rerank`` N, the top N*k by the rule are measured by ablation and the k whose removal lowers
+    the parent's objective most are kept, in that order (their scores stay the rule's)."""
     if k < 1:
         raise OptionError(f"k must be at least 1, got {k}", "use --k 1 or more")
     check_coverage(coverage)
+    check_rerank(rerank)
     get_rule(rule)
     path = analysis.validate_path(path)
     if path[-1].layer == analysis.layers[0]:
@@ -102,7 +126,11 @@ def expand(
     total_pos = float(scores.clamp(min=0).sum())
     total_neg = float(scores.clamp(max=0).sum())
     child_layer = analysis.layer_below(path[-1])
-    children = _top(scores, k, 1.0, total_pos, child_layer)
+    if rerank is not None:
+        picked = rerank_candidates(analysis, path, scores, rerank * k, seed_mode)[:k]
+        children = tuple(ScoredUnit(Unit(child_layer, c), float(scores[c]), float(scores[c]) / total_pos) for c in picked)
+    else:
+        children = _top(scores, k, 1.0, total_pos, child_layer)
     if coverage is not None:
         children = coverage_prefix(children, coverage)
     negs = _top(scores, negatives, -1.0, -total_neg, child_layer)
