@@ -176,7 +176,7 @@ def test_version_1_database_is_upgraded_and_its_boxes_replaced(tmp_path):
     downgrade_to_version_1(db_path)
 
     with ExemplarDB(db_path) as db:  # still readable: the old entries stay until the next finishing pass
-        assert db.conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert {rec.rf["boxes"] for rec in db.layers()} == {"estimate"}
         assert any(e.box != good[e.layer, e.unit, e.image_id][0] for e in db.exemplars("corners"))
     report = index(folder, db_path, explainer, "toy_squares")
@@ -194,12 +194,12 @@ def test_unknown_schema_version_is_refused_in_one_line(tmp_path, capsys):
     db_path = tmp_path / "ex.db"
     index(folder, db_path, load_explainer("toy_squares", None, "cpu"), "toy_squares")
     with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
-        conn.execute("UPDATE schema_version SET version = 3")
-    with pytest.raises(DatabaseError, match="schema version 3"):
+        conn.execute("UPDATE schema_version SET version = 4")
+    with pytest.raises(DatabaseError, match="schema version 4"):
         ExemplarDB(db_path)
     assert main(["units", str(db_path), "--layer", "corners"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "schema version 3" in err
+    assert len(err.strip().splitlines()) == 1 and "schema version 4" in err
 
 
 def test_a_model_without_guided_backprop_gets_no_reconstructions(tmp_path):
@@ -218,3 +218,43 @@ def test_a_model_without_guided_backprop_gets_no_reconstructions(tmp_path):
         reconstruct(explainer, entries[:1])
     with pytest.raises(GuidedUndefinedError, match="silu"):
         index(folder, tmp_path / "again.db", explainer, SILU_MAXPOOL, reconstructions=True)
+
+
+def test_each_indexed_image_records_the_class_the_model_predicts_and_units_summarise_their_exemplars(tmp_path):
+    folder = tmp_path / "imgs"
+    make_squares(folder, 12)
+    db_path = tmp_path / "ex.db"
+    explainer = load_explainer("toy_squares", None, "cpu")
+    index(folder, db_path, explainer, "toy_squares")
+    engine = load_explainer("toy_squares", None, "cpu")
+    with ExemplarDB(db_path) as db:
+        rows = db.conn.execute("SELECT id, path, top_class, top_probability FROM images WHERE status = 'ok'").fetchall()
+        assert len(rows) == 12
+        predicted = {}
+        for image_id, rel, top_class, probability in rows:
+            analysis = engine.analyze(Image.open(folder / rel).convert("RGB"))  # an independent forward pass per file
+            assert top_class == int(analysis.logits.argmax())
+            assert probability == pytest.approx(float(analysis.probabilities.max()), rel=1e-5)
+            predicted[image_id] = top_class
+        for unit in range(5):
+            entries = db.exemplars("corners", unit)
+            counts: dict[int, int] = {}
+            for e in entries:
+                counts[predicted[e.image_id]] = counts.get(predicted[e.image_id], 0) + 1
+            expected = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            assert db.exemplar_classes("corners", unit) == (expected, len(entries))
+
+
+def test_version_2_database_gains_the_prediction_columns_empty(tmp_path):
+    folder = tmp_path / "imgs"
+    make_squares(folder, 4)
+    db_path = tmp_path / "ex.db"
+    index(folder, db_path, load_explainer("toy_squares", None, "cpu"), "toy_squares")
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("ALTER TABLE images DROP COLUMN top_class")
+        conn.execute("ALTER TABLE images DROP COLUMN top_probability")
+        conn.execute("UPDATE schema_version SET version = 2")
+    with ExemplarDB(db_path) as db:
+        assert db.conn.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+        assert db.conn.execute("SELECT COUNT(*) FROM images WHERE top_class IS NULL").fetchone()[0] == 4
+        assert db.exemplar_classes("corners", 0) == ([], 0)  # nothing recorded: nothing claimed

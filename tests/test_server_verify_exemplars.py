@@ -235,6 +235,28 @@ def test_exemplar_grid_route_returns_the_units_grid(db_client, exemplar_db):
     assert again.status_code == 304
 
 
+def test_exemplar_classes_route_counts_the_predictions_of_a_units_exemplar_images(db_client, exemplar_db, client):
+    from featuretree.exemplars.db import ExemplarDB
+    from featuretree.models.toy import SQUARE_CLASSES
+
+    for unit in range(5):
+        body = db_client.get("/api/exemplar-classes", params={"model": TOY, "layer": "corners", "unit": unit}).json()
+        with ExemplarDB(exemplar_db) as db:
+            counts, total = db.exemplar_classes("corners", unit)
+        assert body == {"classes": [{"index": c, "name": SQUARE_CLASSES[c], "count": n} for c, n in counts], "of": total}
+        assert total == len(db_exemplars(exemplar_db, unit)) > 0
+    r = db_client.get("/api/exemplar-classes", params={"model": TOY, "layer": "corners", "unit": 9})
+    assert_error(r, 400, "out of range")
+    assert_error(client.get("/api/exemplar-classes", params={"model": TOY, "layer": "corners", "unit": 0}), 404, "no exemplar database")
+
+
+def db_exemplars(path, unit):
+    from featuretree.exemplars.db import ExemplarDB
+
+    with ExemplarDB(path) as db:
+        return db.exemplars("corners", unit)
+
+
 def test_exemplar_grid_bad_inputs(db_client):
     get = db_client.get
     assert_error(get("/api/exemplars.png", params={"model": TOY, "layer": "cornrs", "unit": 0}), 400, "no layer", "corners")

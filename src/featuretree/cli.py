@@ -509,6 +509,11 @@ def cmd_units(args: argparse.Namespace) -> int:
         if args.unit is not None:
             out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}-{args.unit}.png")
             image = exemplar_grid(db, args.layer, args.unit, ranking=args.ranking)
+            counts, total = db.exemplar_classes(args.layer, args.unit, ranking=args.ranking)
+            if total:
+                names = _db_class_names(db)
+                shown = ", ".join(f"{names[c] if c < len(names) else f'class {c}'} ({n} of {total})" for c, n in counts)
+                print(f"{args.layer}:{args.unit}: its exemplar images are predicted as {shown}")
         else:
             out = Path(args.out) if args.out else db_path.with_name(f"{db_path.stem}-{safe_layer}.png")
             for unit, best in layer_summary(db, args.layer, ranking=args.ranking):
@@ -522,6 +527,16 @@ def cmd_units(args: argparse.Namespace) -> int:
         raise OptionError(f"cannot write {out} ({err.strerror})", "choose another --out") from None
     print(out)
     return 0
+
+
+def _db_class_names(db) -> list[str]:
+    """The class names of a database's model when it is a built-in one (else none: indices are printed)."""
+    from .exemplars.indexer import explainer_for_db
+
+    try:
+        return list(explainer_for_db(db).class_names or [])
+    except FeatureTreeError:
+        return []
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core.errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ENGINE_BOXES = "engine"  # layers.rf "boxes": the layer's stored boxes are the engine's receptive fields
 ESTIMATED_BOXES = "estimate"  # ... or a version-1 estimate, replaced by the next finishing pass
 
@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS images (
     error TEXT,
     width INTEGER,
     height INTEGER,
+    top_class INTEGER,
+    top_probability REAL,
     UNIQUE (root_id, path)
 );
 CREATE TABLE IF NOT EXISTS topn (
@@ -226,6 +228,9 @@ class ExemplarDB:
             version = row[0] if row else None
             if version == 1:
                 _upgrade_from_1(self)
+                version = 2
+            if version == 2:
+                _upgrade_from_2(self)
                 return
             if version != SCHEMA_VERSION:
                 raise DatabaseError(
@@ -336,6 +341,20 @@ class ExemplarDB:
     def _exemplar(row) -> Exemplar:
         ranking, layer, unit, rank, image_id, path, root, value, r, c, left, top, right, bottom, crop, recon = row
         return Exemplar(ranking, layer, unit, rank, image_id, path, root, value, r, c, (left, top, right, bottom), crop, recon)
+
+    def exemplar_classes(self, layer: str, unit: int, ranking: str = ACTIVATION, top: int = 3) -> tuple[list[tuple[int, int]], int]:
+        """The classes the model predicted for a unit's exemplar images, most frequent first (ties: lower
+        index), as (class, count), and how many of its exemplars have a recorded prediction."""
+        rows = self.conn.execute(
+            "SELECT i.top_class FROM exemplars e JOIN images i ON i.id = e.image_id "
+            "WHERE e.ranking = ? AND e.layer = ? AND e.unit = ? AND i.top_class IS NOT NULL",
+            (ranking, layer, unit),
+        ).fetchall()
+        counts: dict[int, int] = {}
+        for (cls,) in rows:
+            counts[cls] = counts.get(cls, 0) + 1
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ordered[:top], len(rows)
 
     def exemplars(self, layer: str, unit: int | None = None, limit: int | None = None, ranking: str = ACTIVATION) -> list[Exemplar]:
         """Stored entries of one unit (or every unit of the layer), best first, in one ranking."""
@@ -467,4 +486,17 @@ def _upgrade_from_1(db: ExemplarDB) -> None:
         for name, rf in conn.execute("SELECT name, rf FROM layers").fetchall():
             kind = json.loads(rf).get("kind", "spatial")
             conn.execute("UPDATE layers SET rf = ? WHERE name = ?", (json.dumps({"kind": kind, "boxes": ESTIMATED_BOXES}), name))
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("UPDATE schema_version SET version = 2")
+
+
+def _upgrade_from_2(db: ExemplarDB) -> None:
+    """Version 3 records each image's predicted class (``images.top_class``, ``top_probability``);
+    images indexed before have none (NULL), and the class summaries count only those that do."""
+    with db.transaction() as conn:
+        if conn.execute("SELECT version FROM schema_version").fetchone()[0] != 2:
+            return  # another connection upgraded it first
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
+        for name, kind in (("top_class", "INTEGER"), ("top_probability", "REAL")):
+            if name not in columns:  # a file made as version 1 by a newer schema may have them already
+                conn.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
+        conn.execute("UPDATE schema_version SET version = 3")

@@ -306,8 +306,11 @@ def index_folder(
         if bad:
             raise OptionError(f"class {bad[0]} is out of range", f"the model has classes 0..{n_classes - 1}")
 
-    chain = blank_analysis(explainer).chain  # the layouts; also checks early that the engine can analyse this model
+    blank = blank_analysis(explainer)  # the layouts; also checks early that the engine can analyse this model
+    chain = blank.chain
     layouts = {info.name: info.layout for info in chain}
+    # Each image's predicted class, read off the logits layer's hook (its values are the logits).
+    logits_layer = blank.logits_layer if blank.has_classes else None
     with ExemplarDB(db_path, create=True) as db:
         _check_meta(db, wanted)
         if not db.layers():
@@ -364,7 +367,12 @@ def index_folder(
                             with torch.inference_mode():
                                 model(x)
                         found.update({(ACTIVATION, name): value for name, value in maxima.items()})
-                    _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report)
+                    predictions = None
+                    if decoded and logits_layer is not None:
+                        probabilities = maxima[logits_layer][0].double().softmax(1)
+                        best, predicted = probabilities.max(1)
+                        predictions = list(zip(predicted.tolist(), best.tolist()))
+                    _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report, predictions)
                     bar.update(len(batch))
                     if report.skipped:
                         bar.set_postfix(skipped=len(report.skipped), refresh=False)
@@ -380,7 +388,9 @@ def index_folder(
     return report
 
 
-def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report) -> None:
+def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report, predictions=None) -> None:
+    """One transaction: the batch's image rows (with their predicted class, where the chain ends in the
+    logits) and the updated top-N states."""
     position = {item.index: k for k, item in enumerate(decoded)}
     merge_rows: list[int] = []
     merge_ids: list[int] = []
@@ -398,9 +408,25 @@ def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report
             if prev is not None:  # skipped before and changed since: try again
                 conn.execute("DELETE FROM images WHERE root_id = ? AND path = ?", (root_id, rel))
             status = "ok" if item.error is None else "skipped"
+            top_class, top_probability = (
+                predictions[position[item.index]] if predictions is not None and item.index in position else (None, None)
+            )
             cur = conn.execute(
-                "INSERT INTO images (root_id, path, sha256, size, mtime_ns, status, error, width, height) VALUES (?,?,?,?,?,?,?,?,?)",
-                (root_id, rel, item.sha256, size, mtime, status, item.error, item.width or None, item.height or None),
+                "INSERT INTO images (root_id, path, sha256, size, mtime_ns, status, error, width, height, top_class, top_probability) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    root_id,
+                    rel,
+                    item.sha256,
+                    size,
+                    mtime,
+                    status,
+                    item.error,
+                    item.width or None,
+                    item.height or None,
+                    top_class,
+                    top_probability,
+                ),
             )
             if item.error is not None:
                 report.skipped.append((rel, item.error))

@@ -29,7 +29,7 @@ from ..explainer import Analysis
 from ..render.export import render_html, render_images
 from ..render.pictures import picture_mime
 from ..rules import rule_names, rules_help
-from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace, unavailable_views
+from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace, exemplar_classes, unavailable_views
 from .view import add_exemplar_grids, build_view_tree
 
 # Annotations here are evaluated when each route is defined (no ``from __future__ import annotations``),
@@ -211,6 +211,17 @@ class PictureChildOut(ChildOut):
 class ExpandOut(ChildrenOut):
     view: View
     children: list[PictureChildOut]
+
+
+class ExemplarClassCount(BaseModel):
+    index: int
+    name: str
+    count: int
+
+
+class ExemplarClassesOut(BaseModel):
+    classes: list[ExemplarClassCount] = Field(description="most frequent first")
+    of: int = Field(description="exemplars with a recorded prediction (databases from before version 3 have none)")
 
 
 class ClassEffectOut(BaseModel):
@@ -577,6 +588,19 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     ) -> Response:
         # Revalidated after an hour: the database can grow while the server runs.
         return png_response(request, workspace.exemplar_png(model, layer, unit), "public, max-age=3600")
+
+    @app.get(
+        "/api/exemplar-classes",
+        response_model=ExemplarClassesOut,
+        responses=ERRORS,
+        summary="The classes the model predicts for a unit's exemplar images (from the server's --db)",
+    )
+    def exemplar_class_counts(
+        model: ModelQ,
+        layer: Annotated[str, Query(min_length=1, max_length=200, description="chain layer name")],
+        unit: Annotated[int, Query(ge=0, le=1_000_000, description="channel of the layer")],
+    ) -> ExemplarClassesOut:
+        return ExemplarClassesOut(**exemplar_classes(workspace, model, layer, unit))
 
     @app.get(
         "/api/picture.png",

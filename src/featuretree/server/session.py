@@ -401,18 +401,7 @@ class Workspace:
 
     def exemplar_png(self, model: str, layer: str, unit: int) -> bytes:
         """The exemplar grid [image patches | reconstructions] of one unit from the server's database."""
-
-        info = self.exemplars
-        if info is None:
-            raise NotFoundError(
-                "this server has no exemplar database", "start it with `featuretree serve --db DB` (build DB with `featuretree index`)"
-            )
-        explainer = self.explainer(model)
-        if model != info.model:
-            raise OptionError(
-                f"the exemplar database was built with model {info.model!r}, not {model!r}",
-                f"switch the page to {info.model}, or index with --model {model} and restart with that --db",
-            )
+        info, explainer = exemplar_source(self, model)
         # The database may grow while the server runs (`featuretree index` into it): key on its files' state.
         stamp = tuple(_file_state(p) for p in _db_files(info.path))
         key = ("exemplars", str(info.path), stamp, layer, int(unit))
@@ -459,6 +448,36 @@ def view_image(view: str, evidence: NodeEvidence, analysis: Analysis, root: Node
     if view == "rf_crop":
         return crop_image(evidence, picture)
     return box_image(evidence, picture)
+
+
+def exemplar_source(workspace: Workspace, model: str) -> tuple[ExemplarInfo, Explainer]:
+    """The server's exemplar database and the explainer of ``model``, which must be the database's."""
+    info = workspace.exemplars
+    if info is None:
+        raise NotFoundError(
+            "this server has no exemplar database", "start it with `featuretree serve --db DB` (build DB with `featuretree index`)"
+        )
+    explainer = workspace.explainer(model)
+    if model != info.model:
+        raise OptionError(
+            f"the exemplar database was built with model {info.model!r}, not {model!r}",
+            f"switch the page to {info.model}, or index with --model {model} and restart with that --db",
+        )
+    return info, explainer
+
+
+def exemplar_classes(workspace: Workspace, model: str, layer: str, unit: int) -> dict[str, object]:
+    """The classes the model predicted for one unit's exemplar images: ``{"classes": [{index, name,
+    count}], "of": how many exemplars have a recorded prediction}``, most frequent first."""
+    info, explainer = exemplar_source(workspace, model)
+    names = explainer.class_names or []
+    with ExemplarDB(info.path) as db:
+        db.check_unit(layer, int(unit))
+        counts, total = db.exemplar_classes(layer, int(unit))
+    return {
+        "classes": [{"index": c, "name": names[c] if 0 <= c < len(names) else f"class {c}", "count": n} for c, n in counts],
+        "of": total,
+    }
 
 
 def _db_files(path: Path) -> tuple[Path, Path]:

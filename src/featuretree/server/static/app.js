@@ -165,6 +165,22 @@ function scheduleVerify() {
 }
 
 // ----- exemplar grids (server started with --db) ---------------------------------------
+// "top images | reconstructions · predicted: Egyptian cat 9/16, tabby 4/16", once the server has counted.
+const exemplarClassCounts = new Map(); // "model|layer:unit" -> the server's answer, or null while asked
+function exemplarCaption(node) {
+  const key = `${state.model}|${node.layer}:${node.unit}`;
+  if (!exemplarClassCounts.has(key)) {
+    exemplarClassCounts.set(key, null);
+    api("/api/exemplar-classes", { model: state.model, layer: node.layer, unit: node.unit })
+      .then((body) => { exemplarClassCounts.set(key, body); draw(); })
+      .catch(() => {});
+  }
+  const counts = exemplarClassCounts.get(key);
+  const base = "top images | reconstructions";
+  if (!counts || !counts.of) return base;
+  return `${base} · predicted: ${counts.classes.map((c) => `${c.name.split(",")[0]} ${c.count}/${counts.of}`).join(", ")}`;
+}
+
 function hasExemplars(node) {
   const ex = info.exemplars;
   return Boolean(ex && ex.model === state.model && ex.layers.includes(node.layer));
@@ -574,6 +590,7 @@ function setupControls() {
     panel: (node) => state.pinned.has(node.id) && hasExemplars(node)
       ? {
         src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`,
+        caption: exemplarCaption(node),
         onClose: () => togglePinned(node.id),
         explain: (src) => fetch(src).then((r) => r.json()).then((body) => body.error), // the server's one-line error
       }
