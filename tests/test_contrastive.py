@@ -102,3 +102,14 @@ def test_explorer_api_and_export_take_a_contrastive_root():
     params = {**base, "root": node["id"], "open": [node["id"]], "k": 2, "format": "json"}
     exported = client.get("/api/export", params=params).json()
     assert (exported["root"]["unit"], exported["root"]["contrast"]) == (0, 1) and len(exported["root"]["children"]) == 2
+
+
+def test_a_contrast_is_only_a_root():
+    net = make_net("plain")
+    analysis = ft.Explainer(net, ["0", "1", "2", "3"], preprocess=ft.Preprocess(size=16)).analyze(
+        torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    )
+    with pytest.raises(UnitError, match="only a root can be one"):
+        analysis.validate_path((Unit("3", 0), Unit("2", 1, 2)))
+    with pytest.raises(UnitError, match="is a contrast, not a unit to scale"):
+        analysis.intervene(["2:1-2:2"])

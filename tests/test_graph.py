@@ -73,16 +73,20 @@ def test_graph_nodes_are_the_distinct_units_and_edges_sum_the_tree_edges_they_me
             assert entry["score"] == pytest.approx(sum(c.score for c in copies), rel=1e-12)
     scores, totals, counts = defaultdict(float), defaultdict(float), defaultdict(int)
     for node in nodes:
+        if node.children:  # every shown copy of the parent unit that shows children
+            totals[node.path[-1]] += node.total_positive
         for child in node.children:
             key = (node.path[-1], child.path[-1])
             scores[key] += child.score
-            totals[key] += node.total_positive
             counts[key] += 1
     assert {(e["source"], e["target"]) for e in graph["edges"]} == set(scores)
+    outgoing = defaultdict(float)
     for edge in graph["edges"]:
         key = (edge["source"], edge["target"])
         assert edge["score"] == pytest.approx(scores[key], rel=1e-12) and edge["paths"] == counts[key]
-        assert edge["share"] == pytest.approx(scores[key] / totals[key], rel=1e-12)
+        assert edge["share"] == pytest.approx(scores[key] / totals[edge["source"]], rel=1e-12)
+        outgoing[edge["source"]] += edge["share"]
+    assert max(outgoing.values()) <= 1 + 1e-12  # a unit passes on at most all of its evidence
     # Saved and loaded, the tree gives the same graph and completeness (both derived from the nodes).
     tree.save(tmp_path / "out", html=False)
     loaded = FeatureTree.load(tmp_path / "out" / "tree.json")
@@ -138,3 +142,28 @@ def test_rerank_keeps_the_candidates_whose_hand_measured_removal_lowers_the_pare
     assert [c.unit for c in tree.root.children] == expected and tree.settings["rerank"] == n
     with pytest.raises(OptionError, match="rerank must be at least 1"):
         analysis.expand((root,), rerank=0)
+
+
+def test_graph_of_a_hand_made_tree_with_a_repeated_parent():
+    """P appears under two roots' children with positive total 10 each; copy 1 shows C (5) and D (4), copy 2
+    shows C (5) and E (4): of P's 20, C carries 10 (50 %), D and E 4 each (20 %)."""
+    from featuretree.tree.model import Node
+
+    def node(path, score, total=None, children=()):
+        layer, unit = path[-1].rsplit(":", 1)
+        return Node(
+            id="/".join(path), path=list(path), layer=layer, unit=int(unit), depth=len(path) - 1, score=score,
+            share=None, total_positive=total, expanded=bool(children), children=list(children),
+        )  # fmt: skip
+
+    p1 = node(("r:0", "a:1", "p:7"), 3.0, 10.0, [node(("r:0", "a:1", "p:7", "c:1"), 5.0), node(("r:0", "a:1", "p:7", "c:2"), 4.0)])
+    p2 = node(("r:0", "a:2", "p:7"), 2.0, 10.0, [node(("r:0", "a:2", "p:7", "c:1"), 5.0), node(("r:0", "a:2", "p:7", "c:3"), 4.0)])
+    root = node(("r:0",), None, 20.0, [node(("r:0", "a:1"), 6.0, 12.0, [p1]), node(("r:0", "a:2"), 4.0, 8.0, [p2])])
+    tree = FeatureTree(model={}, image={}, top_classes=[], settings={}, root=root)
+    graph = tree.graph()
+    shares = {(e["source"], e["target"]): e["share"] for e in graph["edges"]}
+    assert shares[("p:7", "c:1")] == pytest.approx(0.5) and shares[("p:7", "c:2")] == pytest.approx(0.2)
+    assert shares[("p:7", "c:3")] == pytest.approx(0.2) and shares[("r:0", "a:1")] == pytest.approx(6 / 20)
+    p7 = next(n for n in graph["nodes"] if n["id"] == "p:7")
+    assert p7["score"] == pytest.approx(5.0) and p7["paths"] == ["r:0/a:1/p:7", "r:0/a:2/p:7"]
+    assert next(n for n in graph["nodes"] if n["id"] == "c:1")["score"] == pytest.approx(10.0)

@@ -236,8 +236,11 @@ def test_every_rule_scores_a_channels_last_net_as_its_channels_first_twin(rule):
     trees = [a.verify(a.tree(depth=2, k=2, rule=rule, images=False)) for a in analyses]
     ids = [[n.id for n in t.walk()] for t in trees]
     assert ids[0] == ids[1]
-    measured = [[v for n in t.walk() if n.verification for v in n.verification.values()] for t in trees]
+    measured = [[v for n in t.walk() if n.verification for k, v in n.verification.items() if k != "classes"] for t in trees]
     assert measured[0] and measured[0] == pytest.approx(measured[1], rel=1e-7, abs=1e-10)
+    effects = [[(c["index"], c["drop"]) for n in t.walk() if n.verification for c in n.verification["classes"]] for t in trees]
+    assert [i for i, _ in effects[0]] == [i for i, _ in effects[1]]
+    assert [d for _, d in effects[0]] == pytest.approx([d for _, d in effects[1]], rel=1e-6, abs=1e-10)
 
 
 @pytest.mark.parametrize("rule", ["gradient", "integrated", "ablation"])

@@ -120,6 +120,8 @@ class ImageAnalysis:
             raise UnitError("empty path", "give at least the root unit")
         self.resolve_root(path[0])
         for parent, child in zip(path, path[1:]):
+            if child.contrast is not None:
+                raise UnitError(f"{child} is a contrast; only a root can be one", "give the units below the root as LAYER:CHANNEL")
             expected = self._index[parent.layer] - 1
             if expected < 0 or child.layer not in self._index or self._index[child.layer] != expected:
                 below = self.layers[expected] if expected >= 0 else "nothing (first layer)"

@@ -184,6 +184,8 @@ def intervene(analysis: ImageAnalysis, units: Sequence[Unit], scale: float = 0.0
         raise UnitError("no units to intervene on", "name at least one, e.g. --units _blocks.14:6")
     per_layer: dict[str, list[int]] = {}
     for unit in units:
+        if unit.contrast is not None:
+            raise UnitError(f"{unit} is a contrast, not a unit to scale", "name each unit as LAYER:CHANNEL")
         info = analysis.layer_info(unit.layer)
         if not 0 <= unit.channel < info.channels:
             raise UnitError(f"unit {unit.channel} is out of range for layer {unit.layer!r}", f"it has channels 0..{info.channels - 1}")

@@ -46,8 +46,9 @@ def replacing_hook(value: object) -> ForwardHook:
     return hook
 
 
-class _AllWatched(Exception):
-    """Raised from a hook once every watched output is in, to end a forward pass early."""
+class _AllWatched(BaseException):
+    """Raised from a hook once every watched output is in, to end a forward pass early (a BaseException,
+    so model code that catches Exception does not swallow it and run on)."""
 
 
 @contextlib.contextmanager

@@ -122,9 +122,9 @@ def _torchvision(name: str, num_classes: int | None) -> tuple[nn.Module, Preproc
         options["num_classes"] = num_classes
     module = builder(weights=None, **options)
     if hasattr(module, "transform") and hasattr(module.transform, "min_size"):
-        # Detectors scale their input to min_size themselves: feed it at that size, so their feature maps
-        # line up with the photo (scale 1), in [0, 1] since they normalise inside.
-        preprocess = Preprocess(size=int(module.transform.min_size[0]), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        # Detectors scale their input to min_size themselves (the last entry in eval mode): feed it at that
+        # size, so their feature maps line up with the photo (scale 1), in [0, 1] since they normalise inside.
+        preprocess = Preprocess(size=int(module.transform.min_size[-1]), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return module, preprocess, classes
 
 

@@ -220,7 +220,9 @@ def evaluate_children(
             ranking[channel] = float(len(picked) - place)
         name = f"gradient+rerank{rerank}"
         rules = [*rules, name]
-        scores[name], tops[name] = ranking, picked[:k]
+        # Fewer than k candidates lowered the parent: fill up in gradient order, so every row zeroes k channels.
+        filler = [int(i) for i in gradient.argsort(descending=True) if int(i) not in picked]
+        scores[name], tops[name] = ranking, (picked + filler)[:k]
     strength = analysis.layer_info(child_layer).layout.channel_totals(analysis.activation(child_layer).double())[0]
     active = [int(i) for i in strength.topk(k).indices]
     randoms = [torch.randperm(channels, generator=generator)[:k].tolist() for _ in range(random_draws)]

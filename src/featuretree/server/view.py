@@ -77,7 +77,7 @@ def add_exemplar_grids(workspace, model: str, tree: FeatureTree, files: dict[str
         return 0
     names: dict[tuple[str, int], str] = {}
     for node in tree.walk():
-        if node.layer not in info.layers:
+        if node.layer not in info.layers or node.contrast is not None:  # a contrast is two units, neither its own
             continue
         key = (node.layer, node.unit)
         if key not in names:

@@ -42,10 +42,11 @@
   // The merged graph of a shown tree (tree.graph in Python, the same definition): each distinct unit
   // once (its id is the last step of its paths), with the tree paths that reach it and their summed
   // scores; one edge per (parent unit, child unit), its score the sum over the tree edges it merges and
-  // its share that score over the merged parents' positive totals. kids(node) gives the shown children.
+  // its share that score over the positive totals of every copy of the parent unit with shown children
+  // (a unit's outgoing shares sum to at most 1). kids(node) gives the shown children.
   function mergeGraph(root, kids = (n) => n.children || []) {
     const unitOf = (node) => node.id.split("/").pop();
-    const nodes = new Map(), edges = new Map();
+    const nodes = new Map(), edges = new Map(), totals = new Map();
     let frontier = [root];
     while (frontier.length) { // breadth first, like the Python version: a unit's entry comes from its shallowest copy
       const below = [];
@@ -56,13 +57,13 @@
         entry.paths.push(node.id);
         entry.copies.push(node);
         entry.score += node.score || 0;
+        if (kids(node).length) totals.set(id, (totals.get(id) || 0) + (node.total_positive || 0));
         for (const kid of kids(node)) {
           const key = `${id}\n${unitOf(kid)}`;
-          if (!edges.has(key)) edges.set(key, { source: id, target: unitOf(kid), score: 0, paths: 0, total: 0 });
+          if (!edges.has(key)) edges.set(key, { source: id, target: unitOf(kid), score: 0, paths: 0 });
           const edge = edges.get(key);
           edge.score += kid.score || 0;
           edge.paths += 1;
-          edge.total += node.total_positive || 0;
           below.push(kid);
         }
       }
@@ -70,7 +71,7 @@
     }
     for (const entry of nodes.values()) if (entry.depth === 0) entry.score = null;
     const order = new Map([...nodes.keys()].map((id, i) => [id, i]));
-    const list = [...edges.values()].map(({ total, ...e }) => ({ ...e, share: total > 0 ? e.score / total : 0 }));
+    const list = [...edges.values()].map((e) => { const total = totals.get(e.source); return { ...e, share: total > 0 ? e.score / total : 0 }; });
     list.sort((a, b) => order.get(a.source) - order.get(b.source) || b.score - a.score);
     return { nodes: [...nodes.values()], edges: list };
   }
@@ -436,6 +437,7 @@
 
     // Update the badge rows and picture overlays in place (no redraw: a hovered picture keeps its zoom).
     refresh(root) {
+      if (this.graph) { this.draw(root); return; } // graph cards carry no per-edge badges to update
       this.root = root;
       const nodes = new Map();
       const parents = new Map();

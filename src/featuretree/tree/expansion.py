@@ -135,5 +135,11 @@ def expand(
         children = coverage_prefix(children, coverage)
     negs = _top(scores, negatives, -1.0, -total_neg, child_layer)
     coverage = sum(c.share for c in children)
-    reason = None if children else "no unit below contributes positively through this path (zero gradient)"
+    reason = None
+    if not children:
+        reason = (
+            "no candidate's removal lowers this node's objective (measured by --rerank)"
+            if rerank is not None and total_pos > 0
+            else "no unit below contributes positively through this path (zero gradient)"
+        )
     return Expansion(path, child_layer, children, negs, total_pos, total_neg, coverage, reason)

@@ -7,8 +7,9 @@ most parents). The graph merges those copies:
   paths that reach it and the sum of their scores: the first-order evidence for the root that flows
   through the unit along the shown paths (path-conditioned flows are disjoint, so they add up);
 - an edge per distinct (parent unit, child unit), with the summed score of the tree edges it merges
-  and its share: that score over the summed positive totals of the merged parent nodes, i.e. the part
-  of the evidence through the parent unit that goes on through the child unit.
+  and its share: that score over the summed positive totals of every shown copy of the parent unit
+  that has shown children, i.e. the part of the evidence below the parent unit that goes on through
+  the child unit (so the shares of a unit's outgoing edges sum to at most 1).
 
 It is derived from the nodes alone, so a saved tree's graph is the loaded tree's graph.
 """
@@ -29,7 +30,7 @@ def merged_graph(tree: FeatureTree) -> dict[str, Any]:
     """``{"nodes": [...], "edges": [...]}``, nodes in tree order (breadth first), edges by source then score."""
     nodes: dict[str, dict[str, Any]] = {}
     edges: dict[tuple[str, str], dict[str, Any]] = {}
-    parent_totals: dict[tuple[str, str], float] = {}
+    parent_totals: dict[str, float] = {}  # per parent unit, over its copies with shown children
     frontier = [tree.root]
     while frontier:  # breadth first: a unit's entry is made at its shallowest copy
         below = []
@@ -41,20 +42,21 @@ def merged_graph(tree: FeatureTree) -> dict[str, Any]:
             )
             entry["paths"].append(node.id)
             entry["score"] += node.score or 0.0
+            if node.children:
+                parent_totals[key] = parent_totals.get(key, 0.0) + (node.total_positive or 0.0)
             for child in node.children:
                 edge_key = (key, unit_id(child))
                 edge = edges.setdefault(edge_key, {"source": key, "target": unit_id(child), "score": 0.0, "paths": 0})
                 edge["score"] += child.score or 0.0
                 edge["paths"] += 1
-                parent_totals[edge_key] = parent_totals.get(edge_key, 0.0) + (node.total_positive or 0.0)
             below.extend(node.children)
         frontier = below
     for entry in nodes.values():
         if entry["depth"] == 0:
             entry["score"] = None  # the root is the objective itself, not a contribution to it
     ordered = []
-    for key, edge in edges.items():
-        total = parent_totals[key]
+    for edge in edges.values():
+        total = parent_totals[edge["source"]]
         ordered.append({**edge, "share": edge["score"] / total if total > 0 else 0.0})
     order = {key: i for i, key in enumerate(nodes)}
     ordered.sort(key=lambda e: (order[e["source"]], -e["score"]))

@@ -7,6 +7,7 @@ and root_drop(S). Here those measurements are set beside the estimates and writt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,9 @@ class EdgeCheck:
     root_value: float
     # What the unit does, in words: the classes whose logits fall most when it is zeroed on this image,
     # strongest first, each {"index", "name", "drop", "logit", "probability", "probability_after"}
-    # (logit before; drop = logit before - after). Ranking by the logit drop is ranking by the relative
-    # drop of the probability too: the softmax's normaliser changes the same for every class.
+    # (logit before; drop = logit before - after); only classes whose probability falls too. Among
+    # those, ranking by the logit drop is ranking by the relative drop of the probability: the softmax's
+    # normaliser changes the same for every class.
     classes: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,10 +51,13 @@ CLASS_EFFECTS = 3  # classes named per unit
 
 
 def class_effects(analysis: ImageAnalysis, drops: torch.Tensor, count: int = CLASS_EFFECTS) -> tuple[dict[str, Any], ...]:
-    """The ``count`` classes whose logits fall most (positive drops only), from one row of logit drops."""
+    """The ``count`` classes whose logits fall most, from one row of logit drops: only classes whose logit
+    and probability both fall (when the top class loses most, the runners-up can gain probability even
+    though their logits fall too; those are not "lowered")."""
     logits = analysis.logits.double().cpu()
     before, after = logits.softmax(0), (logits - drops).softmax(0)
-    values, indices = drops.topk(min(count, drops.numel()))
+    lowered = (drops > 0) & (after < before)
+    values, indices = torch.where(lowered, drops, torch.full_like(drops, -math.inf)).topk(min(count, drops.numel()))
     return tuple(
         {
             "index": int(i),
@@ -63,7 +68,7 @@ def class_effects(analysis: ImageAnalysis, drops: torch.Tensor, count: int = CLA
             "probability_after": float(after[i]),
         }
         for v, i in zip(values, indices)
-        if v > 0
+        if math.isfinite(float(v))
     )
 
 

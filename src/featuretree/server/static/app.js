@@ -183,7 +183,8 @@ function exemplarCaption(node) {
 
 function hasExemplars(node) {
   const ex = info.exemplars;
-  return Boolean(ex && ex.model === state.model && ex.layers.includes(node.layer));
+  // A contrastive root is two units: neither one's exemplars are its own.
+  return Boolean(ex && ex.model === state.model && ex.layers.includes(node.layer) && node.contrast == null);
 }
 
 function exemplarUrl(node) {
