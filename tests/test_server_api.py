@@ -395,6 +395,6 @@ def test_api_expand_bad_input_is_a_clear_json_4xx(client, params, status, words)
 def test_api_expand_is_documented_with_enums(client):
     schema = client.get("/openapi.json").json()
     params = {p["name"]: p for p in schema["paths"]["/api/expand"]["get"]["parameters"]}
-    assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
+    assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box"]
     assert params["rule"]["schema"]["enum"] == ["gradient", "guided", "integrated", "ablation"]
     assert set(schema["paths"]["/api/expand"]["get"]["responses"]) >= {"200", "400", "404"}

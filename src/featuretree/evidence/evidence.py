@@ -1,5 +1,6 @@
-"""Input-space evidence for tree nodes: guided backprop, the rule's gradient x input, the strongest
-position and its receptive field. Nodes of one layer (siblings, a tree level) share batched passes."""
+"""Evidence for tree nodes: guided backprop, the rule's gradient x input, the node's own contribution
+map at its layer, the strongest position and its receptive field. Nodes of one layer (siblings, a tree
+level) share batched passes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
     from ..analysis.image_analysis import ImageAnalysis
     from ..core.units import Path, Unit
 
-EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box")
+# What a tree's nodes carry by default; "gradient" (the rule's input gradient itself, 3xHxW) is asked for
+# only by the sanity check, which compares it between models.
+EVIDENCE_KINDS: tuple[str, ...] = ("guided", "heat", "box", "contribution")
+ALL_EVIDENCE_KINDS: tuple[str, ...] = (*EVIDENCE_KINDS, "gradient")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class NodeEvidence:
     path_gain: float  # product of the original's auto_1 multipliers along the path
     activation_sum: float
     activation_max: float
+    # The node's own path-conditioned contribution a * delta at its layer, float64 over the layer's image
+    # grid [rows, cols] (tokens: the patch grid); None for vector layers. It sums to the node's score,
+    # less ``contribution_outside``: the part at positions without a place in the image (prefix tokens).
+    contribution: np.ndarray | None = None
+    contribution_outside: float = 0.0
+    contribution_patches: bool = False  # each grid position is a patch square (tokens): drawn as squares, not smoothed
+    gradient: np.ndarray | None = None  # the rule's gradient at the input, 3xHxW, pixel units (sanity check only)
 
 
 def path_gain(analysis: ImageAnalysis, path: Path, seed_mode: str = "sum") -> float:
@@ -54,11 +65,33 @@ def strongest_position(analysis: ImageAnalysis, path: Path, backward: str, seed_
     if not layout.spatial:
         return None
     act = layout.unit_map(analysis.activation(unit.layer), unit.channel)
-    contribution = act * layout.unit_map(analysis.delta(path, backward, seed_mode), unit.channel)
+    contribution = act * layout.unit_map(_unit_gradient(analysis, path, backward, seed_mode), unit.channel)
     if float(contribution.abs().max()) == 0.0:
         contribution = act
     flat = int(contribution.argmax()) if float(contribution.max()) > 0 else int(contribution.abs().argmax())
     return (flat // act.shape[1], flat % act.shape[1])
+
+
+def contribution_map(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> tuple[np.ndarray | None, float]:
+    """The node's own a * delta at its layer over the image grid (float64) and what positions outside the grid
+    add; ``(None, total)`` for vector layers. Free once the node or its parent is expanded: delta is memoised."""
+    unit = path[-1]
+    layout = analysis.layer_info(unit.layer).layout
+    act, delta = analysis.activation(unit.layer), _unit_gradient(analysis, path, backward, seed_mode)
+    # One channel first, then float64: converting the whole layer would cost more than the map.
+    total = float((layout.unit_values(act, unit.channel).double() * layout.unit_values(delta, unit.channel).double()).sum())
+    if not layout.spatial:
+        return None, total
+    grid = (layout.unit_map(act, unit.channel).double() * layout.unit_map(delta, unit.channel).double()).cpu().numpy()
+    return grid, total - float(grid.sum())
+
+
+def _unit_gradient(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> torch.Tensor:
+    """A tensor whose ``path[-1]`` channel is delta(path)'s: the memoised gradient below the parent, read
+    without the copy that masks the other channels (delta itself)."""
+    if len(path) == 1:
+        return analysis.delta(path, backward, seed_mode)
+    return analysis.layer_gradient(path[:-1], backward, seed_mode)
 
 
 def evidence_many(
@@ -72,12 +105,12 @@ def evidence_many(
     guided backprop to the input, the rule's gradient to the input, and the receptive fields of
     their strongest positions.
 
-    ``kinds`` picks what to compute ("guided", "heat", "box"): an explorer showing one view pays
-    for one backward pass per node, not three.
+    ``kinds`` picks what to compute ("guided", "heat", "box", "contribution", "gradient"): an explorer
+    showing one view pays for one backward pass per node, not three, and for none with "contribution".
     """
     backward = get_rule(rule).backward
     for kind in kinds:
-        check_choice(kind, EVIDENCE_KINDS, "evidence kind")
+        check_choice(kind, ALL_EVIDENCE_KINDS, "evidence kind")
     if analysis.guided_problem:  # no guided pictures where guided backprop means nothing
         kinds = [kind for kind in kinds if kind != "guided"]
     paths = [analysis.validate_path(p) for p in paths]
@@ -94,7 +127,7 @@ def evidence_many(
         if "guided" in kinds or ("heat" in kinds and backward == "guided"):
             guided = analysis.backward_many(layer, None, [analysis.delta(paths[i], "guided", seed_mode) for i in members], "guided")
         grads = none
-        if "heat" in kinds:
+        if "heat" in kinds or "gradient" in kinds:
             grads = (
                 guided
                 if backward == "guided"
@@ -104,14 +137,19 @@ def evidence_many(
         boxes = receptive_fields(analysis, layer, locations) if "box" in kinds else [None] * len(members)
         for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
             act = layout.unit_values(analysis.activation(layer), paths[i][-1].channel)
+            contribution, outside = contribution_map(analysis, paths[i], backward, seed_mode) if "contribution" in kinds else (None, 0.0)
             results[i] = NodeEvidence(
                 # d objective / d pixel (0..1 units)
                 guided=(g_guided[0] / std).float().cpu().numpy() if "guided" in kinds else None,
-                heat=(g_rule[0] * x).sum(0).float().cpu().numpy() if g_rule is not None else None,
+                heat=(g_rule[0] * x).sum(0).float().cpu().numpy() if g_rule is not None and "heat" in kinds else None,
                 location=location,
                 box=box,
                 path_gain=path_gain(analysis, paths[i], seed_mode) if "guided" in kinds else 1.0,
                 activation_sum=float(act.sum()),
                 activation_max=float(act.max()),
+                contribution=contribution,
+                contribution_outside=outside,
+                contribution_patches=layout.kind == "tokens",
+                gradient=(g_rule[0] / std).float().cpu().numpy() if g_rule is not None and "gradient" in kinds else None,
             )
     return [results[i] for i in range(len(paths))]

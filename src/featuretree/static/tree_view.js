@@ -1,4 +1,4 @@
-// featuretree's one tree renderer: node cards, edges, layout, badges, number formats, the five
+// featuretree's one tree renderer: node cards, edges, layout, badges, number formats, the six
 // picture views, hover zoom, and zoom / pan / fit. The self-contained HTML export inlines this file
 // (export_page.js adds the page around it); the explorer serves it as /static/tree_view.js and adds
 // its interactive parts (expand, remove, re-root, exemplar pins, ...) through the options below.
@@ -15,6 +15,7 @@
     ["guided", "guided"],
     ["guided_original", "original look"],
     ["heatmap", "heatmap"],
+    ["contribution", "contribution"],
     ["rf_crop", "receptive field"],
     ["rf_box", "box on photo"],
   ];
@@ -372,7 +373,8 @@
       } else if ((view === "rf_crop" || view === "rf_box") && node.box && this.opt.photo && this.opt.photo.src) {
         pic.append(this.boxView(node, view === "rf_crop", this.S.pic));
       } else {
-        pic.append(el("div", { class: "ft-nopic" }, "no picture"));
+        // Only vector layers (the logits) lack a contribution map: they have no positions.
+        pic.append(el("div", { class: "ft-nopic" }, view === "contribution" ? "no map: a vector layer has no positions" : "no picture"));
       }
       if (collapsed) pic.append(el("span", { class: "ft-rest" }, `+${node.children.length} hidden`));
       else {

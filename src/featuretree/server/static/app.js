@@ -103,6 +103,9 @@ function writeUrl() {
 function childKey(path) { return [state.model, state.image, state.k, state.rule, state.seed, path].join("|"); }
 function pictureKey(path, view = state.view) { return [state.model, state.image, state.rule, state.seed, view, path].join("|"); }
 
+// A vector layer (the logits) has no positions, so no contribution map: the card says so instead.
+function vectorLayer(name) { return (analysis?.chain || []).some((c) => c.name === name && c.layout === "vector"); }
+
 function pictureUrl(path, view = state.view) {
   return `/api/picture.png?${qs({ model: state.model, image: state.image, path, view, rule: state.rule, seed_mode: state.seed })}`;
 }
@@ -124,7 +127,7 @@ function requestChildren(path) {
     model: state.model, image: state.image, path, k: state.k, rule: state.rule, seed_mode: state.seed, view,
   }).then((data) => {
     entry.received = performance.now();
-    for (const c of data.children) { keepPicture(keyOf(c.id), c.picture); delete c.picture; }
+    for (const c of data.children) { if (c.picture) keepPicture(keyOf(c.id), c.picture); delete c.picture; }
     entry.status = "done";
     entry.data = data;
   }, (err) => { entry.status = "error"; entry.error = err.message; });
@@ -448,7 +451,8 @@ async function submitRoot(event) {
 function setupControls() {
   tree = new TreeView($("stage"), {
     view: state.view,
-    picture: (node, view) => pictures.get(pictureKey(node.id, view)) || pictureUrl(node.id, view),
+    picture: (node, view) => (view === "contribution" && vectorLayer(node.layer)) ? null
+      : pictures.get(pictureKey(node.id, view)) || pictureUrl(node.id, view),
     onPicture: (node) => toggle(node.id),
     pictureTitle: (node) => isExpandable(node)
       ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
