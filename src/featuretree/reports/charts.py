@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MultipleLocator, PercentFormatter
 
-from ..render.pictures import guided_image, heatmap_image
+from ..render.pictures import contribution_image, guided_image, heatmap_image
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
@@ -162,60 +163,84 @@ def _pair_label(pair: str, cell, rules: list[str]) -> str:
     return f"{name}\n({parents})"
 
 
+# One colour per sanity view; the root's maps solid, the mean over nodes dashed.
+VIEW_COLOURS = {"guided": "#D55E00", "gradient": "#009E73", "heatmap": "#0072B2", "contribution": "#CC79A7"}
+
+
 def sanity_figure(report: SanityReport, cell_px: int = 170) -> Figure:
-    """Top: similarity to the trained model's explanation after each randomisation step.
-    Below: one row per step, the root's guided picture and heatmap and its children's guided pictures."""
+    """Top: the paper's chart, one panel per measure and randomisation (cascading, independent): each
+    view's similarity to the trained model against the layer randomised, root solid, node mean dashed.
+    Below: one row per cascading step, the root's guided picture and heatmap and its children's
+    contribution maps, as that step's model picks the children."""
+    from .similarity import METRIC_LABELS, METRICS
+
     steps = report.steps
+    modes = [("cascading", steps)] + ([("independent", [steps[0], *report.independent])] if report.independent else [])
     children = max((len(s.tree.root.children) for s in steps if s.tree is not None), default=0)
     columns = 2 + children
-    label_px, chart_px, row_px = 110, 440, cell_px + 26
-    width = max(label_px + columns * cell_px, 1000)
+    label_px, panel_px, row_px = 110, 400, cell_px + 26
+    width = max(label_px + columns * cell_px, 1700)
+    chart_px = panel_px * len(modes) + 90
     grid_px = 40 + len(steps) * row_px
     fig = new_figure(width, chart_px + grid_px)
     top, bottom = fig.subfigures(2, 1, height_ratios=[chart_px, grid_px])
-    _sanity_chart(top.subplots(), report)
+    axes = top.subplots(len(modes), len(METRICS), squeeze=False)
+    for row, (mode, mode_steps) in enumerate(modes):
+        for col, metric in enumerate(METRICS):
+            _sanity_chart(axes[row][col], report, mode, mode_steps, metric, METRIC_LABELS[metric])
+    handles = [Line2D([], [], color=VIEW_COLOURS.get(v, "black"), linewidth=2, label=v) for v in report.views]
+    handles += [
+        Line2D([], [], color="black", linewidth=2, marker="o", label="root's maps"),
+        Line2D([], [], color="black", linewidth=1.5, linestyle="--", marker=".", label="mean over the tree's nodes"),
+    ]
+    top.legend(
+        handles=handles, loc="outside lower center", ncols=len(handles), fontsize=SMALL + 2, title="view / maps", title_fontsize=SMALL + 2
+    )
+    top.suptitle(
+        f"Sanity check for root {report.root}: similarity to the trained model's maps after randomising weights (1 = unchanged)",
+        fontsize=12,
+    )
     bottom.suptitle(
-        "The root's guided backprop and heatmap, and its top children (guided backprop) as each step's model picks them",
+        "Cascading steps: the root's guided backprop and heatmap, and its top children's contribution maps as each step's model picks them",
         fontsize=SMALL + 3,
     )
-    axes = bottom.subplots(len(steps), columns, squeeze=False, gridspec_kw={"wspace": 0.03, "hspace": 0.12})
+    cells = bottom.subplots(len(steps), columns, squeeze=False, gridspec_kw={"wspace": 0.03, "hspace": 0.12})
     for row, s in enumerate(steps):
-        for col, image_ax in enumerate(axes[row]):
+        for col, image_ax in enumerate(cells[row]):
             image_ax.set_xticks([])
             image_ax.set_yticks([])
             for spine in image_ax.spines.values():
                 spine.set_visible(False)
             if col == 0:
-                image_ax.set_ylabel(f"step {s.step}\n{_step_label(s)}", fontsize=SMALL + 2, rotation=0, ha="right", va="center")
+                image_ax.set_ylabel(f"step {s.step}\n{s.label}", fontsize=SMALL + 2, rotation=0, ha="right", va="center")
             _sanity_cell(image_ax, s, col, cell_px)
     return fig
 
 
-def _sanity_chart(ax, report: SanityReport) -> None:
-    steps = report.steps
+def _sanity_chart(ax, report: SanityReport, mode: str, steps, metric: str, label: str) -> None:
     x = np.arange(len(steps))
-    lines = (
-        ("guided_rank", "guided backprop: rank correlation", "#D55E00", "o"),
-        ("heat_rank", "heatmap: rank correlation", "#0072B2", "s"),
-        ("children_kept", "share of children kept", "#009E73", "^"),
-    )
-    for key, label, colour, marker in lines:
-        ax.plot(x, [getattr(s, key) for s in steps], marker=marker, color=colour, linewidth=2, label=label, gid=key)
+    low = 0.0
+    for view in report.views:
+        colour = VIEW_COLOURS.get(view, "black")
+        for of, style, marker, width in (("root", "-", "o", 2.0), ("nodes", "--", ".", 1.5)):
+            values = [float(getattr(s, of)[view][metric]) for s in steps]
+            if all(math.isnan(v) for v in values):
+                continue  # no such map (the contribution map of a logit root)
+            ax.plot(x, values, linestyle=style, marker=marker, color=colour, linewidth=width, gid=f"{mode}:{metric}:{view}:{of}")
+            low = min([low] + [v for v in values if math.isfinite(v)])
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [_step_label(s) for s in steps], rotation=30, ha="right", fontsize=SMALL + 1)
+    ax.set_xticks(x, [s.label for s in steps], rotation=45, ha="right", fontsize=SMALL)
     ax.set_xlim(-0.3, len(steps) - 0.7)
-    low = min([0.0] + [float(getattr(s, key)) for s in steps for key, *_ in lines if math.isfinite(float(getattr(s, key)))])
     ax.set_ylim(low - 0.08, 1.08)
-    ax.yaxis.set_major_locator(MultipleLocator(0.2))
-    ax.set_xlabel("weights randomised from the top, down to and including")
-    ax.set_ylabel("similarity to the trained model")
-    ax.set_title(f"Sanity check for root {report.root}: cascading weight randomisation (1 = unchanged)")
-    ax.legend(fontsize=SMALL + 1, loc="upper right")
+    ax.yaxis.set_major_locator(MultipleLocator(0.25))
+    ax.set_xlabel("randomised from the top down to" if mode == "cascading" else "layer randomised alone", fontsize=SMALL + 1)
+    ax.set_ylabel(label, fontsize=SMALL + 1)
+    ax.set_title(f"{label}, {mode}", fontsize=SMALL + 2)
     ax.grid(alpha=0.3)
 
 
 def _sanity_cell(ax, step, col: int, cell_px: int) -> None:
-    """Column 0: the root's guided picture; 1: its heatmap; 2...: child col-1's guided picture."""
+    """Column 0: the root's guided picture; 1: its heatmap; 2...: child col-1's contribution map."""
     tree = step.tree
     if tree is None:
         return
@@ -229,17 +254,17 @@ def _sanity_cell(ax, step, col: int, cell_px: int) -> None:
         if ev.heat is None or tree.picture is None:
             return
         picture, what = heatmap_image(ev, tree.picture), "heatmap"
-    else:
+    elif col == 0:
         if ev.guided is None:
             return
         picture, what = guided_image(ev), "guided"
+    else:
+        if ev.contribution is None or tree.picture is None:
+            return
+        picture, what = contribution_image(ev, tree.picture), "contribution"
     # Small inputs (the toy net's 32 px) are shown as pixels, not blurred; photos are anti-aliased.
     smooth = "antialiased" if max(picture.size) >= cell_px else "nearest"
     ax.imshow(np.asarray(picture), interpolation=smooth, gid=f"{what}:{node.id}")
     ax.set_title(f"{role} {node.layer}:{node.unit} {what}" if col < 2 else f"{role} {node.layer}:{node.unit}", fontsize=SMALL)
     if what == "guided" and not np.any(ev.guided):
         ax.text(0.5, 0.5, "guided backprop\nall zero", transform=ax.transAxes, ha="center", va="center", fontsize=SMALL, color="black")
-
-
-def _step_label(step) -> str:
-    return step.randomised[-1] if step.randomised else "trained"

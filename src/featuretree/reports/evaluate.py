@@ -38,7 +38,7 @@ from ..explainer import Analysis, Explainer
 from ..render.export import write_report
 from ..rules import rule_names
 from .charts import evaluation_figure, figure_png
-from .sanity import spearman
+from .similarity import spearman
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 

@@ -76,10 +76,14 @@ def unavailable_views(analysis: Analysis) -> dict[str, str]:
     return {view: problem for view in GUIDED_VIEWS} if problem else {}
 
 
-def check_view(analysis: Analysis, view: str) -> None:
+def check_view(analysis: Analysis, view: str, path: tuple[Unit, ...] | None = None) -> None:
+    """Refuse a view the model cannot draw, or (with ``path``) one that has no picture of that node."""
     why = unavailable_views(analysis).get(view)
     if why:
         raise OptionError(f"the {view} view is not available for this model: {why}", "use the heatmap or a receptive-field view")
+    problem = node_view_problem(analysis, path, view) if path is not None else None
+    if problem:
+        raise OptionError(f"the {view} view has no picture of this node: {problem}", "pick a node of a spatial layer or another view")
 
 
 def node_view_problem(analysis: Analysis, path: tuple[Unit, ...], view: str) -> str | None:
@@ -319,10 +323,7 @@ class Workspace:
         in the HTML export (``"view"``: JPEG for the photo-like views, see ``render.PICTURE_FORMATS``)."""
         check_choice(encoding, PICTURE_ENCODINGS, "picture encoding")
         analysis = self.analysis(model, image)
-        check_view(analysis, view)
-        problem = node_view_problem(analysis, path, view)
-        if problem:
-            raise OptionError(f"the {view} view has no picture of this node: {problem}", "pick a node of a spatial layer or another view")
+        check_view(analysis, view, path)
         key = (encoding, model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
         found = self.pictures.get(key)
         if found is not None:
@@ -345,9 +346,8 @@ class Workspace:
         seed_mode: str,
         encoding: str = "png",
     ) -> list[bytes | None]:
-        """``picture`` of many nodes (None for a node the view cannot draw, see ``node_view_problem``); the
-        evidence none of the caches holds yet is computed in one ``Analysis.evidence_many`` call, so siblings
-        share its per-layer backward passes."""
+        """``picture`` of many nodes (None where the view has none, see ``node_view_problem``); the evidence none
+        of the caches holds yet is computed in one ``Analysis.evidence_many`` call (siblings share its passes)."""
         analysis = self.analysis(model, image)
         check_view(analysis, view)
         drawable = [path for path in paths if node_view_problem(analysis, path, view) is None]
