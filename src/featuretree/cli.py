@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="measure how well each scoring rule's children explain their parents over a folder of images",
         description="For each image: ablation drop of each rule's top-k children vs k random and k most active channels, rank "
-        "correlation of predicted vs measured single-channel effects, and deletion/insertion AUC of node heatmaps vs random order.",
+        "correlation of predicted vs measured single-channel effects, and deletion/insertion AUC of each view's node maps vs random order.",
     )
     ev.add_argument("images_dir", nargs="?", help="folder of images (jpg, png, ...); default: the bundled sample photos")
     ev.add_argument("--out", help="output folder for evaluate.md/.csv/.png (default: featuretree-out/evaluate)")
@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--random-draws", type=_whole_number, default=10, help="random k-sets per parent (default: %(default)s)")
     ev.add_argument("--curve-steps", type=_whole_number, default=16, help="points on each deletion/insertion curve (default: %(default)s)")
+    ev.add_argument(
+        "--views",
+        default="heatmap,contribution,guided,gradient",  # reports.evaluate.CURVE_VIEWS (not imported: startup time)
+        help="comma-separated views whose pixel orders get deletion/insertion curves (default: %(default)s)",
+    )
     ev.add_argument("--limit", type=_whole_number, help="use at most this many images (sorted by name)")
     ev.add_argument("--seed", type=_whole_number, default=0, help="random seed (default: %(default)s)")
     _add_model_args(ev)
@@ -414,6 +419,7 @@ def _run_evaluate(args: argparse.Namespace, explainer, rules: list[str], images_
         parents=args.parents,
         random_draws=args.random_draws,
         curve_steps=args.curve_steps,
+        views=[v.strip() for v in args.views.split(",") if v.strip()],
         limit=args.limit,
         seed=args.seed,
         progress=True,

@@ -28,6 +28,8 @@ DPI = 100
 # Colour-blind-safe (Okabe-Ito); one colour per rule, in the order rules appear.
 RULE_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
 RANDOM_COLOUR = "#9a9a9a"
+# Deletion / insertion curves: one colour per view (the random order grey, dotted).
+CURVE_COLOURS = {"heatmap": "#0072B2", "contribution": "#CC79A7", "guided": "#D55E00", "gradient": "#009E73", "random": RANDOM_COLOUR}
 ACTIVE_COLOUR = "#4d4d4d"
 SMALL = 8
 
@@ -62,14 +64,14 @@ def _bar_labels(ax, bars, texts: list[str]) -> None:
 
 
 def evaluation_figure(result: Evaluation) -> Figure:
-    """Three panels: ablation drop per layer pair and rule against the random and most-active
-    baselines; Spearman rank correlation with measured drops; mean deletion/insertion curves."""
+    """Four panels: ablation drop per layer pair and rule against the random and most-active
+    baselines; Spearman rank correlation with measured drops; mean deletion and insertion curves per view."""
     summary = result.summary()
     pairs = list(dict.fromkeys(str(r["pair"]) for r in summary))  # summary() puts "all" last
     rules = list(dict.fromkeys(str(r["rule"]) for r in summary))
     cell = {(str(r["pair"]), str(r["rule"])): r for r in summary}
-    fig = new_figure(1600, 640)
-    ax_drop, ax_rank, ax_curve = fig.subplots(1, 3, width_ratios=[1.35, 1.0, 1.0])
+    fig = new_figure(2000, 640)
+    ax_drop, ax_rank, ax_del, ax_ins = fig.subplots(1, 4, width_ratios=[1.35, 1.0, 1.0, 1.0])
     fig.suptitle(
         f"Evaluation of {result.model} on {len(result.images)} image(s), k = {result.k}: do the chosen children matter?",
         fontsize=12,
@@ -110,31 +112,31 @@ def evaluation_figure(result: Evaluation) -> Figure:
     _legend_below(ax_rank, ncols=4, title="rule")
     ax_rank.grid(axis="y", alpha=0.3)
 
-    # Panel 3: mean deletion and insertion curves of the node heatmaps.
-    overall = {str(r["layer"]): r for r in result.curve_summary()}.get("all", {})
-    styles = (
-        ("deletion", "heatmap order, deletion", "#D55E00", "-", "deletion_auc"),
-        ("random_deletion", "random order, deletion", "#D55E00", ":", "random_deletion_auc"),
-        ("insertion", "heatmap order, insertion", "#0072B2", "-", "insertion_auc"),
-        ("random_insertion", "random order, insertion", "#0072B2", ":", "random_insertion_auc"),
-    )
-    for name, label, colour, style, auc in styles:
-        curve = result.mean_curves.get(name)
-        if not curve:
-            continue
-        x = np.linspace(0.0, 1.0, len(curve))
-        text = f"{label} (AUC {float(overall[auc]):.3f})" if auc in overall else label
-        ax_curve.plot(x, curve, style, color=colour, linewidth=2, label=text, gid=name)
-    ax_curve.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax_curve.axhline(0.0, color="black", linewidth=0.8)
-    ax_curve.set_xlim(0, 1)
-    ax_curve.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
-    ax_curve.set_xlabel("pixels deleted / inserted (share of the image)")
-    ax_curve.set_ylabel("objective / its value on the photo")
-    nodes = int(overall["nodes"]) if "nodes" in overall else 0
-    ax_curve.set_title(f"Heatmap deletion / insertion (mean of {nodes} nodes)")
-    _legend_below(ax_curve, ncols=2, title="pixel order, curve (area under it)")
-    ax_curve.grid(alpha=0.3)
+    # Panels 3 and 4: mean deletion and insertion curves of each view's node maps, against a random order.
+    overall = {str(r["view"]): r for r in result.curve_summary() if r["layer"] == "all"}
+    views = [v for v in CURVE_COLOURS if v != "random" and f"{v}:deletion" in result.mean_curves]
+    for ax, kind, better in ((ax_del, "deletion", "lower"), (ax_ins, "insertion", "higher")):
+        for view in [*views, "random"]:
+            curve = result.mean_curves.get(f"{view}:{kind}")
+            if not curve:
+                continue
+            row = overall.get(view) or next(iter(overall.values()), {})
+            auc = row.get(f"random_{kind}_auc" if view == "random" else f"{kind}_auc")
+            label = "random order" if view == "random" else f"{view} order"
+            text = f"{label} (AUC {float(auc):.3f})" if auc is not None else label
+            style = ":" if view == "random" else "-"
+            x = np.linspace(0.0, 1.0, len(curve))
+            ax.plot(x, curve, style, color=CURVE_COLOURS.get(view, RANDOM_COLOUR), linewidth=2, label=text, gid=f"{view}:{kind}")
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (share of the image)")
+        ax.set_ylabel("objective / its value on the photo")
+        nodes = int(overall[views[0]]["nodes"]) if views else 0
+        ax.set_title(f"{kind.capitalize()}, {nodes} nodes ({better} is better)")
+        _legend_below(ax, ncols=2, title="pixel order (area under the curve)")
+        ax.grid(alpha=0.3)
     return fig
 
 
