@@ -332,3 +332,35 @@ def test_e2e_pinned_exemplars_show_the_servers_error_when_the_grid_fails(page, t
         note.wait_for(state="visible")
         text = note.inner_text()
         assert "\n" not in text and "could not load" not in text and "toy.db" in text, text
+
+
+@pytest.mark.slow
+def test_e2e_efficientnet_contribution_view_in_the_explorer_and_its_export(page, base_url, tmp_path):
+    open_page(page, base_url, "model=efficientnet_lite0&image=chelsea&view=contribution")
+    assert page.locator('#views button[data-view="contribution"]').get_attribute("aria-pressed") == "true"
+    root = page.eval_on_selector(".ft-card.root", "e => e.dataset.node")
+    # The logit is a vector: no map, and the card says why instead of showing a broken picture.
+    assert "no map: a vector layer has no positions" in card(page, root).locator(".ft-pic").inner_text()
+    kids = sorted(c for c in cards(page) if c != root)
+    assert len(kids) == 5
+    for kid in kids:  # pictures arrive with /api/expand, in the view's export format
+        assert card(page, kid).locator("img.ft-img").get_attribute("src").startswith("data:image/jpeg;base64,")
+    card(page, kids[0]).locator(".ft-pic").click()
+    wait_idle(page)
+    assert len([c for c in cards(page) if c.startswith(kids[0] + "/")]) == 5
+    no_overlap(page)
+    shot(page, "cat-contribution-explorer")
+
+    with page.expect_download() as download_info:
+        page.click("#export-html")
+    saved = tmp_path / "export.html"
+    download_info.value.save_as(saved)
+    exported = page.context.new_page()
+    exported.goto(saved.as_uri())
+    exported.wait_for_selector(".ft-card")
+    exported.click('button[data-view="contribution"]')
+    assert "no map" in exported.locator(f'.ft-card[data-node="{root}"] .ft-pic').inner_text()
+    shown = exported.eval_on_selector_all(".ft-card img.ft-img", "els => els.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert shown == 10  # every node but the root
+    exported.screenshot(path=str(ARTIFACTS / "cat-contribution-export.png"))
+    exported.close()
