@@ -148,7 +148,7 @@ def main() -> None:
 
     naive_explainer = sibling()
     forward, expansions, expansions_boxes_known, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], [], []
-    one_view, scores_only, tree_passes, naive_passes = [], [], [], []
+    one_view, contribution_view, scores_only, tree_passes, naive_passes = [], [], [], [], []
     for photo in photos:
         for _ in range(args.repeats):
             forward.append(timed(explainer.analyze, photo)[0])
@@ -156,6 +156,7 @@ def main() -> None:
             expansions += expansion_latencies(explainer, photo)
             expansions_boxes_known += expansion_latencies(explainer, photo)
             one_view += expansion_latencies(explainer, photo, kinds=("heat",))
+            contribution_view += expansion_latencies(explainer, photo, kinds=("contribution",))
             scores_only += expansion_latencies(explainer, photo, kinds=())
             explainer.receptive_fields.clear()
             analysis = RecordingAnalysis(explainer, explainer.analyze(photo).image)
@@ -190,7 +191,8 @@ def main() -> None:
     print(f"| forward pass (analyze) | {median_ms(forward):.0f} ms | once per image |")
     for label, values in (
         ("scores only", scores_only),
-        ("with one picture view per child (what the explorer shows; heatmap)", one_view),
+        ("with one picture view per child: the contribution map (the explorer's default)", contribution_view),
+        ("with one picture view per child: the heatmap", one_view),
         ("with all pictures (guided, heatmap, receptive field), cold", expansions),
         ("with all pictures, receptive fields already known", expansions_boxes_known),
     ):

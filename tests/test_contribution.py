@@ -87,12 +87,42 @@ def test_token_maps_are_the_patch_grid_and_the_class_token_is_counted_outside():
     np.testing.assert_allclose(up[3::4, 3::4], ev.contribution.astype(np.float32))
 
 
-def test_vector_layers_have_no_contribution_map(toy_explainer, square_image):
-    analysis = toy_explainer.analyze(square_image)
+def test_a_logits_map_is_the_layer_below_summed_over_channels():
+    torch.manual_seed(0)
+    net = make_net("plain")
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    analysis = ft.Explainer(net, ["0", "1", "2", "3"], preprocess=ft.Preprocess(size=16)).analyze(x)
     root = analysis.resolve_root()
     ev = analysis.evidence((root,), kinds=("contribution",))
-    assert ev.contribution is None
-    assert ev.contribution_outside == pytest.approx(float(analysis.logits[root.channel]), rel=1e-6)  # the logit itself
+    assert ev.contribution_layer == "2" and ev.contribution.shape == (4, 4)
+    # Every channel of layer 2 through the root: the sum of the per-channel maps of an independent computation.
+    want = sum(reference_map(net, x, [root.channel, c], channel_axis=1) for c in range(5))
+    np.testing.assert_allclose(ev.contribution, want.numpy(), rtol=1e-9, atol=1e-12)
+    # It sums to all the root's children's scores, kept or not.
+    assert ev.contribution.sum() == pytest.approx(float(analysis.contributions((root,)).sum()), rel=1e-12)
+
+
+def test_a_vector_above_a_vector_has_no_map_and_the_server_says_why():
+    from featuretree.core.errors import OptionError
+    from featuretree.server.session import check_view, node_view_problem
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 6), nn.ReLU()),
+        nn.Linear(6, 3),
+    )
+    analysis = ft.Explainer(net.double().eval(), ["0", "1", "2"], preprocess=ft.Preprocess(size=8)).analyze(
+        torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    )
+    root = analysis.resolve_root()
+    child = analysis.expand((root,), k=1).children[0].unit
+    assert analysis.evidence((root,), kinds=("contribution",)).contribution is None  # "1" below it is a vector too
+    assert analysis.evidence((root, child), kinds=("contribution",)).contribution_layer == "0"  # mapped at the conv below
+    assert "vector layer" in node_view_problem(analysis, (root,), "contribution")
+    assert node_view_problem(analysis, (root, child), "contribution") is None
+    with pytest.raises(OptionError, match="no picture of this node"):
+        check_view(analysis, "contribution", (root,))
 
 
 def test_contribution_is_free_once_the_parent_is_expanded(toy_explainer, square_image, monkeypatch):

@@ -23,8 +23,8 @@ INLINED = ("guided", "guided_original", "heatmap", "contribution")  # the page d
 
 
 def views_of(node) -> set[str]:
-    """The views a node of the toy net has: all but the contribution map at the vector logits (no positions)."""
-    return set(FORMATS) - {"contribution"} if node.layer == "classifier" else set(FORMATS)
+    """The views a node of the toy net has: all (the logits' contribution map is the corners layer's, summed)."""
+    return set(FORMATS)
 
 
 def page_images(html: str) -> dict[str, str]:

@@ -35,11 +35,10 @@ def test_randomised_net_changes_the_trees(tmp_path):
     assert report.steps[0].root_children == ["corners:0", "corners:1", "corners:2", "corners:3"]
     trained, last = report.steps[0], report.steps[-1]
     # The trained model compared with itself: every measure of every map is 1.
-    for view in ("guided", "gradient", "heatmap"):
+    for view in SANITY_VIEWS:
         assert trained.root[view] == {m: 1.0 for m in METRICS}
-    assert all(v == 1.0 for v in trained.nodes["contribution"].values())
-    assert np.isnan(trained.root["contribution"]["spearman_abs"])  # the root is a logit: no map
-    assert trained.node_counts == {"guided": 13, "gradient": 13, "heatmap": 13, "contribution": 12}
+        assert trained.nodes[view] == {m: 1.0 for m in METRICS}
+    assert trained.node_counts == {view: 13 for view in SANITY_VIEWS}
     assert last.children_kept < 1.0
     assert last.root_children != report.steps[0].root_children
     for view in SANITY_VIEWS:
@@ -71,7 +70,7 @@ def test_report_measures_are_the_similarities_of_the_maps():
     a, b = _all_maps(analysis, paths, "gradient", "sum"), _all_maps(other, paths, "gradient", "sum")
     (step,) = report.independent
     assert step.root["heatmap"] == pytest.approx(similarities(a[0]["heatmap"], b[0]["heatmap"]))
-    rows = [similarities(x["contribution"], y["contribution"]) for x, y in zip(a[1:], b[1:])]
+    rows = [similarities(x["contribution"], y["contribution"]) for x, y in zip(a, b)]
     for metric in METRICS:
         assert step.nodes["contribution"][metric] == pytest.approx(np.mean([r[metric] for r in rows]))
 
@@ -146,7 +145,7 @@ def test_cli_sanity_json_follows_its_schema(tmp_path, capsys):
     assert [s["randomised"] for s in data["steps"]] == [[], ["classifier"], ["classifier", "corners"]]
     assert [s["randomised"] for s in data["independent"]] == [["classifier"], ["corners"]]
     assert data["steps"][0]["root"]["guided"] == {m: 1.0 for m in METRICS}
-    assert data["steps"][1]["root"]["contribution"] == {m: None for m in METRICS}  # a logit root has no map
+    assert all(isinstance(v, float) for v in data["steps"][1]["root"]["contribution"].values())  # the logit's map: the layer below's
 
 
 def test_cli_sanity_refuses_an_unknown_randomisation(tmp_path, capsys):
@@ -251,9 +250,6 @@ def test_report_picture_charts_each_measure_above_the_steps_pictures(tmp_path):
             for of in ("root", "nodes"):
                 line = lines.get(f"{mode}:{metric}:{view}:{of}")
                 values = [getattr(s, of)[view][metric] for s in steps]
-                if view == "contribution" and of == "root":
-                    assert line is None  # a logit root has no contribution map: no line rather than a line of gaps
-                    continue
                 assert list(line.get_ydata()) == pytest.approx(values, nan_ok=True)
                 assert line.get_linestyle() == ("-" if of == "root" else "--")
         low, high = chart.get_ylim()

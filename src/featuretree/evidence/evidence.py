@@ -37,10 +37,12 @@ class NodeEvidence:
     activation_sum: float
     activation_max: float
     # The node's own path-conditioned contribution a * delta at its layer, float64 over the layer's image
-    # grid [rows, cols] (tokens: the patch grid); None for vector layers. It sums to the node's score,
-    # less ``contribution_outside``: the part at positions without a place in the image (prefix tokens).
+    # grid [rows, cols] (tokens: the patch grid). It sums to the node's score, less ``contribution_outside``:
+    # the part at positions without a place in the image (prefix tokens). A vector node's map is at the layer
+    # below, summed over its channels (see ``contribution_map``); ``contribution_layer`` says which layer.
     contribution: np.ndarray | None = None
     contribution_outside: float = 0.0
+    contribution_layer: str | None = None
     contribution_patches: bool = False  # each grid position is a patch square (tokens): drawn as squares, not smoothed
     gradient: np.ndarray | None = None  # the rule's gradient at the input, 3xHxW, pixel units (sanity check only)
 
@@ -72,18 +74,31 @@ def strongest_position(analysis: ImageAnalysis, path: Path, backward: str, seed_
     return (flat // act.shape[1], flat % act.shape[1])
 
 
-def contribution_map(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> tuple[np.ndarray | None, float]:
-    """The node's own a * delta at its layer over the image grid (float64) and what positions outside the grid
-    add; ``(None, total)`` for vector layers. Free once the node or its parent is expanded: delta is memoised."""
+def contribution_map(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> tuple[np.ndarray | None, float, str | None]:
+    """The node's own a * delta at its layer over the image grid (float64), what positions outside the grid
+    add (prefix tokens), and the layer it is drawn at. Free once the node or its parent is expanded: delta is
+    memoised.
+
+    A node of a vector layer (a logit) has no positions; its map is the one at the layer below, every
+    channel's a * delta summed (Grad-CAM's map, with the gradient per position): where its evidence is.
+    It sums to the sum of all its children's scores. None where that layer is a vector too, or the first.
+    """
     unit = path[-1]
     layout = analysis.layer_info(unit.layer).layout
-    act, delta = analysis.activation(unit.layer), _unit_gradient(analysis, path, backward, seed_mode)
-    # One channel first, then float64: converting the whole layer would cost more than the map.
-    total = float((layout.unit_values(act, unit.channel).double() * layout.unit_values(delta, unit.channel).double()).sum())
-    if not layout.spatial:
-        return None, total
-    grid = (layout.unit_map(act, unit.channel).double() * layout.unit_map(delta, unit.channel).double()).cpu().numpy()
-    return grid, total - float(grid.sum())
+    if layout.spatial:
+        act, delta = analysis.activation(unit.layer), _unit_gradient(analysis, path, backward, seed_mode)
+        # One channel first, then float64: converting the whole layer would cost more than the map.
+        total = float((layout.unit_values(act, unit.channel).double() * layout.unit_values(delta, unit.channel).double()).sum())
+        grid = (layout.unit_map(act, unit.channel).double() * layout.unit_map(delta, unit.channel).double()).cpu().numpy()
+        return grid, total - float(grid.sum()), unit.layer
+    index = analysis.layers.index(unit.layer)
+    below = analysis.layers[index - 1] if index > 0 else None
+    if below is None or not analysis.layer_info(below).layout.spatial:
+        return None, 0.0, None
+    info = analysis.layer_info(below)
+    terms = analysis.activation(below).double() * analysis.layer_gradient(path, backward, seed_mode).double()
+    grid = info.layout.grid_values(terms)[0].sum(0).reshape(info.layout.grid(info.shape)).cpu().numpy()
+    return grid, float(terms.sum()) - float(grid.sum()), below
 
 
 def _unit_gradient(analysis: ImageAnalysis, path: Path, backward: str, seed_mode: str) -> torch.Tensor:
@@ -137,7 +152,9 @@ def evidence_many(
         boxes = receptive_fields(analysis, layer, locations) if "box" in kinds else [None] * len(members)
         for i, g_guided, g_rule, location, box in zip(members, guided, grads, locations, boxes):
             act = layout.unit_values(analysis.activation(layer), paths[i][-1].channel)
-            contribution, outside = contribution_map(analysis, paths[i], backward, seed_mode) if "contribution" in kinds else (None, 0.0)
+            contribution, outside, drawn_at = (
+                contribution_map(analysis, paths[i], backward, seed_mode) if "contribution" in kinds else (None, 0.0, None)
+            )
             results[i] = NodeEvidence(
                 # d objective / d pixel (0..1 units)
                 guided=(g_guided[0] / std).float().cpu().numpy() if "guided" in kinds else None,
@@ -149,7 +166,8 @@ def evidence_many(
                 activation_max=float(act.max()),
                 contribution=contribution,
                 contribution_outside=outside,
-                contribution_patches=layout.kind == "tokens",
+                contribution_layer=drawn_at,
+                contribution_patches=drawn_at is not None and analysis.layer_info(drawn_at).layout.kind == "tokens",
                 gradient=(g_rule[0] / std).float().cpu().numpy() if g_rule is not None and "gradient" in kinds else None,
             )
     return [results[i] for i in range(len(paths))]

@@ -88,9 +88,12 @@ def check_view(analysis: Analysis, view: str, path: tuple[Unit, ...] | None = No
 
 def node_view_problem(analysis: Analysis, path: tuple[Unit, ...], view: str) -> str | None:
     """Why ``view`` has no picture of this node (the contribution map of a vector layer), or None."""
-    if view == "contribution" and not analysis.layer_info(path[-1].layer).layout.spatial:
-        return f"{path[-1]} is in a vector layer ({path[-1].layer}), which has no positions to map"
-    return None
+    if view != "contribution" or analysis.layer_info(path[-1].layer).layout.spatial:
+        return None
+    index = analysis.layers.index(path[-1].layer)  # a vector node is mapped at the layer below, if that has positions
+    if index > 0 and analysis.layer_info(analysis.layers[index - 1]).layout.spatial:
+        return None
+    return f"{path[-1]} is in a vector layer ({path[-1].layer}) with no layer with positions right below it"
 
 
 class TooLargeError(ImageInputError):

@@ -373,8 +373,8 @@
       } else if ((view === "rf_crop" || view === "rf_box") && node.box && this.opt.photo && this.opt.photo.src) {
         pic.append(this.boxView(node, view === "rf_crop", this.S.pic));
       } else {
-        // Only vector layers (the logits) lack a contribution map: they have no positions.
-        pic.append(el("div", { class: "ft-nopic" }, view === "contribution" ? "no map: a vector layer has no positions" : "no picture"));
+        // Only a vector layer with another vector layer below it lacks a contribution map: no positions.
+        pic.append(el("div", { class: "ft-nopic" }, view === "contribution" ? "no map: no positions at this layer or below" : "no picture"));
       }
       if (collapsed) pic.append(el("span", { class: "ft-rest" }, `+${node.children.length} hidden`));
       else {

@@ -103,8 +103,13 @@ function writeUrl() {
 function childKey(path) { return [state.model, state.image, state.k, state.rule, state.seed, path].join("|"); }
 function pictureKey(path, view = state.view) { return [state.model, state.image, state.rule, state.seed, view, path].join("|"); }
 
-// A vector layer (the logits) has no positions, so no contribution map: the card says so instead.
-function vectorLayer(name) { return (analysis?.chain || []).some((c) => c.name === name && c.layout === "vector"); }
+// A vector layer (the logits) has no positions: its contribution map is the layer below's, unless that is a
+// vector too (or there is none); then the card says so instead.
+function vectorLayer(name) {
+  const chain = analysis?.chain || [];
+  const i = chain.findIndex((c) => c.name === name);
+  return i >= 0 && chain[i].layout === "vector" && (i === 0 || chain[i - 1].layout === "vector");
+}
 
 function pictureUrl(path, view = state.view) {
   return `/api/picture.png?${qs({ model: state.model, image: state.image, path, view, rule: state.rule, seed_mode: state.seed })}`;
