@@ -396,6 +396,7 @@ def test_api_expand_is_documented_with_enums(client):
     schema = client.get("/openapi.json").json()
     params = {p["name"]: p for p in schema["paths"]["/api/expand"]["get"]["parameters"]}
     assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box"]
+    assert params["view"]["schema"]["default"] == "contribution"  # the default view, chosen by the numbers (README)
     assert params["rule"]["schema"]["enum"] == ["gradient", "guided", "integrated", "ablation"]
     assert set(schema["paths"]["/api/expand"]["get"]["responses"]) >= {"200", "400", "404"}
 

@@ -484,7 +484,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         k: KQ = 5,
         rule: RuleQ = "gradient",
         seed_mode: SeedQ = "sum",
-        view: Annotated[View, Query(description="which picture of each child")] = "heatmap",
+        view: Annotated[View, Query(description="which picture of each child")] = "contribution",
     ) -> ExpandOut:
         listed = children(model, image, path, k, rule, seed_mode)
         an = workspace.analysis(model, image)

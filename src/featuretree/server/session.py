@@ -80,7 +80,9 @@ def check_view(analysis: Analysis, view: str, path: tuple[Unit, ...] | None = No
     """Refuse a view the model cannot draw, or (with ``path``) one that has no picture of that node."""
     why = unavailable_views(analysis).get(view)
     if why:
-        raise OptionError(f"the {view} view is not available for this model: {why}", "use the heatmap or a receptive-field view")
+        raise OptionError(
+            f"the {view} view is not available for this model: {why}", "use the contribution, heatmap or a receptive-field view"
+        )
     problem = node_view_problem(analysis, path, view) if path is not None else None
     if problem:
         raise OptionError(f"the {view} view has no picture of this node: {problem}", "pick a node of a spatial layer or another view")

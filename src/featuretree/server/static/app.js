@@ -7,12 +7,12 @@
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
-const { TreeView, VIEW_LABELS, el } = window.FeatureTreeView;
+const { TreeView, VIEW_LABELS, DEFAULT_VIEW, el } = window.FeatureTreeView; // DEFAULT_VIEW: chosen by the numbers (README)
 const $ = (id) => document.getElementById(id);
 
 const state = {
   model: "", image: "", root: null, open: new Set(), removed: new Set(), pinned: new Set(),
-  k: 5, rule: "gradient", seed: "sum", view: "heatmap",
+  k: 5, rule: "gradient", seed: "sum", view: DEFAULT_VIEW,
 };
 let info = null;          // /api/info
 let analysis = null;      // /api/analysis for the current model and image
@@ -68,7 +68,7 @@ function readUrl() {
   state.k = Math.min(64, Math.max(1, parseInt(q.get("k") || "5", 10) || 5));
   state.rule = info.rules.includes(q.get("rule")) ? q.get("rule") : "gradient";
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
-  state.view = info.views.includes(q.get("view")) ? q.get("view") : "heatmap";
+  state.view = info.views.includes(q.get("view")) ? q.get("view") : DEFAULT_VIEW;
   return !q.has("open") && !q.has("root");
 }
 
@@ -397,7 +397,7 @@ async function loadAnalysis(useDefaultRoot) {
   for (const o of $("rule").options) o.disabled = o.value === "guided" && "guided" in missing;
   if (state.rule === "guided" && "guided" in missing) { state.rule = "gradient"; $("rule").value = "gradient"; }
   if (state.view in missing) {
-    state.view = "heatmap";
+    state.view = DEFAULT_VIEW;
     for (const b of $("views").children) b.setAttribute("aria-pressed", String(b.dataset.view === state.view));
   }
   if (useDefaultRoot || state.root === undefined) {
