@@ -81,6 +81,10 @@ def test_token_maps_are_the_patch_grid_and_the_class_token_is_counted_outside():
     np.testing.assert_allclose(ev.contribution, terms[1:].reshape(8, 8).numpy(), rtol=1e-9, atol=1e-12)
     assert ev.contribution_outside == pytest.approx(float(terms[0]), rel=1e-9, abs=1e-12)
     assert ev.contribution.sum() + ev.contribution_outside == pytest.approx(child.score, rel=1e-12)
+    # The logit's map: block2's patch grid, all channels summed; the class token's part counted outside.
+    top = analysis.evidence((root,), kinds=("contribution",))
+    assert top.contribution.shape == (8, 8) and top.contribution_patches and top.contribution_outside != 0.0
+    assert top.contribution.sum() + top.contribution_outside == pytest.approx(float(analysis.contributions((root,)).sum()), rel=1e-12)
     # Patches are drawn as squares: each 4 x 4 pixel block of the upsampled map is one patch's value.
     up = upsampled_contribution(ev, (IMAGE, IMAGE))
     np.testing.assert_allclose(up[::4, ::4], ev.contribution.astype(np.float32))
