@@ -44,9 +44,10 @@ def test_evaluation_ranks_the_planted_children_first(squares, tmp_path):
     curves = {(r["view"], r["layer"]): r for r in result.curve_summary()}
     # Inserting the strongest-evidence pixels first restores the logit faster than a random order.
     assert curves["heatmap", "classifier"]["insertion_auc"] > curves["heatmap", "classifier"]["random_insertion_auc"]
-    # Every node has a curve in every view but the contribution map, which a logit (a vector) lacks.
-    assert {(r.view, r.layer) for r in result.curves} >= {("heatmap", "classifier"), ("contribution", "corners"), ("guided", "corners")}
-    assert ("contribution", "classifier") not in curves
+    # Every node has a curve in every view (the logit's contribution map is the corners layer's, summed).
+    views = ("heatmap", "contribution", "guided", "gradient")
+    assert {(r.view, r.layer) for r in result.curves} == {(v, layer) for v in views for layer in ("classifier", "corners")}
+    assert len(result.curves) == 4 * 15
     out = save_evaluation(result, tmp_path / "eval")
     table = (out / "evaluate.md").read_text()
     assert "| corners -> classifier | gradient | 3 |" in table
