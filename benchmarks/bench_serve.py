@@ -18,7 +18,9 @@ background prefetching off (every click computes its children's pictures), then 
 user looking at the page for --think seconds before each click (the click finds them ready).
 The server-side measures run without prefetching. Medians are printed.
 
-    PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5] [--rounds 2] [--view heatmap]
+    PYTHONPATH=src python benchmarks/bench_serve.py [--image chelsea] [--k 5] [--reps 5] [--rounds 2] [--view contribution,heatmap]
+
+Several comma-separated views are measured one after the other in the same run (same-run baselines).
 """
 
 from __future__ import annotations
@@ -146,10 +148,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--reps", type=int, default=5, help="server-side repetitions (fresh nodes each)")
     parser.add_argument("--rounds", type=int, default=2, help="browser rounds: a fresh server and page, k clicks each")
-    parser.add_argument("--view", default="heatmap")
+    parser.add_argument("--view", default="contribution,heatmap", help="comma-separated views, measured in turn")
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--think", type=float, default=1.0, help="seconds the user looks at the page before each click (prefetch rounds)")
     args = parser.parse_args()
+    for view in args.view.split(","):
+        measure(args, view.strip())
+
+
+def measure(args: argparse.Namespace, view: str) -> None:
+    args = argparse.Namespace(**{**vars(args), "view": view})
     server = server_side(args.image, args.k, args.reps, args.view)
     rows = [
         (f"server: GET /api/expand (children + {args.k} pictures)", server["batched"]),

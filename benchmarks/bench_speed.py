@@ -1,6 +1,6 @@
 """Speed of featuretree on EfficientNet-Lite0 at 224 px, all figures measured in one run.
 
-    python benchmarks/bench_speed.py [--photos chelsea coffee rocket] [--repeats 3] [--device cpu]
+    python benchmarks/bench_speed.py [--photos chelsea coffee rocket] [--repeats 3] [--device cpu] [--expansions-only]
 
 Reports medians (and p95 for expansions) of:
 - one expansion: k=5 children ranked, with all their node pictures, on a warm analysis;
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--expansions-only", action="store_true", help="only the forward pass and the one-expansion rows")
     args = parser.parse_args()
 
     explainer = ft.Explainer.from_zoo("efficientnet_lite0", device=args.device)
@@ -148,7 +149,7 @@ def main() -> None:
 
     naive_explainer = sibling()
     forward, expansions, expansions_boxes_known, trees, rendered, floors, naive, batched_trees = [], [], [], [], [], [], [], []
-    one_view, scores_only, tree_passes, naive_passes = [], [], [], []
+    one_view, contribution_view, scores_only, tree_passes, naive_passes = [], [], [], [], []
     for photo in photos:
         for _ in range(args.repeats):
             forward.append(timed(explainer.analyze, photo)[0])
@@ -156,7 +157,10 @@ def main() -> None:
             expansions += expansion_latencies(explainer, photo)
             expansions_boxes_known += expansion_latencies(explainer, photo)
             one_view += expansion_latencies(explainer, photo, kinds=("heat",))
+            contribution_view += expansion_latencies(explainer, photo, kinds=("contribution",))
             scores_only += expansion_latencies(explainer, photo, kinds=())
+            if args.expansions_only:
+                continue
             explainer.receptive_fields.clear()
             analysis = RecordingAnalysis(explainer, explainer.analyze(photo).image)
             elapsed, tree = timed(analysis.tree, depth=3, k=5)
@@ -164,6 +168,8 @@ def main() -> None:
             tree_passes.append(len(analysis.calls))
             rendered.append(elapsed + timed(render_images, tree)[0])
             floors.append(floor_time(analysis))
+        if args.expansions_only:
+            continue
         batched = sibling(batch_backward=True)
         batched_trees.append(timed(full_tree, batched, photo)[0])
         if not args.skip_naive:
@@ -171,6 +177,17 @@ def main() -> None:
             naive.append(elapsed)
             naive_passes.append(passes)
 
+    if args.expansions_only:
+        print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, photos: {', '.join(args.photos)}")
+        print("| measure | median | note |\n|---|---|---|")
+        print(f"| forward pass (analyze) | {median_ms(forward):.0f} ms | once per image |")
+        for label, values in (
+            ("scores only", scores_only),
+            ("with one picture view per child: the contribution map (the explorer's default)", contribution_view),
+            ("with one picture view per child: the heatmap", one_view),
+        ):
+            print(f"| one expansion, k=5, {label} | {median_ms(values):.0f} ms (p95 {p95_ms(values):.0f} ms) | {len(values)} expansions |")
+        return
     # Bulk: every bundled photo once, on one explainer (boxes shared) and on a fresh one each (none).
     shared = sibling()
     bulk = {"shared": ([], []), "fresh": ([], [])}
@@ -190,7 +207,8 @@ def main() -> None:
     print(f"| forward pass (analyze) | {median_ms(forward):.0f} ms | once per image |")
     for label, values in (
         ("scores only", scores_only),
-        ("with one picture view per child (what the explorer shows; heatmap)", one_view),
+        ("with one picture view per child: the contribution map (the explorer's default)", contribution_view),
+        ("with one picture view per child: the heatmap", one_view),
         ("with all pictures (guided, heatmap, receptive field), cold", expansions),
         ("with all pictures, receptive fields already known", expansions_boxes_known),
     ):

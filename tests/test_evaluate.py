@@ -41,9 +41,13 @@ def test_evaluation_ranks_the_planted_children_first(squares, tmp_path):
         assert row.drop > row.random_drop
     overall = {r["rule"]: r for r in result.summary() if r["pair"] == "all"}
     assert overall["gradient"]["vs_random"] > 1.5
-    curves = {r["layer"]: r for r in result.curve_summary()}
+    curves = {(r["view"], r["layer"]): r for r in result.curve_summary()}
     # Inserting the strongest-evidence pixels first restores the logit faster than a random order.
-    assert curves["classifier"]["insertion_auc"] > curves["classifier"]["random_insertion_auc"]
+    assert curves["heatmap", "classifier"]["insertion_auc"] > curves["heatmap", "classifier"]["random_insertion_auc"]
+    # Every node has a curve in every view (the logit's contribution map is the corners layer's, summed).
+    views = ("heatmap", "contribution", "guided", "gradient")
+    assert {(r.view, r.layer) for r in result.curves} == {(v, layer) for v in views for layer in ("classifier", "corners")}
+    assert len(result.curves) == 4 * 15
     out = save_evaluation(result, tmp_path / "eval")
     table = (out / "evaluate.md").read_text()
     assert "| corners -> classifier | gradient | 3 |" in table
@@ -57,16 +61,22 @@ def test_bad_folder_is_a_clear_error(tmp_path):
         evaluate_folder(explainer, tmp_path)
     with pytest.raises(ft.FeatureTreeError, match="unknown rule"):
         evaluate_folder(explainer, tmp_path, rules=["gradient", "lime"])
+    with pytest.raises(ft.FeatureTreeError, match="unknown view"):
+        evaluate_folder(explainer, tmp_path, views=["heatmap", "saliency"])
 
 
 def test_cli_evaluate(squares, tmp_path, capsys):
     from featuretree.cli import main
 
-    code = main(
-        ["evaluate", str(squares), "--model", "toy_squares", "--k", "2", "--rules", "gradient,ablation", "--out", str(tmp_path / "e")]
-    )
-    assert code == 0
-    assert "| all | gradient |" in capsys.readouterr().out
+    args = ["evaluate", str(squares), "--model", "toy_squares", "--k", "2", "--rules", "gradient,ablation", "--views", "contribution"]
+    assert main([*args, "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "| all | gradient |" in out and "| contribution | all |" in out and "| heatmap |" not in out
+    # The CLI's default list of views is the report's.
+    from featuretree.cli import build_parser
+    from featuretree.reports.evaluate import CURVE_VIEWS
+
+    assert build_parser().parse_args(["evaluate"]).views == ",".join(CURVE_VIEWS)
     assert main(["evaluate", str(tmp_path / "missing"), "--model", "toy_squares"]) == 2
 
 
@@ -78,8 +88,8 @@ def test_chart_shows_the_reports_numbers_readably(squares, tmp_path):
     explainer = ft.Explainer.from_zoo("toy_squares")
     result = evaluate_folder(explainer, squares, k=2, rules=["gradient", "ablation"], parents=4, random_draws=4, curve_steps=8)
     fig = plot(result)
-    drops, ranks, curves = fig.axes
-    for ax in (drops, ranks, curves):
+    drops, ranks, deletion, insertion = fig.axes
+    for ax in (drops, ranks, deletion, insertion):
         assert_readable_chart(fig, ax)
 
     summary = result.summary()
@@ -99,17 +109,20 @@ def test_chart_shows_the_reports_numbers_readably(squares, tmp_path):
         )
     assert bars["random 2"] == pytest.approx([100 * row[p, "gradient"]["random_drop"] for p in pairs])
     assert bars["most active 2"] == pytest.approx([100 * row[p, "gradient"]["active_drop"] for p in pairs])
-    # Curves: the mean deletion/insertion curves over 0..100 % of the pixels; the legend quotes the table's AUCs.
-    lines = {line.get_gid(): line for line in curves.get_lines() if line.get_gid()}
-    assert set(lines) == {"deletion", "insertion", "random_deletion", "random_insertion"}
-    overall = {r["layer"]: r for r in result.curve_summary()}["all"]
-    legend = [t.get_text() for t in curves.get_legend().get_texts()]
-    for name, line in lines.items():
-        assert list(line.get_ydata()) == pytest.approx(result.mean_curves[name])
-        assert line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 and len(line.get_xdata()) == 9
-        auc = overall[f"{name}_auc"]
-        assert any(f"AUC {auc:.3f}" in text for text in legend), (name, legend)
-        assert f"{auc:.3f}" in result.to_markdown()
+    # Curves: each view's mean deletion / insertion curve over 0..100 % of the pixels, and the random order's;
+    # the legend quotes the table's AUCs.
+    overall = {r["view"]: r for r in result.curve_summary() if r["layer"] == "all"}
+    for ax, kind in ((deletion, "deletion"), (insertion, "insertion")):
+        lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+        assert set(lines) == {f"{v}:{kind}" for v in ("heatmap", "contribution", "guided", "gradient", "random")}
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        for name, line in lines.items():
+            view = name.split(":")[0]
+            assert list(line.get_ydata()) == pytest.approx(result.mean_curves[name])
+            assert line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 and len(line.get_xdata()) == 9
+            auc = overall["heatmap" if view == "random" else view][f"random_{kind}_auc" if view == "random" else f"{kind}_auc"]
+            assert any(f"AUC {auc:.3f}" in text for text in legend), (name, legend)
+            assert f"{auc:.3f}" in result.to_markdown()
 
     out = save_evaluation(result, tmp_path / "eval")
-    assert png_size((out / "evaluate.png").read_bytes()) == expected_size(fig) == (1600, 640)
+    assert png_size((out / "evaluate.png").read_bytes()) == expected_size(fig) == (2000, 640)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
+import jsonschema_rs  # comes with schemathesis (dev extra)
+import numpy as np
 import pytest
 import torch
 
 import featuretree as ft
-from featuretree.reports.sanity import parameter_segments, sanity_check, save_report, spearman
+from featuretree.reports.sanity import SANITY_VIEWS, parameter_segments, sanity_check, save_report
+from featuretree.reports.similarity import METRICS, spearman
 
 from .conftest import square_picture
 
@@ -25,19 +31,48 @@ def test_randomised_net_changes_the_trees(tmp_path):
     before = {name: p.clone() for name, p in explainer.model.named_parameters()}
     report = sanity_check(explainer, square_picture(), k=5, depth=2, seed=0)
     assert [s.randomised for s in report.steps] == [[], ["classifier"], ["classifier", "corners"], ["classifier", "corners", "edges"]]
+    assert [s.randomised for s in report.independent] == [["classifier"], ["corners"], ["edges"]]
     assert report.steps[0].root_children == ["corners:0", "corners:1", "corners:2", "corners:3"]
-    last = report.steps[-1]
+    trained, last = report.steps[0], report.steps[-1]
+    # The trained model compared with itself: every measure of every map is 1.
+    for view in SANITY_VIEWS:
+        assert trained.root[view] == {m: 1.0 for m in METRICS}
+        assert trained.nodes[view] == {m: 1.0 for m in METRICS}
+    assert trained.node_counts == {view: 13 for view in SANITY_VIEWS}
     assert last.children_kept < 1.0
     assert last.root_children != report.steps[0].root_children
-    assert last.guided_rank < 0.9 and last.heat_rank < 0.9
+    for view in SANITY_VIEWS:
+        assert last.nodes[view]["spearman_abs"] < 0.9, view
     # Randomising more layers moves the pictures further from the trained model's.
-    assert report.steps[-1].guided_rank < report.steps[1].guided_rank
-    # The caller's model is untouched (the check works on a copy).
+    assert last.root["guided"]["spearman_abs"] < report.steps[1].root["guided"]["spearman_abs"]
+    # The caller's model is untouched (the check works on copies).
     for name, p in explainer.model.named_parameters():
         assert torch.equal(p, before[name])
     out = save_report(report, tmp_path / "sanity")
     assert (out / "sanity.png").stat().st_size > 0
-    assert "| 3 | edges |" in (out / "sanity.md").read_text()
+    text = (out / "sanity.md").read_text()
+    assert "| 3 | edges | guided |" in text and "Independent randomisation" in text
+
+
+def test_report_measures_are_the_similarities_of_the_maps():
+    # Recompute one randomised step's numbers from the maps themselves: the report averages what it says.
+    from featuretree.core.units import parse_path
+    from featuretree.reports.sanity import _all_maps, _explainer_like, parameter_segments, randomise_
+    from featuretree.reports.similarity import similarities
+
+    explainer = ft.Explainer.from_zoo("toy_squares")
+    report = sanity_check(explainer, square_picture(), k=2, depth=1, seed=3, steps=1, modes=["independent"])
+    analysis = explainer.analyze(square_picture())
+    paths = [parse_path(n.id) for n in analysis.tree(k=2, depth=1, images=False).walk()]
+    model = copy.deepcopy(explainer.model)
+    randomise_(parameter_segments(model, analysis.record.input, explainer.layers)[-1], torch.Generator().manual_seed(3))
+    other = _explainer_like(explainer, model).analyze(square_picture())
+    a, b = _all_maps(analysis, paths, "gradient", "sum"), _all_maps(other, paths, "gradient", "sum")
+    (step,) = report.independent
+    assert step.root["heatmap"] == pytest.approx(similarities(a[0]["heatmap"], b[0]["heatmap"]))
+    rows = [similarities(x["contribution"], y["contribution"]) for x, y in zip(a, b)]
+    for metric in METRICS:
+        assert step.nodes["contribution"][metric] == pytest.approx(np.mean([r[metric] for r in rows]))
 
 
 def test_spearman_identities():
@@ -55,8 +90,71 @@ def test_cli_sanity(tmp_path, capsys):
     square_picture().save(photo)
     assert main(["sanity", str(photo), "--model", "toy_squares", "--k", "4", "--depth", "1", "--out", str(tmp_path / "s")]) == 0
     text = capsys.readouterr().out
-    assert "guided rank corr" in text and "classifier" in text
+    assert "root \\|ρ\\|" in text and "| 1 | classifier | contribution |" in text
     assert (tmp_path / "s" / "sanity.csv").exists()
+
+
+def test_cli_sanity_json_follows_its_schema(tmp_path, capsys):
+    from featuretree.cli import main
+
+    photo = tmp_path / "square.png"
+    square_picture().save(photo)
+    args = ["sanity", str(photo), "--model", "toy_squares", "--k", "2", "--depth", "1", "--steps", "2", "--json"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    scores = {
+        "type": "object",
+        "required": list(SANITY_VIEWS),
+        "additionalProperties": False,
+        "properties": {
+            view: {
+                "type": "object",
+                "required": list(METRICS),
+                "additionalProperties": False,
+                "properties": {m: {"type": ["number", "null"], "minimum": -1.0, "maximum": 1.0} for m in METRICS},
+            }
+            for view in SANITY_VIEWS
+        },
+    }
+    step = {
+        "type": "object",
+        "required": ["step", "mode", "randomised", "root", "nodes", "node_counts", "children_kept", "root_children"],
+        "properties": {
+            "step": {"type": "integer", "minimum": 0},
+            "mode": {"enum": ["cascading", "independent"]},
+            "randomised": {"type": "array", "items": {"type": "string"}},
+            "root": scores,
+            "nodes": scores,
+            "node_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "children_kept": {"type": "number", "minimum": 0, "maximum": 1},
+            "root_children": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    schema = {
+        "type": "object",
+        "required": ["root", "views", "metrics", "steps", "independent"],
+        "properties": {
+            "root": {"type": "string"},
+            "views": {"const": list(SANITY_VIEWS)},
+            "metrics": {"const": list(METRICS)},
+            "steps": {"type": "array", "minItems": 3, "maxItems": 3, "items": step},
+            "independent": {"type": "array", "minItems": 2, "maxItems": 2, "items": step},
+        },
+    }
+    jsonschema_rs.validate(schema, data)
+    assert [s["randomised"] for s in data["steps"]] == [[], ["classifier"], ["classifier", "corners"]]
+    assert [s["randomised"] for s in data["independent"]] == [["classifier"], ["corners"]]
+    assert data["steps"][0]["root"]["guided"] == {m: 1.0 for m in METRICS}
+    assert all(isinstance(v, float) for v in data["steps"][1]["root"]["contribution"].values())  # the logit's map: the layer below's
+
+
+def test_cli_sanity_refuses_an_unknown_randomisation(tmp_path, capsys):
+    from featuretree.cli import main
+
+    code = main(["sanity", "--model", "toy_squares", "--randomisation", "sideways", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown --randomisation 'sideways'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_spearman_gives_ties_their_average_rank():
@@ -96,8 +194,8 @@ def test_randomised_explainers_use_the_given_device(monkeypatch):
     explainer = ft.Explainer.from_zoo("toy_squares", device="cpu:0")
     report = sanity_check(explainer, square_picture(), k=2, depth=1, steps=2)
     randomised = built[1:]
-    assert len(randomised) == len(report.steps) - 1 == 2
-    assert [e.device for e in randomised] == [torch.device("cpu:0")] * 2
+    assert len(randomised) == len(report.steps) - 1 + len(report.independent) == 4  # two cascading, two independent
+    assert [e.device for e in randomised] == [torch.device("cpu:0")] * 4
     assert all(e.batch_backward == explainer.batch_backward for e in randomised)
 
 
@@ -109,7 +207,7 @@ def test_cli_sanity_passes_device_to_every_explainer(tmp_path, monkeypatch):
     square_picture().save(photo)
     args = ["sanity", str(photo), "--model", "toy_squares", "--k", "2", "--depth", "1", "--steps", "1", "--device", "cpu:0"]
     assert main([*args, "--out", str(tmp_path / "s")]) == 0
-    assert len(built) == 2  # the CLI's explainer and the randomised one
+    assert len(built) == 3  # the CLI's explainer, the cascading and the independent randomised one
     assert {e.device for e in built} == {torch.device("cpu:0")}
 
 
@@ -130,10 +228,8 @@ def test_randomised_model_runs_on_the_gpu(monkeypatch):
     assert all(params.type == "cuda" and x.type == "cuda" for params, x in analysed)
 
 
-def test_report_picture_charts_each_step_above_its_pictures(tmp_path):
-    import numpy as np
-
-    from featuretree.render.pictures import guided_image, heatmap_image
+def test_report_picture_charts_each_measure_above_the_steps_pictures(tmp_path):
+    from featuretree.render.pictures import contribution_image, guided_image, heatmap_image
     from featuretree.reports.sanity import contact_sheet
 
     from .chart_checks import assert_readable_chart, expected_size, png_size, tick_labels
@@ -141,18 +237,25 @@ def test_report_picture_charts_each_step_above_its_pictures(tmp_path):
     explainer = ft.Explainer.from_zoo("toy_squares")
     report = sanity_check(explainer, square_picture(), k=4, depth=2, seed=0)
     fig = contact_sheet(report)
-    chart, *cells = fig.axes
-    assert_readable_chart(fig, chart)  # draws the figure, which settles each picture's box
-    # One point per step, at the report's numbers, over ticks naming the layer randomised last.
-    assert [t.get_text() for t in tick_labels(chart.xaxis)] == ["trained", "classifier", "corners", "edges"]
-    lines = {line.get_gid(): line for line in chart.get_lines() if line.get_gid()}
-    for key in ("guided_rank", "heat_rank", "children_kept"):
-        assert list(lines[key].get_ydata()) == pytest.approx([getattr(s, key) for s in report.steps])
-        assert list(lines[key].get_xdata()) == [0, 1, 2, 3]
-    low, high = chart.get_ylim()
-    assert low <= min(min(line.get_ydata()) for line in lines.values()) and high >= 1.0  # nothing off the chart
-    # The grid: a row per step, labelled with it; the root's guided picture and heatmap, then each
-    # child's guided picture, as that step's model picks the children.
+    charts, cells = fig.axes[:8], fig.axes[8:]
+    # The paper's chart: a panel per measure, cascading above independent; one line per view (root solid,
+    # node mean dashed) at the report's numbers, over ticks naming the layer randomised.
+    for index, chart in enumerate(charts):
+        mode, metric = ("cascading", "independent")[index // 4], METRICS[index % 4]
+        assert_readable_chart(fig, chart)
+        steps = report.steps if mode == "cascading" else [report.steps[0], *report.independent]
+        assert [t.get_text() for t in tick_labels(chart.xaxis)] == ["trained", "classifier", "corners", "edges"]
+        lines = {line.get_gid(): line for line in chart.get_lines() if line.get_gid()}
+        for view in SANITY_VIEWS:
+            for of in ("root", "nodes"):
+                line = lines.get(f"{mode}:{metric}:{view}:{of}")
+                values = [getattr(s, of)[view][metric] for s in steps]
+                assert list(line.get_ydata()) == pytest.approx(values, nan_ok=True)
+                assert line.get_linestyle() == ("-" if of == "root" else "--")
+        low, high = chart.get_ylim()
+        assert low <= min(np.nanmin(line.get_ydata()) for line in lines.values()) and high >= 1.0  # nothing off the chart
+    # The grid: a row per cascading step, labelled with it; the root's guided picture and heatmap, then each
+    # child's contribution map, as that step's model picks the children.
     columns = len(cells) // len(report.steps)
     assert columns == 2 + max(len(s.tree.root.children) for s in report.steps)
     for row, step in enumerate(report.steps):
@@ -162,7 +265,7 @@ def test_report_picture_charts_each_step_above_its_pictures(tmp_path):
         expected = [
             ("guided", tree.root, np.asarray(guided_image(tree.evidence[tree.root.id]))),
             ("heatmap", tree.root, np.asarray(heatmap_image(tree.evidence[tree.root.id], tree.picture))),
-        ] + [("guided", child, np.asarray(guided_image(tree.evidence[child.id]))) for child in tree.root.children]
+        ] + [("contribution", child, np.asarray(contribution_image(tree.evidence[child.id], tree.picture))) for child in tree.root.children]
         for cell, (what, node, picture) in zip(row_cells, expected):
             (image,) = cell.get_images()
             assert image.get_gid() == f"{what}:{node.id}"

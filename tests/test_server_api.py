@@ -395,6 +395,39 @@ def test_api_expand_bad_input_is_a_clear_json_4xx(client, params, status, words)
 def test_api_expand_is_documented_with_enums(client):
     schema = client.get("/openapi.json").json()
     params = {p["name"]: p for p in schema["paths"]["/api/expand"]["get"]["parameters"]}
-    assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "rf_crop", "rf_box"]
+    assert params["view"]["schema"]["enum"] == ["guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box"]
+    assert params["view"]["schema"]["default"] == "contribution"  # the default view, chosen by the numbers (README)
     assert params["rule"]["schema"]["enum"] == ["gradient", "guided", "integrated", "ablation"]
     assert set(schema["paths"]["/api/expand"]["get"]["responses"]) >= {"200", "400", "404"}
+
+
+def test_api_contribution_view_needs_no_backward_pass_to_the_pixels(client, square_id):
+    ws = client.app.state.workspace
+    analysis = ws.analysis(TOY, square_id)
+    root = "classifier:0"
+    listed = client.get("/api/children", params=q(square_id, path=root)).json()["children"]  # the parent is expanded
+    passes = []
+    original = analysis.backward
+    analysis.backward = lambda upper, lower, *a, **k: passes.append(lower) or original(upper, lower, *a, **k)
+    try:
+        r = client.get("/api/expand", params=q(square_id, path=root, view="contribution"))
+    finally:
+        del analysis.backward
+    assert r.status_code == 200 and r.json()["view"] == "contribution"
+    assert None not in passes  # nothing went back to the input
+    kids = r.json()["children"]
+    assert [c["id"] for c in kids] == [c["id"] for c in listed]
+    for child in kids:
+        mime, data = child["picture"].split(",", 1)
+        assert mime == "data:image/jpeg;base64"
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            assert img.format == "JPEG" and img.size == (32, 32)
+    png = client.get("/api/picture.png", params=q(square_id, path=kids[0]["id"], view="contribution"))
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+
+
+def test_api_contribution_of_the_logit_is_the_layer_below_summed(client, square_id):
+    r = client.get("/api/picture.png", params=q(square_id, path="classifier:0", view="contribution"))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as img:
+        assert img.size == (32, 32)

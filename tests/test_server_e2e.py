@@ -332,3 +332,36 @@ def test_e2e_pinned_exemplars_show_the_servers_error_when_the_grid_fails(page, t
         note.wait_for(state="visible")
         text = note.inner_text()
         assert "\n" not in text and "could not load" not in text and "toy.db" in text, text
+
+
+@pytest.mark.slow
+def test_e2e_efficientnet_contribution_view_in_the_explorer_and_its_export(page, base_url, tmp_path):
+    open_page(page, base_url, "model=efficientnet_lite0&image=chelsea")
+    # The default view, chosen by the numbers in the README.
+    assert page.locator('#views button[data-view="contribution"]').get_attribute("aria-pressed") == "true"
+    root = page.eval_on_selector(".ft-card.root", "e => e.dataset.node")
+    kids = sorted(c for c in cards(page) if c != root)
+    assert len(kids) == 5
+    # The logit's own map is its layer below's (all channels summed), asked for as a picture like any view.
+    assert "/api/picture.png" in card(page, root).locator("img.ft-img").get_attribute("src")
+    for kid in kids:  # pictures arrive with /api/expand, in the view's export format
+        assert card(page, kid).locator("img.ft-img").get_attribute("src").startswith("data:image/jpeg;base64,")
+    card(page, kids[0]).locator(".ft-pic").click()
+    wait_idle(page)
+    assert len([c for c in cards(page) if c.startswith(kids[0] + "/")]) == 5
+    no_overlap(page)
+    page.mouse.move(310, 790)  # off the cards: no hover zoom over the tree in the screenshot
+    shot(page, "cat-contribution-explorer")
+
+    with page.expect_download() as download_info:
+        page.click("#export-html")
+    saved = tmp_path / "export.html"
+    download_info.value.save_as(saved)
+    exported = page.context.new_page()
+    exported.goto(saved.as_uri())
+    exported.wait_for_selector(".ft-card")
+    assert exported.locator('button[data-view="contribution"]').get_attribute("aria-pressed") == "true"  # the default here too
+    exported.wait_for_function("[...document.querySelectorAll('.ft-card img.ft-img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert exported.eval_on_selector_all(".ft-card img.ft-img", "els => els.length") == 11  # every node, the root included
+    exported.screenshot(path=str(ARTIFACTS / "cat-contribution-export.png"))
+    exported.close()

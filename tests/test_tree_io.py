@@ -20,7 +20,8 @@ def test_round_trip_through_json(toy_explainer, square_image, tmp_path):
     assert loaded.version == SCHEMA_VERSION
     node = loaded.find("classifier:0/corners:1/edges:1")
     assert node is not None and node.depth == 2 and node.path == ["classifier:0", "corners:1", "edges:1"]
-    assert set(node.images) == {"guided", "guided_original", "heatmap", "rf_crop", "rf_box"}
+    assert set(node.images) == {"guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box"}
+    assert "contribution" in loaded.root.images  # the logit's map: the corners layer's, all channels summed
     for name in node.images.values():
         assert (out / name).is_file()
 

@@ -135,12 +135,19 @@ def test_architecture_through_every_surface(spec, photos, tmp_path):
     out = tree.save(tmp_path / "tree")
     assert (out / "tree.json").is_file() and (out / "tree.html").stat().st_size > 10_000
     assert any(n.verification is not None for n in tree.walk())
+    # The contribution map (the default view) through the layout: the node's own a x delta sums to its score.
+    for node in list(tree.walk())[1:]:
+        ev = tree.evidence[node.id]
+        assert ev.contribution.sum() + ev.contribution_outside == pytest.approx(node.score, rel=1e-6, abs=1e-9)
+        assert "contribution" in node.images
 
     # The explorer's API on this model.
     client = TestClient(create_app(ServerSettings(models=(spec,)), loader=lambda name, device: explainer))
     r = client.get("/api/expand", params={"model": spec, "image": "chelsea", "path": str(root), "k": 2, "view": "heatmap"})
     assert r.status_code == 200, r.text
     assert len(r.json()["children"]) == 2 and all(c["picture"].startswith("data:image/") for c in r.json()["children"])
+    r = client.get("/api/expand", params={"model": spec, "image": "chelsea", "path": str(root), "k": 2, "view": "contribution"})
+    assert r.status_code == 200 and all(c["picture"].startswith("data:image/jpeg") for c in r.json()["children"]), r.text
     analysis_out = client.get("/api/analysis", params={"model": spec, "image": "chelsea"}).json()
     assert [c["layout"].split(":")[0] for c in analysis_out["chain"]] == kinds
     client.app.state.workspace.close()

@@ -81,13 +81,14 @@ def palette_png_bytes(img: Image.Image, colors: int = 256, compress_level: int =
 #   keeps it; 4:2:0, JPEG's default and the only mode of lossy WebP, smears it. A fifth of the PNG.
 # - guided_original: saturated colour noise in deep nodes, where JPEG 4:4:4 is larger than PNG and
 #   4:2:0 or WebP destroy it: a 256-colour palette PNG, pure colours exact, half the full-colour PNG.
-# - heatmap: a smooth colour overlay on a grey photo: JPEG 4:2:0, quality 85.
+# - heatmap, contribution: a smooth colour overlay on a grey photo: JPEG 4:2:0, quality 85.
 # - rf_crop, rf_box: the photo (a crop, or with a thick box): JPEG 4:2:0, quality 85.
 PICTURE_FORMATS: dict[str, tuple[str, Callable[[Image.Image], bytes]]] = {
     "photo": ("png", png_bytes),
     "guided": ("jpg", lambda img: jpeg_bytes(img, 80, chroma_subsampling=False)),
     "guided_original": ("png", palette_png_bytes),
     "heatmap": ("jpg", lambda img: jpeg_bytes(img, 85)),
+    "contribution": ("jpg", lambda img: jpeg_bytes(img, 85)),
     "rf_crop": ("jpg", lambda img: jpeg_bytes(img, 85)),
     "rf_box": ("jpg", lambda img: jpeg_bytes(img, 85)),
 }
@@ -191,6 +192,35 @@ def heatmap_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
     return _to_image(base * (1 - alpha) + colour * alpha)
 
 
+def upsampled_contribution(evidence: NodeEvidence, size: tuple[int, int]) -> np.ndarray:
+    """The node's contribution map (its layer's grid) at ``size`` (width, height) pixels, float32.
+
+    Bilinear between position centres for maps; patch squares (nearest) for tokens. Each
+    position's value is a contribution, not a density, so the picture shows where, not how much
+    per pixel; its sum is not preserved and is not meant to be.
+    """
+    grid = np.ascontiguousarray(evidence.contribution, dtype=np.float32)
+    resample = Image.NEAREST if evidence.contribution_patches else Image.BILINEAR
+    return np.asarray(Image.fromarray(grid, mode="F").resize(size, resample), dtype=np.float32)
+
+
+def contribution_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
+    """The node's own a * delta at its layer over a dimmed grayscale photo, centred at zero: red where
+    the unit carries evidence for the root through its path, blue against it, clear where nothing.
+    One scale (the largest |value|) for both signs, so red and blue compare."""
+    values = upsampled_contribution(evidence, picture.size)
+    base = np.asarray(picture.convert("L"), dtype=np.float32)[..., None] / 255.0
+    base = 0.3 + 0.45 * base
+    scale = float(np.abs(evidence.contribution).max(initial=0.0))
+    if scale == 0.0:
+        return _to_image(np.repeat(base, 3, axis=2))
+    signed = np.clip(values / scale, -1.0, 1.0)[..., None]
+    alpha = np.abs(signed) ** 0.75 * 0.85
+    blue_red = np.array([[0.1, 0.4, 1.0], [0.93, 0.16, 0.05]], dtype=np.float32)
+    colour = blue_red[(signed[..., 0] >= 0).astype(np.intp)]
+    return _to_image(base * (1 - alpha) + colour * alpha)
+
+
 def box_image(evidence: NodeEvidence, picture: Image.Image) -> Image.Image:
     """The photo with the node's receptive-field box drawn on it."""
     out = picture.convert("RGB").copy()
@@ -220,6 +250,8 @@ def node_images(evidence: NodeEvidence, picture: Image.Image, mean, tree_gain: f
         images["guided_original"] = guided_image(evidence, "original", mean, tree_gain)
     if evidence.heat is not None:
         images["heatmap"] = heatmap_image(evidence, picture)
+    if evidence.contribution is not None:
+        images["contribution"] = contribution_image(evidence, picture)
     if evidence.box is not None:
         images["rf_crop"] = crop_image(evidence, picture)
         images["rf_box"] = box_image(evidence, picture)

@@ -7,10 +7,13 @@ tree. For each parent N with objective ``J = delta(path) . a_N`` (see analysis.i
   of J); baselines: k random channels (mean over draws) and the k most active channels;
 - rank correlation (Spearman) of each rule's scores with the measured single-channel drops
   (trivially 1 for ``ablation``, which is that measurement);
-- deletion / insertion curves of N's heatmap (gradient x input through the path): pixels in
-  decreasing heat order are set to the baseline (the preprocessing mean, i.e. zero model input),
-  or restored from it; y = J(x') / J(x); area under the curve against a random pixel order.
-  Lower deletion AUC and higher insertion AUC mean the heatmap found the evidence.
+- deletion / insertion curves of N's picture in each view: pixels in decreasing order of the view's
+  map are set to the baseline (the preprocessing mean, i.e. zero model input), or restored from it;
+  y = J(x') / J(x); area under the curve against a random pixel order (one order per node, shared by
+  the views). Lower deletion AUC and higher insertion AUC mean the view found the evidence. The orders:
+  ``heatmap``, gradient x input, and ``contribution``, the node's own a x delta upsampled to the input,
+  by signed value (they are contributions: most positive first); ``gradient`` and ``guided``, sensitivities
+  whose sign per pixel means little, by magnitude (summed over colours).
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from ..core.images import load_image
 from ..core.units import Unit, path_id
 from ..explainer import Analysis, Explainer
 from ..render.export import write_report
+from ..render.pictures import upsampled_contribution
 from ..rules import rule_names
 from ..tree.expansion import check_rerank, rerank_candidates
 from .charts import evaluation_figure, figure_png
-from .sanity import spearman
+from .similarity import spearman
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -59,10 +63,14 @@ class ChildRow:
     top: str  # the rule's top-k channels, best first
 
 
+CURVE_VIEWS: tuple[str, ...] = ("heatmap", "contribution", "guided", "gradient")
+
+
 @dataclass
 class CurveRow:
     image: str
     node: str
+    view: str
     layer: str
     deletion_auc: float
     insertion_auc: float
@@ -77,7 +85,8 @@ class Evaluation:
     images: list[str]
     children: list[ChildRow] = field(default_factory=list)
     curves: list[CurveRow] = field(default_factory=list)
-    mean_curves: dict[str, list[float]] = field(default_factory=dict)  # heat/random deletion/insertion
+    # "VIEW:deletion", "VIEW:insertion", "random:deletion", "random:insertion" -> mean curve over nodes
+    mean_curves: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> list[dict[str, object]]:
         """One row per (layer pair, rule) and per rule overall."""
@@ -109,12 +118,15 @@ class Evaluation:
         return out
 
     def curve_summary(self) -> list[dict[str, object]]:
-        groups: dict[str, list[CurveRow]] = defaultdict(list)
+        """One row per (view, node layer) and per view overall ("all"), views in ``CURVE_VIEWS`` order."""
+        groups: dict[tuple[str, str], list[CurveRow]] = defaultdict(list)
         for row in self.curves:
-            groups[row.layer].append(row)
-            groups["all"].append(row)
+            groups[(row.view, row.layer)].append(row)
+            groups[(row.view, "all")].append(row)
+        order = {view: i for i, view in enumerate(CURVE_VIEWS)}
         return [
             {
+                "view": view,
                 "layer": layer,
                 "nodes": len(rows),
                 "deletion_auc": float(np.mean([r.deletion_auc for r in rows])),
@@ -122,7 +134,7 @@ class Evaluation:
                 "insertion_auc": float(np.mean([r.insertion_auc for r in rows])),
                 "random_insertion_auc": float(np.mean([r.random_insertion_auc for r in rows])),
             }
-            for layer, rows in sorted(groups.items(), key=lambda item: (item[0] == "all", item[0]))
+            for (view, layer), rows in sorted(groups.items(), key=lambda item: (order.get(item[0][0], 99), item[0][1] == "all", item[0][1]))
         ]
 
     def to_markdown(self) -> str:
@@ -143,15 +155,15 @@ class Evaluation:
             )
         lines += [
             "",
-            "Deletion / insertion of node heatmaps (gradient x input through the path); y = objective / its value on the photo; "
-            "lower deletion and higher insertion AUC are better.",
+            "Deletion / insertion of each view's node maps (pixels in the map's order set to the baseline, or restored from it); "
+            "y = objective / its value on the photo; lower deletion and higher insertion AUC are better.",
             "",
-            "| node layer | nodes | deletion AUC | random deletion | insertion AUC | random insertion |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| view | node layer | nodes | deletion AUC | random deletion | insertion AUC | random insertion |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for r in self.curve_summary():
             lines.append(
-                f"| {r['layer']} | {r['nodes']} | {r['deletion_auc']:.3f} | {r['random_deletion_auc']:.3f} | "
+                f"| {r['view']} | {r['layer']} | {r['nodes']} | {r['deletion_auc']:.3f} | {r['random_deletion_auc']:.3f} | "
                 f"{r['insertion_auc']:.3f} | {r['random_insertion_auc']:.3f} |"
             )
         return "\n".join(lines) + "\n"
@@ -275,31 +287,57 @@ def _curve(analysis: Analysis, path: Sequence[Unit], order: torch.Tensor, steps:
     return values / reference if reference else values
 
 
-def evaluate_curves(
-    analysis: Analysis, path: Sequence[Unit], steps: int, generator: torch.Generator, image: str = ""
-) -> tuple[CurveRow, dict[str, np.ndarray]]:
-    path = tuple(path)
-    grad = analysis.input_gradient(path, "gradient")
-    heat = (grad * analysis.record.input.detach()[0]).sum(0).flatten()
-    order = torch.argsort(heat.cpu(), descending=True, stable=True)
-    random_order = torch.randperm(heat.numel(), generator=generator)
-    curves = {
-        "deletion": _curve(analysis, path, order, steps, False),
-        "insertion": _curve(analysis, path, order, steps, True),
-        "random_deletion": _curve(analysis, path, random_order, steps, False),
-        "random_insertion": _curve(analysis, path, random_order, steps, True),
+def pixel_orders(analysis: Analysis, path: Sequence[Unit], views: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Flat pixel indices of the input, strongest evidence first, in each view's map (see the module notes);
+    the guided view is left out where guided backprop is undefined for the model."""
+    kinds = {"heatmap": "heat", "gradient": "gradient", "guided": "guided", "contribution": "contribution"}
+    (ev,) = analysis.evidence_many([tuple(path)], "gradient", "sum", [kinds[v] for v in views])
+    height, width = analysis.record.input.shape[-2:]
+    maps = {
+        "heatmap": ev.heat,
+        "gradient": None if ev.gradient is None else np.abs(ev.gradient).sum(0),
+        "guided": None if ev.guided is None else np.abs(ev.guided).sum(0),
+        "contribution": None if ev.contribution is None else upsampled_contribution(ev, (int(width), int(height))),
     }
-    auc = {name: float((c[:-1] + c[1:]).sum() / (2 * steps)) for name, c in curves.items()}  # trapezoid rule
-    row = CurveRow(
-        image,
-        path_id(path),
-        path[-1].layer,
-        auc["deletion"],
-        auc["insertion"],
-        auc["random_deletion"],
-        auc["random_insertion"],
-    )
-    return row, curves
+    return {
+        view: torch.argsort(torch.from_numpy(np.ascontiguousarray(maps[view], dtype=np.float64)).flatten(), descending=True, stable=True)
+        for view in views
+        if maps[view] is not None
+    }
+
+
+def _auc(curve: np.ndarray) -> float:
+    return float((curve[:-1] + curve[1:]).sum() / (2 * (len(curve) - 1)))  # trapezoid rule
+
+
+def evaluate_curves(
+    analysis: Analysis, path: Sequence[Unit], steps: int, generator: torch.Generator, image: str = "", views: Sequence[str] = CURVE_VIEWS
+) -> tuple[list[CurveRow], dict[str, np.ndarray]]:
+    """Deletion and insertion curves of each view's pixel order and of one random order, with their AUCs."""
+    path = tuple(path)
+    height, width = analysis.record.input.shape[-2:]
+    random_order = torch.randperm(int(height * width), generator=generator)
+    curves = {
+        "random:deletion": _curve(analysis, path, random_order, steps, False),
+        "random:insertion": _curve(analysis, path, random_order, steps, True),
+    }
+    rows = []
+    for view, order in pixel_orders(analysis, path, views).items():
+        curves[f"{view}:deletion"] = _curve(analysis, path, order, steps, False)
+        curves[f"{view}:insertion"] = _curve(analysis, path, order, steps, True)
+        rows.append(
+            CurveRow(
+                image,
+                path_id(path),
+                view,
+                path[-1].layer,
+                _auc(curves[f"{view}:deletion"]),
+                _auc(curves[f"{view}:insertion"]),
+                _auc(curves["random:deletion"]),
+                _auc(curves["random:insertion"]),
+            )
+        )
+    return rows, curves
 
 
 def evaluate_folder(
@@ -314,6 +352,7 @@ def evaluate_folder(
     limit: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    views: Sequence[str] = CURVE_VIEWS,
     rerank: int | None = None,
 ) -> Evaluation:
     from tqdm.auto import tqdm
@@ -327,13 +366,15 @@ def evaluate_folder(
     for rule in rules:
         check_choice(rule, rule_names(), "rule")
     check_rerank(rerank)
+    for view in views:
+        check_choice(view, CURVE_VIEWS, "view")
     if curve_steps < 1:
         raise OptionError(f"curve steps must be at least 1, got {curve_steps}", "use --curve-steps 16")
     files = list_images(images_dir, limit)
     result = Evaluation(explainer.name, k, [f.name for f in files])
     generator = torch.Generator().manual_seed(seed)
     sums: dict[str, np.ndarray] = {}
-    count = 0
+    counts: dict[str, int] = defaultdict(int)
     for file in tqdm(files, desc="evaluating", unit="image", disable=not progress, leave=False):
         analysis = explainer.analyze(load_image(file))
         root = analysis.resolve_root()
@@ -342,12 +383,12 @@ def evaluate_folder(
             paths += [(root, c.unit) for c in analysis.expand((root,), k=parents).children]
         for path in paths:
             result.children.extend(evaluate_children(analysis, path, k, rules, random_draws, generator, file.name, rerank))
-            row, curves = evaluate_curves(analysis, path, curve_steps, generator, file.name)
-            result.curves.append(row)
+            rows, curves = evaluate_curves(analysis, path, curve_steps, generator, file.name, views)
+            result.curves.extend(rows)
             for name, c in curves.items():
                 sums[name] = sums.get(name, 0) + c
-            count += 1
-    result.mean_curves = {name: (s / count).tolist() for name, s in sums.items()}
+                counts[name] += 1
+    result.mean_curves = {name: (s / counts[name]).tolist() for name, s in sums.items()}
     return result
 
 

@@ -205,7 +205,9 @@ class ChildrenOut(BaseModel):
 
 
 class PictureChildOut(ChildOut):
-    picture: str
+    picture: str | None = Field(
+        description="data URI; null where the view has no picture of this child (the contribution map of a vector layer)"
+    )
 
 
 class ExpandOut(ChildrenOut):
@@ -517,7 +519,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         k: KQ = 5,
         rule: RuleQ = "gradient",
         seed_mode: SeedQ = "sum",
-        view: Annotated[View, Query(description="which picture of each child")] = "heatmap",
+        view: Annotated[View, Query(description="which picture of each child")] = "contribution",
         coverage: CoverageQ = None,
     ) -> ExpandOut:
         listed = children(model, image, path, k, rule, seed_mode, coverage)
@@ -532,7 +534,9 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             **listed.model_dump(exclude={"children"}),
             view=view,
             children=[
-                PictureChildOut(**c.model_dump(), picture=f"data:{mime};base64," + base64.b64encode(data).decode("ascii"))
+                PictureChildOut(
+                    **c.model_dump(), picture=None if data is None else f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+                )
                 for c, data in zip(listed.children, encoded)
             ],
         )
@@ -606,7 +610,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         "/api/picture.png",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **ERRORS},
-        summary="One picture of a node: guided backprop, original look, heatmap, receptive-field crop or box",
+        summary="One picture of a node: guided backprop, original look, heatmap, contribution map, receptive-field crop or box",
     )
     def picture(
         request: Request,

@@ -38,6 +38,7 @@ from ..exemplars.sheets import unit_grid
 from ..explainer import Analysis, Explainer
 from ..render.pictures import (
     box_image,
+    contribution_image,
     crop_image,
     encode_picture,
     guided_image,
@@ -49,12 +50,13 @@ from ..tree.verify import EdgeCheck, verify_children
 from .prefetch import Prefetcher
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
-VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
+VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box")
 # The evidence each picture view needs (see Analysis.evidence_many).
 VIEW_KINDS: dict[str, tuple[str, ...]] = {
     "guided": ("guided",),
     "guided_original": ("guided",),
     "heatmap": ("heat",),
+    "contribution": ("contribution",),  # no backward pass to the pixels: free once the parent is expanded
     "rf_crop": ("box",),
     "rf_box": ("box",),
 }
@@ -74,10 +76,26 @@ def unavailable_views(analysis: Analysis) -> dict[str, str]:
     return {view: problem for view in GUIDED_VIEWS} if problem else {}
 
 
-def check_view(analysis: Analysis, view: str) -> None:
+def check_view(analysis: Analysis, view: str, path: tuple[Unit, ...] | None = None) -> None:
+    """Refuse a view the model cannot draw, or (with ``path``) one that has no picture of that node."""
     why = unavailable_views(analysis).get(view)
     if why:
-        raise OptionError(f"the {view} view is not available for this model: {why}", "use the heatmap or a receptive-field view")
+        raise OptionError(
+            f"the {view} view is not available for this model: {why}", "use the contribution, heatmap or a receptive-field view"
+        )
+    problem = node_view_problem(analysis, path, view) if path is not None else None
+    if problem:
+        raise OptionError(f"the {view} view has no picture of this node: {problem}", "pick a node of a spatial layer or another view")
+
+
+def node_view_problem(analysis: Analysis, path: tuple[Unit, ...], view: str) -> str | None:
+    """Why ``view`` has no picture of this node (the contribution map of a vector layer), or None."""
+    if view != "contribution" or analysis.layer_info(path[-1].layer).layout.spatial:
+        return None
+    index = analysis.layers.index(path[-1].layer)  # a vector node is mapped at the layer below, if that has positions
+    if index > 0 and analysis.layer_info(analysis.layers[index - 1]).layout.spatial:
+        return None
+    return f"{path[-1]} is in a vector layer ({path[-1].layer}) with no layer with positions right below it"
 
 
 class TooLargeError(ImageInputError):
@@ -99,7 +117,8 @@ def analysis_bytes(value: object) -> int:
 
 def evidence_bytes(value: object) -> int:
     if isinstance(value, NodeEvidence):
-        return sum(int(a.nbytes) for a in (value.guided, value.heat) if a is not None) + 256
+        arrays = (value.guided, value.heat, value.contribution, value.gradient)
+        return sum(int(a.nbytes) for a in arrays if a is not None) + 256
     return 64
 
 
@@ -309,7 +328,7 @@ class Workspace:
         in the HTML export (``"view"``: JPEG for the photo-like views, see ``render.PICTURE_FORMATS``)."""
         check_choice(encoding, PICTURE_ENCODINGS, "picture encoding")
         analysis = self.analysis(model, image)
-        check_view(analysis, view)
+        check_view(analysis, view, path)
         key = (encoding, model, image, str(analysis.explainer.device), path, view, rule, seed_mode)
         found = self.pictures.get(key)
         if found is not None:
@@ -331,16 +350,17 @@ class Workspace:
         rule: str,
         seed_mode: str,
         encoding: str = "png",
-    ) -> list[bytes]:
-        """``picture`` of many nodes; the evidence none of the caches holds yet is computed in one
-        ``Analysis.evidence_many`` call, so siblings share its per-layer backward passes."""
+    ) -> list[bytes | None]:
+        """``picture`` of many nodes (None where the view has none, see ``node_view_problem``); the evidence none
+        of the caches holds yet is computed in one ``Analysis.evidence_many`` call (siblings share its passes)."""
         analysis = self.analysis(model, image)
         check_view(analysis, view)
+        drawable = [path for path in paths if node_view_problem(analysis, path, view) is None]
         device = str(analysis.explainer.device)
         kinds = VIEW_KINDS[view]
-        wanted = list(paths)
+        wanted = list(drawable)
         if view == "guided_original":
-            wanted += [path[:1] for path in paths]  # its gain comes from the root's guided evidence
+            wanted += [path[:1] for path in drawable]  # its gain comes from the root's guided evidence
 
         def evidence_key(path: tuple[Unit, ...]) -> tuple:
             return (model, image, device, path, rule, seed_mode, kinds)
@@ -361,7 +381,7 @@ class Workspace:
                         self.evidence_cache.put(evidence_key(path), found)
         # Each picture now renders from cached evidence (an evicted entry is recomputed alone: same result).
         # Rendering them in threads was measured no faster on 2 busy cores (59 against 60 ms for five heatmaps).
-        return [self.picture(model, image, path, view, rule, seed_mode, encoding) for path in paths]
+        return [self.picture(model, image, path, view, rule, seed_mode, encoding) if path in drawable else None for path in paths]
 
     def prefetch_children(
         self, model: str, image: str, paths: Sequence[tuple[Unit, ...]], k: int, view: str, rule: str, seed_mode: str
@@ -445,6 +465,8 @@ def view_image(view: str, evidence: NodeEvidence, analysis: Analysis, root: Node
         return guided_image(evidence, "original", analysis.explainer.preprocess.mean, gain)
     if view == "heatmap":
         return heatmap_image(evidence, picture)
+    if view == "contribution":
+        return contribution_image(evidence, picture)
     if view == "rf_crop":
         return crop_image(evidence, picture)
     return box_image(evidence, picture)

@@ -2,7 +2,7 @@
 // header (photo, top-5, settings, picture views), the zoomable tree, and the exemplar grids.
 (function () {
   "use strict";
-  const { TreeView, VIEWS, el } = window.FeatureTreeView;
+  const { TreeView, VIEWS, DEFAULT_VIEW, el } = window.FeatureTreeView;
 
   function renderPage(root, tree, images) {
     root.replaceChildren();
@@ -48,7 +48,12 @@
     const gridOf = (node) => (node.images && node.images.exemplars && images[node.images.exemplars]) || null;
     const hasGrids = all.some(gridOf);
     let aspect = 1;
+    // The views this tree has pictures of (the receptive-field ones are drawn from the photo and the boxes);
+    // the default one if it is among them (a tree saved before it existed has none of it).
+    const available = VIEWS.map(([key]) => key).filter((key) =>
+      all.some((n) => n.images && images[n.images[key]]) || (key.startsWith("rf_") && images.photo && tree.root.box));
     const view = new TreeView(stage, {
+      view: available.includes(DEFAULT_VIEW) || !available.length ? DEFAULT_VIEW : available[0],
       chain: tree.model.chain,
       topClasses: tree.top_classes,
       photo: images.photo ? { src: images.photo, size: tree.image.size } : null,
@@ -64,7 +69,7 @@
       panelAspect: () => aspect,
     });
     for (const [key, label] of VIEWS) {
-      if (!all.some((n) => n.images && images[n.images[key]]) && !(key.startsWith("rf_") && images.photo && tree.root.box)) continue;
+      if (!available.includes(key)) continue;
       controls.append(el("button", {
         type: "button", "data-view": key, "aria-pressed": String(key === view.view),
         onclick: (e) => { for (const b of controls.children) b.setAttribute("aria-pressed", String(b === e.currentTarget)); view.setView(key); },

@@ -1,4 +1,4 @@
-// featuretree's one tree renderer: node cards, edges, layout, badges, number formats, the five
+// featuretree's one tree renderer: node cards, edges, layout, badges, number formats, the six
 // picture views, hover zoom, and zoom / pan / fit. The self-contained HTML export inlines this file
 // (export_page.js adds the page around it); the explorer serves it as /static/tree_view.js and adds
 // its interactive parts (expand, remove, re-root, exemplar pins, ...) through the options below.
@@ -15,10 +15,13 @@
     ["guided", "guided"],
     ["guided_original", "original look"],
     ["heatmap", "heatmap"],
+    ["contribution", "contribution"],
     ["rf_crop", "receptive field"],
     ["rf_box", "box on photo"],
   ];
   const VIEW_LABELS = Object.fromEntries(VIEWS);
+  // Chosen by the numbers (README, "Is the tree honest?"): it depends on the weights and localises evidence.
+  const DEFAULT_VIEW = "contribution";
   const SVG = "http://www.w3.org/2000/svg";
   const MARGIN = 16; // px between the fitted tree and the stage's edges
   const MAX_SCALE = 4;
@@ -141,7 +144,7 @@
   class TreeView {
     constructor(host, options = {}) {
       this.host = host;
-      this.opt = { keys: true, view: "heatmap", chain: [], topClasses: [], ...options };
+      this.opt = { keys: true, view: DEFAULT_VIEW, chain: [], topClasses: [], ...options };
       this.view = this.opt.view;
       this.collapsed = new Set();
       this.root = null;
@@ -562,7 +565,8 @@
       } else if ((view === "rf_crop" || view === "rf_box") && node.box && this.opt.photo && this.opt.photo.src) {
         pic.append(this.boxView(node, view === "rf_crop", this.S.pic));
       } else {
-        pic.append(el("div", { class: "ft-nopic" }, "no picture"));
+        const why = view === "contribution" && this.unmappable(node.layer) ? "no map: no positions at this layer or below" : "no picture";
+        pic.append(el("div", { class: "ft-nopic" }, why));
       }
       if (collapsed) pic.append(el("span", { class: "ft-rest" }, `+${node.children.length} hidden`));
       else {
@@ -574,6 +578,14 @@
       else if (node.leaf_reason && !kids.length) pic.append(el("div", { class: "ft-note" }, node.leaf_reason));
       else if (first && !kids.length) pic.append(el("div", { class: "ft-note" }, "first layer"));
       return pic;
+    }
+
+    // Whether a layer has no contribution map: a vector (a one-axis shape) with a vector or nothing below it.
+    unmappable(layer) {
+      const chain = this.opt.chain || [];
+      const vector = (i) => i >= 0 && (chain[i].shape || []).length === 1;
+      const i = chain.findIndex((c) => c.name === layer);
+      return vector(i) && (i === 0 || vector(i - 1));
     }
 
     // Receptive-field views drawn from the photo and node.box: a zoomed crop, or the photo with the box.
@@ -828,5 +840,5 @@
     }
   }
 
-  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, el, fmt, pct, ablationBadge, mergeGraph, completeness });
+  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, DEFAULT_VIEW, el, fmt, pct, ablationBadge, mergeGraph, completeness });
 })();

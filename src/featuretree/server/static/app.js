@@ -7,12 +7,12 @@
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
-const { TreeView, VIEW_LABELS, el, completeness } = window.FeatureTreeView;
+const { TreeView, VIEW_LABELS, DEFAULT_VIEW, el, completeness } = window.FeatureTreeView; // DEFAULT_VIEW: chosen by the numbers (README)
 const $ = (id) => document.getElementById(id);
 
 const state = {
   model: "", image: "", root: null, open: new Set(), removed: new Set(), pinned: new Set(),
-  k: 5, rule: "gradient", seed: "sum", view: "heatmap",
+  k: 5, rule: "gradient", seed: "sum", view: DEFAULT_VIEW,
 };
 let info = null;          // /api/info
 let analysis = null;      // /api/analysis for the current model and image
@@ -71,7 +71,7 @@ function readUrl() {
   state.coverage = coverage > 0 && coverage <= 1 ? coverage : null; // null: the top k, whatever they cover
   state.rule = info.rules.includes(q.get("rule")) ? q.get("rule") : "gradient";
   state.seed = info.seed_modes.includes(q.get("seed")) ? q.get("seed") : "sum";
-  state.view = info.views.includes(q.get("view")) ? q.get("view") : "heatmap";
+  state.view = info.views.includes(q.get("view")) ? q.get("view") : DEFAULT_VIEW;
   state.graph = q.get("graph") === "1";
   state.intervene = new Set(q.getAll("iv")); // units (LAYER:CH) selected for the intervention panel
   const scale = parseFloat(q.get("scale"));
@@ -111,6 +111,14 @@ function writeUrl() {
 function childKey(path) { return [state.model, state.image, state.k, state.coverage, state.rule, state.seed, path].join("|"); }
 function pictureKey(path, view = state.view) { return [state.model, state.image, state.rule, state.seed, view, path].join("|"); }
 
+// A vector layer (the logits) has no positions: its contribution map is the layer below's, unless that is a
+// vector too (or there is none); then the card says so instead.
+function vectorLayer(name) {
+  const chain = analysis?.chain || [];
+  const i = chain.findIndex((c) => c.name === name);
+  return i >= 0 && chain[i].layout === "vector" && (i === 0 || chain[i - 1].layout === "vector");
+}
+
 function pictureUrl(path, view = state.view) {
   return `/api/picture.png?${qs({ model: state.model, image: state.image, path, view, rule: state.rule, seed_mode: state.seed })}`;
 }
@@ -132,7 +140,7 @@ function requestChildren(path) {
     model: state.model, image: state.image, path, k: state.k, coverage: state.coverage, rule: state.rule, seed_mode: state.seed, view,
   }).then((data) => {
     entry.received = performance.now();
-    for (const c of data.children) { keepPicture(keyOf(c.id), c.picture); delete c.picture; }
+    for (const c of data.children) { if (c.picture) keepPicture(keyOf(c.id), c.picture); delete c.picture; }
     entry.status = "done";
     entry.data = data;
   }, (err) => { entry.status = "error"; entry.error = err.message; });
@@ -521,7 +529,7 @@ async function loadAnalysis(useDefaultRoot) {
   for (const o of $("rule").options) o.disabled = o.value === "guided" && "guided" in missing;
   if (state.rule === "guided" && "guided" in missing) { state.rule = "gradient"; $("rule").value = "gradient"; }
   if (state.view in missing) {
-    state.view = "heatmap";
+    state.view = DEFAULT_VIEW;
     for (const b of $("views").children) b.setAttribute("aria-pressed", String(b.dataset.view === state.view));
   }
   if (useDefaultRoot || state.root === undefined) {
@@ -582,7 +590,8 @@ async function submitRoot(event) {
 function setupControls() {
   tree = new TreeView($("stage"), {
     view: state.view,
-    picture: (node, view) => pictures.get(pictureKey(node.id, view)) || pictureUrl(node.id, view),
+    picture: (node, view) => (view === "contribution" && vectorLayer(node.layer)) ? null
+      : pictures.get(pictureKey(node.id, view)) || pictureUrl(node.id, view),
     onPicture: (node) => toggle(node.id),
     pictureTitle: (node) => isExpandable(node)
       ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
