@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--random-weights",
         action="store_true",
         help="let a torchvision:NAME or timm:NAME model run with random weights, seeded (to try an architecture; weight matrices the library starts at zero are drawn small instead)",
+    )
+    p.add_argument(
+        "--allow-bypass",
+        action="store_true",
+        help="accept a chain that does not cut the network (evidence reaching a layer around the layer below it): "
+        "a warning instead of an error, and each expansion reports the share that goes around",
     )
 
 
@@ -513,6 +520,11 @@ COMMANDS = {
 }
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like the errors."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -520,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except FeatureTreeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

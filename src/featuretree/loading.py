@@ -25,7 +25,12 @@ def model_options(args) -> dict:
         if not sep or not layer.strip() or not kind.strip():
             raise OptionError(f"bad --layout {item!r}", "write --layout LAYER=KIND, e.g. --layout blocks.3=tokens")
         layouts[layer.strip()] = kind.strip()
-    return {"layouts": layouts, "weights": getattr(args, "weights", None), "random_weights": getattr(args, "random_weights", False)}
+    return {
+        "layouts": layouts,
+        "weights": getattr(args, "weights", None),
+        "random_weights": getattr(args, "random_weights", False),
+        "allow_bypass": getattr(args, "allow_bypass", False),
+    }
 
 
 def load_explainer(
@@ -35,13 +40,15 @@ def load_explainer(
     layouts: dict[str, str] | None = None,
     weights: str | None = None,
     random_weights: bool = False,
+    allow_bypass: bool = False,
 ) -> Explainer:
     """``--model`` is a zoo name, ``torchvision:NAME`` / ``timm:NAME`` (with ``weights`` or
     ``random_weights``), or ``path/to/file.py:function`` / ``package.module:function`` returning a
     ZooModel or an nn.Module. Without ``layers``, the model's own chain or a proposed one is used.
+    ``allow_bypass`` accepts a chain that does not cut the network (a warning instead of an error).
     """
     layer_list = [part.strip() for part in layers.split(",") if part.strip()] if layers else None
-    options = {"layouts": layouts or None}
+    options = {"layouts": layouts or None, "allow_bypass": allow_bypass}
     if (weights is not None or random_weights) and not is_library_spec(model):
         raise OptionError(
             "--weights and --random-weights apply to torchvision:NAME and timm:NAME models", "drop them, or name such a model"

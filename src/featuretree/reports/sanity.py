@@ -185,6 +185,7 @@ def sanity_check(
             cache_bytes=explainer.cache_bytes,
             batch_backward=explainer.batch_backward,
             layouts=explainer.layouts,
+            allow_bypass=explainer.allow_bypass,
         )
         other = noisy.analyze(image)
         guided, heat, kept = [], [], []
