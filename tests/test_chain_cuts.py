@@ -198,7 +198,7 @@ def test_tree_json_carries_the_bypass_share_and_reads_back(tmp_path):
     tree = analysis.tree(root="out:0", k=2, depth=2, images=False)
     expanded = [node for node in tree.walk() if node.expanded]
     assert expanded and all(
-        node.bypass is not None and set(node.bypass) == {"share", "score", "total", "source", "kind"} for node in expanded
+        node.bypass is not None and set(node.bypass) == {"share", "score", "total", "layer", "source", "kind"} for node in expanded
     )
     data = tree.to_dict()
     assert data["version"] == 2 and data["root"]["bypass"]["source"] == "a"
@@ -213,3 +213,20 @@ def test_version_1_trees_still_load_without_bypass():
         node.pop("bypass")
     loaded = ft.FeatureTree.from_dict(data)
     assert loaded.root.bypass is None and loaded.to_dict()["version"] == 2
+
+
+def test_explain_prints_and_saves_the_bypass_share(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    spec = _model_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["explain", "--model", spec, "--layers", "stem,layer1.0.conv1,layer2,fc", "--k", "2", "--depth", "2", "--out", str(out)]
+    assert main([*args, "--allow-bypass"]) == 0
+    printed = capsys.readouterr().out
+    saved = ft.FeatureTree.load(out / "tree.json")
+    parents = [node for node in saved.walk() if node.layer == "layer2" and node.expanded]
+    assert parents and all(node.bypass["layer"] == "layer1.0.conv1" and node.bypass["source"] == "stem" for node in parents)
+    for node in parents:
+        assert f"[bypass: {100 * node.bypass['share']:.1f}% of its evidence goes around layer1.0.conv1]" in printed
+    assert saved.root.bypass is None  # fc's layer below, layer2, is a cut
+    html = (out / "tree.html").read_text()
+    assert '"bypass": {"share"' in html or '"bypass":{"share"' in html

@@ -327,6 +327,8 @@ def format_tree(tree, max_lines: int = 40) -> str:
             line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
         if node.rest and node.children:
             line += f"  [rest {100 * node.rest['share']:.1f}% of positive; negatives {node.rest['negative']:.4g}]"
+        if node.bypass:
+            line += f"  [bypass: {100 * node.bypass['share']:.1f}% of its evidence goes around {node.bypass['layer']}]"
         lines.append(line)
     return "\n".join(lines)
 

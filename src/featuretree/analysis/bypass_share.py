@@ -25,11 +25,19 @@ class BypassShare:
     share: float  # around / total: may leave [0, 1] when the two parts have opposite signs
     score: float  # the evidence that goes around the child layer (gradient x input)
     total: float  # the parent's whole first-order evidence at the input
+    layer: str  # the child layer that the evidence goes around
     source: str  # where the bypass starts: "the input" or an earlier chain layer
     kind: str  # how it joins: "a skip connection (an addition)", ...
 
     def to_dict(self) -> dict[str, float | str]:
-        return {"share": self.share, "score": self.score, "total": self.total, "source": self.source, "kind": self.kind}
+        return {
+            "share": self.share,
+            "score": self.score,
+            "total": self.total,
+            "layer": self.layer,
+            "source": self.source,
+            "kind": self.kind,
+        }
 
 
 def bypass_share(analysis: ImageAnalysis, path: Sequence[Unit], backward: str = "gradient", seed_mode: str = "sum") -> BypassShare | None:
@@ -43,4 +51,4 @@ def bypass_share(analysis: ImageAnalysis, path: Sequence[Unit], backward: str = 
     through = analysis.backward(bypass.below, None, analysis.layer_gradient(path, backward, seed_mode), backward)
     total = float((x * whole.double()).sum())
     around = total - float((x * through.double()).sum())
-    return BypassShare(around / total if total else 0.0, around, total, bypass.source, bypass.kind)
+    return BypassShare(around / total if total else 0.0, around, total, bypass.below, bypass.source, bypass.kind)

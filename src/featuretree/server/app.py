@@ -188,6 +188,15 @@ class RestOut(BaseModel):
     negative: float
 
 
+class BypassOut(BaseModel):
+    share: float = Field(description="share of the node's first-order evidence that goes around the child layer (allow_bypass)")
+    score: float
+    total: float
+    layer: str
+    source: str
+    kind: str
+
+
 class ChildrenOut(BaseModel):
     id: str
     child_layer: str | None
@@ -197,6 +206,7 @@ class ChildrenOut(BaseModel):
     total_negative: float
     rest: RestOut | None
     leaf_reason: str | None
+    bypass: BypassOut | None = None
 
 
 class PictureChildOut(ChildOut):
@@ -463,6 +473,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             total_negative=ex.total_negative,
             rest=RestOut(**ex.rest) if ex.rest else None,
             leaf_reason=ex.leaf_reason,
+            bypass=BypassOut(**ex.bypass) if ex.bypass else None,
         )
 
     @app.get(

@@ -36,7 +36,7 @@ class Expansion:
     coverage: float  # share of total_positive covered by the shown children
     leaf_reason: str | None = None
     # Where the chain does not cut (allow_bypass): the share of the parent's evidence that goes around
-    # the child layer, so coverage is read as a share of the rest ({"share", "score", "total", "source", "kind"}).
+    # the child layer, so coverage is read as a share of the rest ({"share", "score", "total", "layer", "source", "kind"}).
     bypass: dict[str, float | str] | None = None
 
     @property

@@ -52,7 +52,7 @@ class Node:
     # What the shown children leave out: {"share", "score"} of the positive total, plus "negative".
     rest: dict[str, float] | None = None
     # Where the chain does not cut (allow_bypass): the part of this node's evidence that goes around the
-    # children's layer: {"share", "score", "total", "source", "kind"} (schema version 2).
+    # children's layer: {"share", "score", "total", "layer", "source", "kind"} (schema version 2).
     bypass: dict[str, float | str] | None = None
     # Measured edge from the parent (tree.verify): estimate, parent_drop, root_drop, ...
     verification: dict[str, float] | None = None

@@ -223,7 +223,7 @@ function viewTree() {
     const d = entry.data;
     Object.assign(node, {
       expanded: true, coverage: d.coverage, total_positive: d.total_positive, total_negative: d.total_negative,
-      rest: d.rest, leaf_reason: d.leaf_reason,
+      rest: d.rest, leaf_reason: d.leaf_reason, bypass: d.bypass,
     });
     node.children = kidsOf(node).map(build);
     const v = verifications.get(childKey(node.id));
