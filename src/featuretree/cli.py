@@ -175,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--json", action="store_true", help="print one JSON object: top_before, top_after, root_before, root_after")
     _add_model_args(ab)
 
+    ck = sub.add_parser(
+        "check",
+        help="what can be trusted for this model and chain: cuts, layouts, rules, receptive fields, model state, speed",
+        description="Check a model and its chain before explaining: per chain layer its layout and shape, whether it cuts the "
+        "network and whether it runs more than once; per scoring rule whether it is exact, approximate or unavailable here and "
+        "why; whether receptive fields are shared across images; the model's state; and an estimate of a depth-3 tree's time.",
+    )
+    ck.add_argument("--input-size", type=_whole_number, help="input size in pixels (default: the model's own)")
+    ck.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ck.add_argument("--no-speed", dest="speed", action="store_false", help="skip the timed expansion behind the speed estimate")
+    _add_model_args(ck)
+
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
     ly.add_argument("--chain", action="store_true", help="show only the chain layers")
     _add_model_args(ly)
@@ -353,6 +365,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    if args.input_size is not None and args.input_size < 8:
+        raise OptionError(f"--input-size must be at least 8, got {args.input_size}", "use e.g. --input-size 224")
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args), input_size=args.input_size)
+    result = explainer.check(speed=args.speed)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.format())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server.run import serve
 
@@ -514,6 +537,7 @@ COMMANDS = {
     "explain": cmd_explain,
     "ablate": cmd_ablate,
     "layers": cmd_layers,
+    "check": cmd_check,
     "serve": cmd_serve,
     "index": cmd_index,
     "units": cmd_units,
