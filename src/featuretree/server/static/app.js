@@ -7,6 +7,8 @@
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
+import { showModelCheck } from "./model_panel.js";
+
 const { TreeView, VIEW_LABELS, el } = window.FeatureTreeView;
 const $ = (id) => document.getElementById(id);
 
@@ -379,6 +381,7 @@ async function loadAnalysis(useDefaultRoot) {
   $("photo-caption").textContent = `${analysis.source} · ${analysis.original_size.join("×")} → ${analysis.size.join("×")}`;
   $("exemplar-help").hidden = !(info.exemplars && info.exemplars.model === state.model);
   $("chain").textContent = `layers (input side first): ${analysis.chain.map((c) => c.name).join(", ")}`;
+  if ($("model-check").dataset.model !== state.model) showModelCheck($("model-check"), state.model, api);
   // Views this model cannot draw (guided backprop where it has no meaning) are disabled, with the reason.
   const missing = analysis.unavailable_views || {};
   for (const b of $("views").children) {
