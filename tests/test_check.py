@@ -158,3 +158,48 @@ def test_cli_check_table_and_json(capsys):
 def test_cli_check_reports_a_bypass_without_failing(tmp_path, capsys):
     assert main(["check", "--model", "toy_squares", "--input-size", "4"]) == 2
     assert "--input-size must be at least 8" in capsys.readouterr().err
+
+
+class InPlaceAfter(nn.Module):
+    """DenseNet's head: the last chain layer's output is rectified in place (``F.relu(features, inplace=True)``)."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.Conv2d(6, 6, 3, padding=1))
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.features(x), inplace=self.in_place).mean((2, 3)))
+
+
+def test_every_rule_check_calls_available_runs_on_an_in_place_rectified_chain_layer():
+    """check calls integrated available; it must then run where the model rectifies a chain layer's output in place
+    (it crashed on torchvision's DenseNet), and give what the out-of-place twin gives."""
+    scores = {}
+    for in_place in (True, False):
+        ex = ft.Explainer(seeded(InPlaceAfter(in_place)), ["features", "fc"], preprocess=Preprocess(size=32))
+        assert ex.check(speed=False).rule("integrated").verdict == "approximate"
+        analysis = ex.analyze(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+        scores[in_place] = analysis.contributions((ft.Unit("fc", 0),), rule="integrated")
+    torch.testing.assert_close(scores[True], scores[False])
+
+
+class MaxPooled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+def test_max_pooling_keeps_guided_but_makes_receptive_fields_per_image_naming_the_module():
+    result = checked(MaxPooled(), ["conv", "fc"])
+    assert result.rule("guided").verdict == "exact" and result.rule("gradient").verdict == "exact"
+    assert result.receptive_fields == {
+        "shared": False,
+        "reason": "per image: max_pool2d in pool make the linearised network depend on the image",
+    }

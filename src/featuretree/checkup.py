@@ -69,14 +69,22 @@ class ModelCheck:
         return format_check(self)
 
 
-def _where(sites: ModelSites, names: tuple[str, ...]) -> str:
+def _where(sites: ModelSites, names: tuple[str, ...], found: dict[str, tuple[str, ...]] | None = None) -> str:
     """``gelu in blocks.*.mlp.act; softmax in blocks.*.attn`` for the first few nonlinearities."""
+    found = sites.nonlinearities if found is None else found
     parts = []
     for name in names[:4]:
-        patterns = name_patterns(sites.nonlinearities.get(name, ()))
+        patterns = name_patterns(found.get(name, ()))
         shown = ", ".join(patterns[:3]) + (", ..." if len(patterns) > 3 else "")
         parts.append(f"{name} in {shown}" if shown else name)
     return "; ".join(parts) + ("; ..." if len(names) > 4 else "")
+
+
+def _rf_blockers(sites: ModelSites, found: tuple[str, ...]) -> str:
+    if found:
+        return _where(sites, found)
+    unlisted = tuple(sites.unlisted)  # max pooling and ops capture.linearity does not list
+    return _where(sites, unlisted, sites.unlisted) if unlisted else "ops the capture could not see into"
 
 
 def rule_checks(analysis: ImageAnalysis | None, sites: ModelSites) -> list[RuleCheck]:
@@ -204,8 +212,7 @@ def check_model(explainer: ChainModel, image: Any = None, speed: bool = True) ->
             if analysis.record.fixed_linearisation
             else {
                 "shared": False,
-                "reason": f"per image: {_where(sites, found) if found else 'an op the linearity list does not know'} "
-                "make the linearised network depend on the image",
+                "reason": f"per image: {_rf_blockers(sites, found)} make the linearised network depend on the image",
             }
         )
     return ModelCheck(

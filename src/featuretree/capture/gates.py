@@ -42,6 +42,7 @@ class RectifierGates(TorchFunctionMode):
         # Optional: the name of the module running now (``capture.sites``), to say where each nonlinearity is.
         self.scope: Callable[[], str] | None = None
         self.sites: dict[str, set[str]] = {}
+        self.unlisted_sites: dict[str, set[str]] = {}  # every input-dependent call that turned fixed_linearisation off
         self.input: torch.Tensor | None = None  # set by capture_forward
         # Whether an autograd node's graph reaches the input, memoised per node: a weight view computed
         # from parameters alone (``w[:, :, None, None]``) has a grad_fn, but no path to the input.
@@ -102,6 +103,8 @@ class RectifierGates(TorchFunctionMode):
             self.fixed_linearisation = False
             name = getattr(func, "__name__", type(func).__name__)
             bare = name.strip("_")
+            if self.scope is not None and touches:
+                self.unlisted_sites.setdefault(name, set()).add(self.scope())
             if not bare.startswith(_SELECTIONS) and bare not in _SHAPE_OPS and touches:
                 self.nonlinearities.add(name)
                 if self.scope is not None:

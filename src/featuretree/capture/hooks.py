@@ -60,6 +60,16 @@ def replacing_hook(value: object) -> ForwardHook:
     return hook
 
 
+def copying_hook(value) -> ForwardHook:
+    """A hook that makes the module return a fresh copy of ``value`` on every call: a non-leaf that code
+    downstream may modify in place (``F.relu(x, inplace=True)``), with gradients still flowing to ``value``."""
+
+    def hook(module: nn.Module, inputs, output) -> object:
+        return value.clone()
+
+    return hook
+
+
 @contextlib.contextmanager
 def watching(modules: dict[str, nn.Module], store: dict[str, object]) -> Iterator[None]:
     """Inside: the outputs of ``modules`` are kept in ``store`` by name."""

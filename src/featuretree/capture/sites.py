@@ -7,6 +7,7 @@ the analysis's capture stays as cheap as it is); all of them are removed in ``fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ from .rectifiers import BackwardRule
 class ModelSites:
     calls: dict[str, int]  # named module -> calls in one forward pass
     nonlinearities: dict[str, tuple[str, ...]]  # function name -> modules (innermost running) that called it
+    # Every input-dependent call that keeps receptive fields from being shared (nonlinearities, max pooling,
+    # ops not on capture.linearity's list), with the modules that called it.
+    unlisted: dict[str, tuple[str, ...]]
 
 
 def scan_model(model: nn.Module, x: torch.Tensor) -> ModelSites:
@@ -51,18 +55,22 @@ def scan_model(model: nn.Module, x: torch.Tensor) -> ModelSites:
     pre, post = ((m, enter(n)) for n, m in named), ((m, leave(n)) for n, m in named)
     with forward_pre_hooks(pre), forward_hooks(post), torch.enable_grad(), gates:
         model(x)
-    return ModelSites(calls, {name: tuple(sorted(where)) for name, where in sorted(gates.sites.items())})
+    return ModelSites(
+        calls,
+        {name: tuple(sorted(where)) for name, where in sorted(gates.sites.items())},
+        {name: tuple(sorted(where)) for name, where in sorted(gates.unlisted_sites.items())},
+    )
 
 
 def name_patterns(names: Iterable[str]) -> list[str]:
-    """Module names with the numeric parts that differ starred, each pattern once:
-    blocks.0.mlp.act, blocks.1.mlp.act -> blocks.*.mlp.act (a part every name shares stays)."""
+    """Module names with the numbered parts that differ starred, each pattern once: blocks.0.mlp.act,
+    blocks.1.mlp.act -> blocks.*.mlp.act; encoder_layer_0, encoder_layer_1 -> encoder_layer_*."""
     groups: dict[str, list[list[str]]] = {}
     for name in names:
         parts = name.split(".")
-        groups.setdefault(".".join("*" if p.isdigit() else p for p in parts), []).append(parts)
+        groups.setdefault(".".join(re.sub(r"\d+", "*", p) for p in parts), []).append(parts)
     patterns = []
-    for members in groups.values():
-        columns = zip(*members)
-        patterns.append(".".join(col[0] if len(set(col)) == 1 else "*" for col in columns))
+    for template, members in groups.items():
+        starred = template.split(".")
+        patterns.append(".".join(col[0] if len(set(col)) == 1 else starred[i] for i, col in enumerate(zip(*members))))
     return sorted(patterns)
