@@ -203,3 +203,21 @@ def test_max_pooling_keeps_guided_but_makes_receptive_fields_per_image_naming_th
         "shared": False,
         "reason": "per image: max_pool2d in pool make the linearised network depend on the image",
     }
+
+
+class MostActive:
+    name, summary, backward = "most_active_check", "the child's total activation", "guided"
+
+    def scores(self, analysis, path, seed_mode):
+        layer = analysis.layer_below(path[-1])
+        return analysis.layer_info(layer).layout.channel_totals(analysis.activation(layer).double())[0].cpu()
+
+
+def test_a_registered_rule_is_judged_by_its_backward():
+    from featuretree.rules import registered
+
+    with registered(MostActive()):
+        gelu = checked(GeluNet(), ["stem", "blocks.0", "blocks.1", "fc"]).rule("most_active_check")
+        relu = checked(MaxPooled(), ["conv", "fc"]).rule("most_active_check")
+    assert gelu.verdict == "unavailable" and gelu.reason.startswith("judged by its guided backward only (a registered rule): gelu in")
+    assert relu.verdict == "exact"

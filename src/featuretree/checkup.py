@@ -27,6 +27,7 @@ from .rules import get_rule, rule_names
 from .tree.expansion import expand
 
 EXACT, APPROXIMATE, UNAVAILABLE = "exact", "approximate", "unavailable"
+_BUILT_IN_RULES = ("gradient", "guided", "integrated", "ablation")
 _TRAINING_KINDS = ((nn.modules.batchnorm._BatchNorm, "batch norm"), (nn.modules.dropout._DropoutNd, "dropout"))
 
 
@@ -93,14 +94,13 @@ def rule_checks(analysis: ImageAnalysis | None, sites: ModelSites) -> list[RuleC
         return [RuleCheck(name, UNAVAILABLE, "the forward pass was refused (see problems)") for name in rule_names()]
     found = analysis.record.nonlinearities
     where = _where(sites, found)
-    stochastic = False
     checks = []
     for name in rule_names():
         rule = get_rule(name)
         if rule.backward == "guided" and analysis.guided_problem:
             checks.append(RuleCheck(name, UNAVAILABLE, f"{where}: not rectifiers, so guided backprop has no meaning here"))
         elif name == "ablation":
-            checks.append(RuleCheck(name, APPROXIMATE if stochastic else EXACT, "measured: the drop when the child is zeroed"))
+            checks.append(RuleCheck(name, EXACT, "measured: the drop when the child is zeroed"))
         elif name == "integrated":
             checks.append(RuleCheck(name, APPROXIMATE, "a 16-step sum of the path integral from a zero baseline"))
         elif rule.backward == "guided":
@@ -109,6 +109,8 @@ def rule_checks(analysis: ImageAnalysis | None, sites: ModelSites) -> list[RuleC
             checks.append(RuleCheck(name, APPROXIMATE, f"first-order: {where} curve between layers"))
         else:
             checks.append(RuleCheck(name, EXACT, "piecewise linear: gradient x activation is the exact first-order split"))
+        if name not in _BUILT_IN_RULES:
+            checks[-1].reason = f"judged by its {rule.backward} backward only (a registered rule): {checks[-1].reason}"
     return checks
 
 
