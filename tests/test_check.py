@@ -13,6 +13,7 @@ import featuretree as ft
 from featuretree.cli import main
 from featuretree.core.errors import GuidedUndefinedError
 from featuretree.core.images import Preprocess
+from featuretree.core.samples import sample_path
 from tests.bypass_models import ResNetLike, seeded
 
 from .conftest import all_hooks_removed
@@ -134,11 +135,12 @@ def test_a_clean_model_has_no_state_problems_and_a_speed_estimate():
     assert result.state == [] and result.problems == []
     speed = result.speed
     assert speed["depth"] == min(3, len(ex.layers) - 1) and speed["k"] == 5
-    assert speed["nodes"] == sum(5**level for level in range(speed["depth"] + 1))
+    levels = speed["levels"]
+    # The first two levels' node counts are the real tree's on the same photo.
+    tree = ex.explain(sample_path("chelsea"), k=5, depth=speed["depth"], images=False)
+    assert [lv["nodes"] for lv in levels[:2]] == [1, len(tree.root.children)]
     assert speed["seconds"] == pytest.approx(
-        speed["forward_seconds"]
-        + speed["first_expansion_seconds"]
-        + (sum(5**level for level in range(speed["depth"])) - 1) * speed["expansion_seconds"]
+        speed["forward_seconds"] + sum(lv["first_seconds"] + (lv["nodes"] - 1) * lv["later_seconds"] for lv in levels)
     )
     assert speed["text"].startswith("estimate: ")
 

@@ -164,28 +164,34 @@ def _click(analysis: ImageAnalysis, path: tuple, k: int) -> tuple[float, list]:
 
 
 def speed_estimate(analysis: ImageAnalysis, forward_seconds: float, k: int = 5, depth: int = 3) -> dict[str, Any] | None:
-    """The root's expansion with its children's pictures (the first one pays one-off costs) and one child's,
-    measured once each; the child's time stands for every later expansion of a depth-3 tree."""
+    """A depth-3 tree's time from clicks measured once: per level of the tree, the first node's expansion with
+    its children's pictures (it pays what later nodes of that layer share, such as shared receptive-field boxes)
+    and a second node's, which stands for the rest of the level."""
     depth = min(depth, len(analysis.layers) - 1)
     root = analysis.resolve_root(None)
     if depth < 1 or root.layer != analysis.layers[-1]:
         return None
-    first, children = _click(analysis, (root,), k)
-    later = _click(analysis, children[0], k)[0] if depth > 1 and children else first
-    expansions = sum(k**level for level in range(depth))
-    nodes = sum(k**level for level in range(depth + 1))
-    seconds = forward_seconds + first + (expansions - 1) * later
+    levels, frontier, seconds, count, nodes = [], [(root,)], forward_seconds, 1, 1
+    for _ in range(depth):
+        first, children = _click(analysis, frontier[0], k)
+        later = _click(analysis, frontier[1], k)[0] if count > 1 and len(frontier) > 1 else first
+        levels.append({"nodes": count, "first_seconds": first, "later_seconds": later})
+        seconds += first + (count - 1) * later
+        count *= len(children)  # the next level, if every node has as many children as the first
+        nodes += count
+        frontier = children
+        if not frontier:
+            break
+    shown = ", ".join(f"{lv['nodes']} at {lv['later_seconds']:.2f} s" for lv in levels)
     return {
         "seconds": seconds,
         "depth": depth,
         "k": k,
         "nodes": nodes,
         "forward_seconds": forward_seconds,
-        "first_expansion_seconds": first,
-        "expansion_seconds": later,
-        "text": f"estimate: a depth-{depth} tree (k {k}, {nodes} nodes) takes about {seconds:.1f} s here "
-        f"(forward {forward_seconds:.2f} s, first expansion {first:.2f} s, then {expansions - 1} x {later:.2f} s; "
-        "each measured once, with pictures; receptive-field boxes that later nodes share make it err high)",
+        "levels": levels,
+        "text": f"estimate: a depth-{depth} tree (k {k}, {nodes} nodes) takes about {seconds:.1f} s here (forward "
+        f"{forward_seconds:.2f} s; expansions with pictures per level: {shown}; two of each level measured once)",
     }
 
 
