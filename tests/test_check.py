@@ -223,3 +223,23 @@ def test_a_registered_rule_is_judged_by_its_backward():
         relu = checked(MaxPooled(), ["conv", "fc"]).rule("most_active_check")
     assert gelu.verdict == "unavailable" and gelu.reason.startswith("judged by its guided backward only (a registered rule): gelu in")
     assert relu.verdict == "exact"
+
+
+class Picky(nn.Module):
+    """Fails on any input but 16 x 16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 14 * 14, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_a_model_that_fails_gives_one_line_and_leaves_no_hook(tmp_path, capsys):
+    ex = ft.Explainer(Picky(), ["conv", "fc"], preprocess=Preprocess(size=32))
+    with pytest.raises(ft.FeatureTreeError, match=r"the model failed on a 32x32 input \(RuntimeError: "):
+        ex.check(speed=False)
+    assert all_hooks_removed(ex.model)
+    assert ft.Explainer(Picky(), ["conv", "fc"], preprocess=Preprocess(size=16)).check(speed=False).problems == []

@@ -19,7 +19,7 @@ from torch import nn
 from .analysis.chain_model import ChainModel
 from .analysis.image_analysis import ImageAnalysis
 from .capture.sites import ModelSites, name_patterns, scan_model
-from .core.errors import FeatureTreeError
+from .core.errors import FeatureTreeError, ModelError
 from .core.images import prepare_image
 from .core.samples import sample_path
 from .evidence.evidence import evidence_many
@@ -199,8 +199,15 @@ def check_model(explainer: ChainModel, image: Any = None, speed: bool = True) ->
     """Everything `featuretree check` reports, for ``explainer``'s model and chain on ``image`` (default: a sample photo)."""
     prepared = prepare_image(image if image is not None else sample_path("chelsea"), explainer.preprocess)
     x = prepared.tensor.to(explainer.device)
-    with explainer.forward_lock:
-        sites = scan_model(explainer.model, x)
+    try:
+        with explainer.forward_lock:
+            sites = scan_model(explainer.model, x)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        size = explainer.preprocess.size
+        raise ModelError(
+            f"the model failed on a {size}x{size} input ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})",
+            "check --input-size and that the model takes one [1, 3, H, W] image",
+        ) from None
     problems: list[str] = []
     analysis: ImageAnalysis | None = None
     start = time.perf_counter()
