@@ -230,3 +230,12 @@ def test_explain_prints_and_saves_the_bypass_share(tmp_path, capsys, monkeypatch
     assert saved.root.bypass is None  # fc's layer below, layer2, is a cut
     html = (out / "tree.html").read_text()
     assert '"bypass": {"share"' in html or '"bypass":{"share"' in html
+
+
+@pytest.mark.parametrize("net", [ResNetLike, InceptionLike, DenseNetLike])
+def test_the_proposed_chain_of_each_planted_net_cuts(net):
+    from featuretree.analysis.discovery import default_chain
+
+    model = seeded(net())
+    chain = default_chain(model, 32)
+    assert explainer(lambda: model, chain).analyze(image()).bypasses == []
