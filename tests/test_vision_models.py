@@ -29,6 +29,7 @@ if not (importlib.util.find_spec("torchvision") and importlib.util.find_spec("ti
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from featuretree.core.errors import GuidedUndefinedError  # noqa: E402
 from featuretree.core.samples import sample_path  # noqa: E402
 from featuretree.core.units import Unit  # noqa: E402
 from featuretree.exemplars.db import ExemplarDB  # noqa: E402
@@ -164,6 +165,34 @@ def test_architecture_through_every_surface(spec, photos, tmp_path):
     assert hooks_left(short.model) == []
 
     assert hooks_left(explainer.model) == [] and hooks_left(double.model) == []
+
+
+@pytest.mark.parametrize("spec", list(MATRIX))
+def test_check_says_what_each_rule_then_does(spec):
+    """`featuretree check` on the matrix: its verdicts against what the engine then does with this model."""
+    explainer = load_explainer(spec, None, "cpu", random_weights=True)
+    result = explainer.check(speed=False)
+    print(result.format())
+    # The default chain cuts the network, every layer runs once, the model is in a usable state.
+    assert [(row.cuts, row.calls) for row in result.layers] == [(True, 1)] * len(explainer.layers)
+    assert result.problems == []
+    if spec == "timm:deit_small_distilled_patch16_224":  # two averaged heads: no logits module ends the chain
+        assert result.state == ["the chain does not end at the logits: trees start at units of 'blocks.11', not at classes"]
+    else:
+        assert result.state == []
+    analysis = explainer.analyze(Image.open(sample_path("chelsea")).convert("RGB"))
+    root = analysis.resolve_root(None)
+    for rule in result.rules:
+        if rule.verdict == "unavailable":
+            with pytest.raises(GuidedUndefinedError):
+                analysis.expand((root,), k=2, rule=rule.rule)
+        else:
+            assert analysis.expand((root,), k=2, rule=rule.rule).children
+    # Shared receptive fields land in the explainer's cache, per-image ones do not.
+    explainer.receptive_fields.clear()
+    analysis.evidence((root, analysis.expand((root,), k=1).children[0].unit), kinds=("box",))
+    assert (len(explainer.receptive_fields) > 0) == result.receptive_fields["shared"]
+    assert hooks_left(explainer.model) == []
 
 
 def test_random_weights_are_the_same_every_load_and_leave_the_callers_random_state_alone():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from .analysis.image_analysis import SEED_MODES
-from .core.errors import FeatureTreeError
+from .capture.cuts import ChainCutError
+from .checkup import ModelCheck
+from .core.errors import BypassWarning, FeatureTreeError
 from .core.images import Preprocess, load_image
 from .core.units import Unit
 from .explainer import Analysis, Explainer
@@ -17,9 +19,12 @@ __all__ = [
     "SEED_MODES",
     "MODELS",
     "Analysis",
+    "BypassWarning",
+    "ChainCutError",
     "Explainer",
     "FeatureTree",
     "FeatureTreeError",
+    "ModelCheck",
     "Node",
     "Preprocess",
     "Unit",

@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,6 +81,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--random-weights",
         action="store_true",
         help="let a torchvision:NAME or timm:NAME model run with random weights, seeded (to try an architecture; weight matrices the library starts at zero are drawn small instead)",
+    )
+    p.add_argument(
+        "--allow-bypass",
+        action="store_true",
+        help="accept a chain that does not cut the network (evidence reaching a layer around the layer below it): "
+        "a warning instead of an error, and each expansion reports the share that goes around",
     )
 
 
@@ -216,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ab.add_argument("--json", action="store_true", help="print one JSON object: top_before, top_after, root_before, root_after")
     _add_model_args(ab)
+
+    ck = sub.add_parser(
+        "check",
+        help="what can be trusted for this model and chain: cuts, layouts, rules, receptive fields, model state, speed",
+        description="Check a model and its chain before explaining: per chain layer its layout and shape, whether it cuts the "
+        "network and whether it runs more than once; per scoring rule whether it is exact, approximate or unavailable here and "
+        "why; whether receptive fields are shared across images; the model's state; and an estimate of a depth-3 tree's time.",
+    )
+    ck.add_argument("--input-size", type=_whole_number, help="input size in pixels (default: the model's own)")
+    ck.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ck.add_argument("--no-speed", dest="speed", action="store_false", help="skip the timed expansion behind the speed estimate")
+    _add_model_args(ck)
 
     ly = sub.add_parser("layers", help="list a model's layers and output shapes; marks the default chain")
     ly.add_argument("--chain", action="store_true", help="show only the chain layers")
@@ -384,6 +403,8 @@ def format_tree(tree, max_lines: int = 40) -> str:
                 line += f"; lowers {lowered}"
         if node.rest and node.children:
             line += f"  [rest {100 * node.rest['share']:.1f}% of positive; negatives {node.rest['negative']:.4g}]"
+        if node.bypass:
+            line += f"  [bypass: {100 * node.bypass['share']:.1f}% of its evidence goes around {node.bypass['layer']}]"
         lines.append(line)
     return "\n".join(lines)
 
@@ -405,6 +426,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
     print(format_layers(rows, chain_only=args.chain, layouts=layouts))
     if problem is not None:
         print(f"note: {problem}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    if args.input_size is not None and args.input_size < 8:
+        raise OptionError(f"--input-size must be at least 8, got {args.input_size}", "use e.g. --input-size 224")
+    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args), input_size=args.input_size)
+    result = explainer.check(speed=args.speed)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.format())
     return 0
 
 
@@ -594,12 +626,18 @@ COMMANDS = {
     "explain": cmd_explain,
     "ablate": cmd_ablate,
     "layers": cmd_layers,
+    "check": cmd_check,
     "serve": cmd_serve,
     "index": cmd_index,
     "units": cmd_units,
     "sanity": cmd_sanity,
     "evaluate": cmd_evaluate,
 }
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like the errors."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -609,7 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except FeatureTreeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

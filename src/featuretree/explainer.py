@@ -14,6 +14,7 @@ import torch
 from .analysis.chain_model import ChainModel
 from .analysis.image_analysis import ImageAnalysis
 from .analysis.interventions import InterventionResult, intervention_result
+from .checkup import ModelCheck, check_model
 from .core.images import DEFAULT_MAX_PIXELS, prepare_image
 from .core.units import Unit
 from .evidence.evidence import EVIDENCE_KINDS, NodeEvidence, evidence_many, path_gain
@@ -117,3 +118,9 @@ class Explainer(ChainModel):
     def explain(self, image, **options) -> FeatureTree:
         """Build a tree for ``image``; options as in ``Analysis.tree``."""
         return self.analyze(image).tree(**options)
+
+    def check(self, image=None, speed: bool = True) -> ModelCheck:
+        """What can be trusted for this model and chain (``featuretree check``): per chain layer its layout,
+        shape, whether it cuts and how often it runs; per rule exact / approximate / unavailable and why;
+        shared or per-image receptive fields; the model's state; a speed estimate. ``print(result.format())``."""
+        return check_model(self, image, speed=speed)

@@ -4,6 +4,7 @@ or ``package.module:function``; without ``--layers``, the chain is the model's o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from pathlib import Path
@@ -12,6 +13,7 @@ from torch import nn
 
 from .analysis.discovery import default_chain
 from .core.errors import ModelError, OptionError
+from .core.images import Preprocess
 from .explainer import Explainer
 from .models.library import is_library_spec, load_library_model
 from .models.zoo import MODELS, ZooModel, load_model
@@ -25,7 +27,12 @@ def model_options(args) -> dict:
         if not sep or not layer.strip() or not kind.strip():
             raise OptionError(f"bad --layout {item!r}", "write --layout LAYER=KIND, e.g. --layout blocks.3=tokens")
         layouts[layer.strip()] = kind.strip()
-    return {"layouts": layouts, "weights": getattr(args, "weights", None), "random_weights": getattr(args, "random_weights", False)}
+    return {
+        "layouts": layouts,
+        "weights": getattr(args, "weights", None),
+        "random_weights": getattr(args, "random_weights", False),
+        "allow_bypass": getattr(args, "allow_bypass", False),
+    }
 
 
 def load_explainer(
@@ -35,20 +42,31 @@ def load_explainer(
     layouts: dict[str, str] | None = None,
     weights: str | None = None,
     random_weights: bool = False,
+    allow_bypass: bool = False,
+    input_size: int | None = None,
 ) -> Explainer:
     """``--model`` is a zoo name, ``torchvision:NAME`` / ``timm:NAME`` (with ``weights`` or
     ``random_weights``), or ``path/to/file.py:function`` / ``package.module:function`` returning a
     ZooModel or an nn.Module. Without ``layers``, the model's own chain or a proposed one is used.
+    ``allow_bypass`` accepts a chain that does not cut the network (a warning instead of an error);
+    ``input_size`` replaces the model's input size (and is the size a chain is proposed at).
     """
+    explainer = _load(model, layers, device, layouts, weights, random_weights, allow_bypass, input_size)
+    if input_size is not None:
+        explainer.preprocess = dataclasses.replace(explainer.preprocess, size=input_size)
+    return explainer
+
+
+def _load(model, layers, device, layouts, weights, random_weights, allow_bypass, input_size) -> Explainer:
     layer_list = [part.strip() for part in layers.split(",") if part.strip()] if layers else None
-    options = {"layouts": layouts or None}
+    options = {"layouts": layouts or None, "allow_bypass": allow_bypass}
     if (weights is not None or random_weights) and not is_library_spec(model):
         raise OptionError(
             "--weights and --random-weights apply to torchvision:NAME and timm:NAME models", "drop them, or name such a model"
         )
     if is_library_spec(model):
         zoo = load_library_model(model, weights, random_weights)
-        zoo.default_layers = layer_list or default_chain(zoo.module, zoo.preprocess.size)
+        zoo.default_layers = layer_list or default_chain(zoo.module, input_size or zoo.preprocess.size)
         return Explainer.from_zoo_model(zoo, device, **options)
     if ":" in model and model not in MODELS:
         source, _, func_name = model.rpartition(":")
@@ -73,6 +91,9 @@ def load_explainer(
             explainer.name = model  # the spec: what an exemplar database records and is matched against
             return explainer
         if isinstance(built, nn.Module):
-            return Explainer(built, layer_list or default_chain(built, 224), name=model, device=device, **options)
+            size = input_size or 224
+            return Explainer(
+                built, layer_list or default_chain(built, size), name=model, device=device, preprocess=Preprocess(size=size), **options
+            )
         raise ModelError(f"{model} returned {type(built).__name__}", "return a torch.nn.Module or featuretree.ZooModel")
     return Explainer.from_zoo_model(load_model(model), device, layer_list, **options)

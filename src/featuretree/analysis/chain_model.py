@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ..capture.cuts import Bypass, ChainCutError
 from ..capture.forward import resolve_modules
 from ..core.cache import ByteLRU
-from ..core.errors import LayerError, OptionError
+from ..core.errors import BypassWarning, LayerError, OptionError
 from ..core.images import Preprocess
 from ..core.layouts import check_overrides
 from ..models.zoo import ZooModel, load_model
@@ -39,6 +41,7 @@ class ChainModel:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         batch_backward: bool | None = None,
         layouts: Mapping[str, str] | None = None,
+        allow_bypass: bool = False,
     ) -> None:
         if isinstance(layers, str):
             layers = [part for part in layers.split(",") if part]
@@ -67,6 +70,25 @@ class ChainModel:
         # Capture and ablation hooks sit on the shared modules during a forward pass: one forward
         # at a time. Re-entrant, so code holding it may call helpers that take it again.
         self.forward_lock = threading.RLock()
+        # A chain that does not cut the network is refused unless allowed; then each expansion
+        # reports the share of its parent's evidence that goes around the child layer.
+        self.allow_bypass = allow_bypass
+        self.module_names = [name for name, _ in model.named_modules() if name]
+        self._bypasses_warned: set[tuple[str, str]] = set()
+
+    def accept_bypasses(self, bypasses: Sequence[Bypass]) -> None:
+        """Refuse a chain that does not cut the network, or (``allow_bypass``) warn once per layer pair."""
+        if not bypasses:
+            return
+        if not self.allow_bypass:
+            raise ChainCutError(bypasses[0])
+        for bypass in bypasses:
+            if (bypass.layer, bypass.below) not in self._bypasses_warned:
+                self._bypasses_warned.add((bypass.layer, bypass.below))
+                warnings.warn(
+                    BypassWarning(f"{bypass.problem}; each expansion of {bypass.layer!r} reports the share that goes around it"),
+                    stacklevel=2,
+                )
 
     @classmethod
     def from_zoo(cls, name: str = "efficientnet_lite0", device: str = "cpu", layers: Sequence[str] | None = None, **kw):

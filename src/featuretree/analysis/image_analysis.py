@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..capture.cuts import Bypass, find_bypasses
 from ..capture.forward import ForwardRecord, capture_forward, guided_problem, producer_layout
 from ..core.cache import ByteLRU
 from ..core.errors import GuidedUndefinedError, ImageInputError, LayerError, UnitError, check_choice, did_you_mean
@@ -34,7 +35,7 @@ class ImageAnalysis:
     pass holds the lock of this forward pass's BackwardRule.
     """
 
-    def __init__(self, explainer: ChainModel, image: PreparedImage) -> None:
+    def __init__(self, explainer: ChainModel, image: PreparedImage, enforce_cuts: bool = True) -> None:
         self.explainer = explainer
         self.image = image
         x = image.tensor.to(explainer.device)
@@ -45,6 +46,10 @@ class ImageAnalysis:
         with explainer.forward_lock:
             self.record: ForwardRecord = capture_forward(explainer.model, x, explainer.layers)
         self.layers = explainer.layers
+        # Neighbouring chain layers that the network does not cut (refused unless the explainer allows them).
+        self.bypasses: list[Bypass] = find_bypasses(self.record, self.layers, explainer.module_names)
+        if enforce_cuts:
+            explainer.accept_bypasses(self.bypasses)
         self._index = {name: i for i, name in enumerate(self.layers)}
         input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self.chain = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -37,6 +39,10 @@ class RectifierGates(TorchFunctionMode):
         # Names of input-dependent calls that are neither rectifiers, nor linear, nor max-pooling
         # selections: where any ran, guided backprop has no defined meaning (see ForwardRecord).
         self.nonlinearities: set[str] = set()
+        # Optional: the name of the module running now (``capture.sites``), to say where each nonlinearity is.
+        self.scope: Callable[[], str] | None = None
+        self.sites: dict[str, set[str]] = {}
+        self.unlisted_sites: dict[str, set[str]] = {}  # every input-dependent call that turned fixed_linearisation off
         self.input: torch.Tensor | None = None  # set by capture_forward
         # Whether an autograd node's graph reaches the input, memoised per node: a weight view computed
         # from parameters alone (``w[:, :, None, None]``) has a grad_fn, but no path to the input.
@@ -97,8 +103,12 @@ class RectifierGates(TorchFunctionMode):
             self.fixed_linearisation = False
             name = getattr(func, "__name__", type(func).__name__)
             bare = name.strip("_")
+            if self.scope is not None and touches:
+                self.unlisted_sites.setdefault(name, set()).add(self.scope())
             if not bare.startswith(_SELECTIONS) and bare not in _SHAPE_OPS and touches:
                 self.nonlinearities.add(name)
+                if self.scope is not None:
+                    self.sites.setdefault(name, set()).add(self.scope())
         return result
 
     def _touches_input(self, args, kwargs) -> bool:

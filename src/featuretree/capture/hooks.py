@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from torch import nn
 
 ForwardHook = Callable[[nn.Module, tuple, object], object]
+ForwardPreHook = Callable[[nn.Module, tuple], object]
 
 
 @contextlib.contextmanager
@@ -22,6 +23,19 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, ForwardHook]]) -> Iterator[No
     try:
         for module, hook in hooks:
             handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def forward_pre_hooks(hooks: Iterable[tuple[nn.Module, ForwardPreHook]]) -> Iterator[None]:
+    """Inside: each (module, hook) pair is registered as a forward pre-hook (run before the module's forward)."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_pre_hook(hook))
         yield
     finally:
         for handle in handles:
@@ -42,6 +56,16 @@ def replacing_hook(value: object) -> ForwardHook:
 
     def hook(module: nn.Module, inputs, output) -> object:
         return value
+
+    return hook
+
+
+def copying_hook(value) -> ForwardHook:
+    """A hook that makes the module return a fresh copy of ``value`` on every call: a non-leaf that code
+    downstream may modify in place (``F.relu(x, inplace=True)``), with gradients still flowing to ``value``."""
+
+    def hook(module: nn.Module, inputs, output) -> object:
+        return value.clone()
 
     return hook
 

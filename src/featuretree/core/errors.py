@@ -39,6 +39,10 @@ class GuidedUndefinedError(OptionError):
     """Guided backprop was asked of a model whose nonlinearities give it no meaning (GELU, softmax, ...)."""
 
 
+class BypassWarning(UserWarning):
+    """A chain that does not cut the network, accepted with ``allow_bypass``: shares are of a part."""
+
+
 class OutputError(FeatureTreeError):
     """The output location cannot be written."""
 

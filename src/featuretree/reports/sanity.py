@@ -303,6 +303,7 @@ def _explainer_like(explainer: Explainer, model: nn.Module) -> Explainer:
         cache_bytes=explainer.cache_bytes,
         batch_backward=explainer.batch_backward,
         layouts=explainer.layouts,
+        allow_bypass=explainer.allow_bypass,
     )
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..analysis.interventions import DEFAULT_BATCH, needs_stacked_input, objective
 from ..capture.forward import resolve_modules
-from ..capture.hooks import forward_hooks, recording_hook, replacing_hook
+from ..capture.hooks import copying_hook, forward_hooks, recording_hook
 from ..core.errors import OptionError
 from .memo import memoised_scores
 
@@ -50,7 +50,12 @@ def integrated_gradients(
         chunk = alphas[start : start + batch_size]
         z = (chunk.view(-1, *([1] * (act.dim() - 1))) * act).requires_grad_(True)
         store: dict[str, torch.Tensor] = {}
-        hooks = [(modules[child_layer], replacing_hook(z)), (modules[parent.layer], recording_hook(store, parent.layer))]
+        # Downstream gets a fresh non-leaf copy of z on every forward: models that rectify the layer's output in
+        # place (DenseNet's F.relu(features, inplace=True)) cannot modify a leaf, and a retried forward starts clean.
+        hooks = [
+            (modules[child_layer], copying_hook(z)),
+            (modules[parent.layer], recording_hook(store, parent.layer)),
+        ]
         with torch.enable_grad(), forward_hooks(hooks):
             try:
                 analysis.explainer.model(x)

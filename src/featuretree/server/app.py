@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +29,7 @@ from ..explainer import Analysis
 from ..render.export import render_html, render_images
 from ..render.pictures import picture_mime
 from ..rules import rule_names, rules_help
+from .checks import ModelChecks
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace, exemplar_classes, unavailable_views
 from .view import add_exemplar_grids, build_view_tree
 
@@ -54,7 +55,7 @@ CoverageQ = Annotated[
 SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's map or its max pixel")]
 
 PNG_CACHE = "public, max-age=86400, immutable"
-STATIC_FILES = ("index.html", "app.js", "style.css")
+STATIC_FILES = ("index.html", "app.js", "model_panel.js", "style.css")
 # The tree renderer, shared with the HTML export: served from featuretree/static/.
 SHARED_STATIC_FILES = ("tree_view.js", "tree_view.css")
 
@@ -193,6 +194,42 @@ class RestOut(BaseModel):
     negative: float
 
 
+class BypassOut(BaseModel):
+    share: float = Field(description="share of the node's first-order evidence that goes around the child layer (allow_bypass)")
+    score: float
+    total: float
+    layer: str
+    source: str
+    kind: str
+
+
+class LayerCheckOut(BaseModel):
+    name: str
+    type: str
+    layout: str | None
+    shape: list[int] | None
+    cuts: bool | None = Field(description="whether every path from the input to this layer passes the chain layer below it")
+    bypass: str | None
+    calls: int
+
+
+class RuleCheckOut(BaseModel):
+    rule: str
+    verdict: Literal["exact", "approximate", "unavailable"]
+    reason: str
+
+
+class CheckOut(BaseModel):
+    model: str
+    input_size: int
+    layers: list[LayerCheckOut]
+    rules: list[RuleCheckOut]
+    receptive_fields: dict[str, Any]
+    state: list[str]
+    speed: dict[str, Any] | None
+    problems: list[str]
+
+
 class ChildrenOut(BaseModel):
     id: str
     child_layer: str | None
@@ -202,6 +239,7 @@ class ChildrenOut(BaseModel):
     total_negative: float
     rest: RestOut | None
     leaf_reason: str | None
+    bypass: BypassOut | None = None
 
 
 class PictureChildOut(ChildOut):
@@ -422,6 +460,20 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     def label_of(analysis: Analysis, unit: Unit) -> str | None:
         return analysis.unit_label(unit)
 
+    checks = ModelChecks(workspace)
+
+    @app.get(
+        "/api/check",
+        response_model=CheckOut,
+        responses=ERRORS,
+        summary="What can be trusted for a model and its chain (featuretree check): cuts, layouts, rules, receptive fields, state, speed",
+        description="Per chain layer its layout, shape, whether it cuts the network and how often it runs; per scoring rule whether "
+        "it is exact, approximate or unavailable for this model and why; whether receptive fields are shared across images; "
+        "problems with the model's state; an estimate of a depth-3 tree's time. Computed once per model (a few seconds).",
+    )
+    def check(model: ModelQ) -> CheckOut:
+        return CheckOut(**checks.get(model))
+
     @app.get("/api/analysis", response_model=AnalysisOut, responses=ERRORS, summary="Top-5 classes, layer chain and default root")
     def analysis_info(model: ModelQ, image: ImageQ) -> AnalysisOut:
         an = workspace.analysis(model, image)
@@ -500,6 +552,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             total_negative=ex.total_negative,
             rest=RestOut(**ex.rest) if ex.rest else None,
             leaf_reason=ex.leaf_reason,
+            bypass=BypassOut(**ex.bypass) if ex.bypass else None,
         )
 
     @app.get(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..core.errors import OptionError
-from ..core.samples import SAMPLES
+from ..core.samples import SAMPLES, sample_path
 from ..loading import load_explainer, model_options
 from ..models.zoo import MODELS
 from .app import ServerSettings, create_app
@@ -58,6 +58,8 @@ def serve(args: argparse.Namespace) -> int:
         loader = None
     else:
         loaded = load_explainer(args.model, args.layers, args.device, **model_options(args))  # fail now, not on the first request
+        # A chain that does not cut the network is refused now, with the reason (unless --allow-bypass).
+        loaded.analyze(sample_path(args.image))
 
         def loader(name: str, device: str):
             return loaded

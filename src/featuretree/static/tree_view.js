@@ -5,7 +5,7 @@
 // Plain script, no dependencies, works from file://.
 //
 // A tree is given as nodes in the tree.json format (docs/tree-schema.md): id, layer, unit, depth,
-// label, contrast (a contrastive root's second unit), score, share, expanded, coverage, rest, total_positive, leaf_reason, verification,
+// label, contrast (a contrastive root's second unit), score, share, expanded, coverage, rest, bypass, total_positive, leaf_reason, verification,
 // verification_all, box, children (the shown ones). A host may add view-only fields:
 //   loading (children are being computed), error (text), verification_pending, verification_error,
 //   verification_all.count (how many children the joint ablation zeroed; else children.length).
@@ -540,7 +540,12 @@
       if (node.rest) title += ` (score ${fmt(node.rest.score)} of ${fmt(node.total_positive)}; negative contributors sum to ${fmt(node.rest.negative)})`;
       const all = node.verification_all;
       if (all) title += `. Zeroing all shown children together lowers the objective by ${fmt(all.parent_drop)} (estimate ${fmt(all.estimate)})`;
-      return el("span", { class: "ft-rest", title }, `${kids.length} ▾ · rest ${(100 * rest).toFixed(0)}%`);
+      const b = node.bypass;
+      if (!b) return el("span", { class: "ft-rest", title }, `${kids.length} ▾ · rest ${(100 * rest).toFixed(0)}%`);
+      // The chain does not cut here: shares and coverage are fractions of the part that passes the child layer.
+      title = `${(100 * b.share).toFixed(1)}% of this node's first-order evidence goes around ${b.layer} ` +
+        `(from ${b.source}, through ${b.kind}); the shares and the rest below are fractions of the other part. ` + title;
+      return el("span", { class: "ft-rest bypass", title }, `${kids.length} ▾ · rest ${(100 * rest).toFixed(0)}% · around ${(100 * b.share).toFixed(0)}%`);
     }
 
     picture(node, kids, collapsed) {

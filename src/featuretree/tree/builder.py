@@ -52,6 +52,7 @@ def apply_expansion(node: Node, expansion: Expansion) -> None:
     node.leaf_reason = expansion.leaf_reason
     node.negatives = [Edge(str(s.unit), s.score, s.share) for s in expansion.negatives]
     node.rest = expansion.rest
+    node.bypass = expansion.bypass
 
 
 def _empty_tree(analysis: ImageAnalysis, root_unit: Unit, settings: dict) -> FeatureTree:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..analysis.bypass_share import bypass_share
 from ..analysis.interventions import ablate
 from ..core.errors import ModelError, OptionError
 from ..core.units import Path, Unit, path_id
@@ -35,6 +36,9 @@ class Expansion:
     total_negative: float
     coverage: float  # share of total_positive covered by the shown children
     leaf_reason: str | None = None
+    # Where the chain does not cut (allow_bypass): the share of the parent's evidence that goes around
+    # the child layer, so coverage is read as a share of the rest ({"share", "score", "total", "layer", "source", "kind"}).
+    bypass: dict[str, float | str] | None = None
 
     @property
     def rest(self) -> dict[str, float] | None:
@@ -142,4 +146,6 @@ def expand(
             if rerank is not None and total_pos > 0
             else "no unit below contributes positively through this path (zero gradient)"
         )
-    return Expansion(path, child_layer, children, negs, total_pos, total_neg, coverage, reason)
+    around = bypass_share(analysis, path, get_rule(rule).backward, seed_mode)
+    bypass = around.to_dict() if around is not None else None
+    return Expansion(path, child_layer, children, negs, total_pos, total_neg, coverage, reason, bypass)

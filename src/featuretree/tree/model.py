@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
     from ..evidence.evidence import NodeEvidence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 has no "bypass" on nodes
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Node:
     leaf_reason: str | None = None
     # What the shown children leave out: {"share", "score"} of the positive total, plus "negative".
     rest: dict[str, float] | None = None
+    # Where the chain does not cut (allow_bypass): the part of this node's evidence that goes around the
+    # children's layer: {"share", "score", "total", "layer", "source", "kind"} (schema version 2).
+    bypass: dict[str, float | str] | None = None
     # Measured edge from the parent (tree.verify): estimate, parent_drop, root_drop, ...
     verification: dict[str, Any] | None = None
     # All shown children zeroed together (on expanded, verified nodes).
@@ -124,15 +128,16 @@ class FeatureTree:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureTree:
         version = data.get("version")
-        if version != SCHEMA_VERSION:
-            raise OptionError(f"unsupported tree.json version {version!r}", f"this featuretree reads version {SCHEMA_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise OptionError(
+                f"unsupported tree.json version {version!r}", f"this featuretree reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+            )
         return cls(
             model=data["model"],
             image=data["image"],
             top_classes=data["top_classes"],
             settings=data["settings"],
             root=Node.from_dict(data["root"]),
-            version=version,
         )
 
     def to_json(self, indent: int | None = 1) -> str:

@@ -7,6 +7,8 @@
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
+import { showModelCheck } from "./model_panel.js";
+
 const { TreeView, VIEW_LABELS, DEFAULT_VIEW, el, completeness } = window.FeatureTreeView; // DEFAULT_VIEW: chosen by the numbers (README)
 const $ = (id) => document.getElementById(id);
 
@@ -278,7 +280,7 @@ function viewTree() {
     const d = entry.data;
     Object.assign(node, {
       expanded: true, coverage: d.coverage, total_positive: d.total_positive, total_negative: d.total_negative,
-      rest: d.rest, leaf_reason: d.leaf_reason,
+      rest: d.rest, leaf_reason: d.leaf_reason, bypass: d.bypass,
     });
     node.children = kidsOf(node).map(build);
     const v = verifications.get(childKey(node.id));
@@ -519,6 +521,7 @@ async function loadAnalysis(useDefaultRoot) {
   $("photo-caption").textContent = `${analysis.source} · ${analysis.original_size.join("×")} → ${analysis.size.join("×")}`;
   $("exemplar-help").hidden = !(info.exemplars && info.exemplars.model === state.model);
   $("chain").textContent = `layers (input side first): ${analysis.chain.map((c) => c.name).join(", ")}`;
+  if ($("model-check").dataset.model !== state.model) showModelCheck($("model-check"), state.model, api);
   // Views this model cannot draw (guided backprop where it has no meaning) are disabled, with the reason.
   const missing = analysis.unavailable_views || {};
   for (const b of $("views").children) {
