@@ -382,6 +382,12 @@ def _process_age() -> float | None:
         return None
 
 
+def _relative_drop(effect: dict) -> str:
+    """A class's relative probability drop as text; '<1%' where a saturated class barely moves."""
+    drop = 1 - effect["probability_after"] / effect["probability"]
+    return "<1%" if drop < 0.005 else f"{100 * drop:.0f}%"
+
+
 def format_tree(tree, max_lines: int = 40) -> str:
     """One line per node, indented by depth; expanded nodes end with what their children leave out."""
     lines = []
@@ -397,9 +403,7 @@ def format_tree(tree, max_lines: int = 40) -> str:
             v = node.verification
             line += f"  | ablation drop: parent {v['parent_drop']:.4g}, root {v['root_drop']:.4g}"
             if v.get("classes"):
-                lowered = ", ".join(
-                    f"{c['name'].split(',')[0]} {100 * (1 - c['probability_after'] / c['probability']):.0f}%" for c in v["classes"]
-                )
+                lowered = ", ".join(f"{c['name'].split(',')[0]} {_relative_drop(c)}" for c in v["classes"])
                 line += f"; lowers {lowered}"
         if node.rest and node.children:
             line += f"  [rest {100 * node.rest['share']:.1f}% of positive; negatives {node.rest['negative']:.4g}]"

@@ -524,7 +524,8 @@
       if (!classes.length) return row;
       const who = node.depth === 0 ? "zeroing the shown children together" : "zeroing this unit";
       // The relative drop of each class's probability (its ranking is that of the logit drops).
-      const rel = (c) => `${(100 * (1 - c.probability_after / c.probability)).toFixed(0)}%`;
+      // (A saturated class, p near 1, can lose much logit and little probability: "<1%".)
+      const rel = (c) => { const d = 1 - c.probability_after / c.probability; return d < 0.005 ? "<1%" : `${(100 * d).toFixed(0)}%`; };
       row.title = `${who} on this image lowers ` + classes.map((c) => `${c.name} ${rel(c)} (logit ${fmt(c.logit)} → ${fmt(c.logit - c.drop)}, ` +
         `p ${pct(c.probability)} → ${pct(c.probability_after)})`).join("; ") + ": the classes whose logits fall most";
       row.append(el("span", { class: "ft-muted" }, "lowers "), classes.map((c) => `${c.name.split(",")[0]} ${rel(c)}`).join(", "));
