@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VIEWS = ("guided", "guided_original", "heatmap", "rf_crop", "rf_box")
+VIEWS = ("contribution", "guided", "guided_original", "heatmap", "rf_crop", "rf_box")
 
 
 THREADS: int | None = None  # --threads: torch's threads in every child process (None: torch's default)

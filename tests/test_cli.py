@@ -156,6 +156,11 @@ def test_layers_lists_shapes_and_marks_the_chain(capsys):
     assert rows["corners"].startswith("*") and "5x32x32" in rows["corners"]
     assert not rows["pool"].startswith("*") and "5x1x1" in rows["pool"]
     assert rows["classifier"].startswith("*") and rows["classifier"].split()[3] == "2"
+    assert "in the default chain" in stdout.splitlines()[-1]
+    code, stdout, _ = run_main(capsys, ["layers", *TOY, "--layers", "edges,classifier"])
+    assert code == 0 and "in the chain given with --layers" in stdout.splitlines()[-1]
+    marked = [line.split()[1] for line in stdout.splitlines()[1:-1] if line.startswith("*")]
+    assert marked == ["edges", "classifier"]
 
 
 def test_custom_model_file_with_layers(tmp_path, square_png, capsys):

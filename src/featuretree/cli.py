@@ -427,7 +427,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         problem = None
     except FeatureTreeError as err:
         layouts, problem = {}, err
-    print(format_layers(rows, chain_only=args.chain, layouts=layouts))
+    print(format_layers(rows, chain_only=args.chain, layouts=layouts, given=bool(args.layers)))
     if problem is not None:
         print(f"note: {problem}")
     return 0

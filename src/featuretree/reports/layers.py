@@ -43,8 +43,11 @@ def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), de
     ]
 
 
-def format_layers(rows: Sequence[LayerRow], chain_only: bool = False, layouts: Mapping[str, str] | None = None) -> str:
-    """The listing; ``layouts`` gives each chain layer's layout (or the error that names --layout)."""
+def format_layers(
+    rows: Sequence[LayerRow], chain_only: bool = False, layouts: Mapping[str, str] | None = None, given: bool = False
+) -> str:
+    """The listing; ``layouts`` gives each chain layer's layout (or the error that names --layout);
+    ``given``: the chain is the user's (--layers), not the default."""
     layouts = layouts or {}
     lines = [f"{'':2}{'name':<32} {'type':<18} {'output shape':<18} note"]
     for row in rows:
@@ -55,5 +58,6 @@ def format_layers(rows: Sequence[LayerRow], chain_only: bool = False, layouts: M
         if row.name in layouts:
             note = f"{layouts[row.name]} {note}".strip()
         lines.append(f"{'*' if row.in_chain else '':2}{row.name:<32} {row.type:<18} {shape:<18} {note}".rstrip())
-    lines.append("* = in the default chain (input side first; the tree goes down it from the root)")
+    which = "the chain given with --layers" if given else "the default chain"
+    lines.append(f"* = in {which} (input side first; the tree goes down it from the root)")
     return "\n".join(lines)
