@@ -43,9 +43,7 @@ def list_layers(model: nn.Module, size: int = 224, chain: Sequence[str] = (), de
     ]
 
 
-def format_layers(
-    rows: Sequence[LayerRow], chain_only: bool = False, layouts: Mapping[str, str] | None = None, given: bool = False
-) -> str:
+def format_layers(rows: Sequence[LayerRow], chain_only: bool = False, layouts: Mapping[str, str] | None = None, given: bool = False) -> str:
     """The listing; ``layouts`` gives each chain layer's layout (or the error that names --layout);
     ``given``: the chain is the user's (--layers), not the default."""
     layouts = layouts or {}
