@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import featuretree as ft
-from featuretree.analysis.interventions import ablate
+from featuretree.analysis.interventions import ablation
 from featuretree.core.units import Unit
 from featuretree.models.toy import CORNER_EDGES
 from featuretree.rules.ablation import ablation_scores
@@ -31,7 +31,7 @@ def test_integrated_gradients_completeness(toy):
     # sum_c IG_c = J(a) - J(0): the corner's value (its ReLU is off at a zero baseline).
     root = toy.resolve_root()
     path = (root, Unit("corners", 0))
-    value = float(ablate(toy, path, [[0]])[2])
+    value = float(ablation(toy, path, [[0]]).parent_value)
     fine = integrated_gradients(toy, path, steps=256)
     coarse = integrated_gradients(toy, path, steps=4)
     assert float(fine.sum()) == pytest.approx(value, rel=1e-2)  # ReLU kinks: error ~ 1/steps
@@ -42,7 +42,7 @@ def test_ablation_scores_are_single_channel_drops(toy):
     root = toy.resolve_root()
     path = (root, Unit("corners", 3))
     scores = ablation_scores(toy, path)
-    drops = torch.cat([ablate(toy, path, [[c]])[0] for c in range(scores.numel())])
+    drops = torch.cat([ablation(toy, path, [[c]]).parent_drop for c in range(scores.numel())])
     torch.testing.assert_close(scores, drops)
 
 

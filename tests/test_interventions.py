@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import featuretree as ft
-from featuretree.analysis.interventions import ablate
+from featuretree.analysis.interventions import ablation
 from featuretree.core.errors import UnitError
 from featuretree.core.units import Unit
 from featuretree.rules.integrated import integrated_gradients
@@ -59,9 +59,9 @@ def test_size_mismatch_falls_back_to_a_stacked_input():
         analysis = explainer.analyze(torch.randn(1, 3, 16, 16))
     path = (Unit("fc", 0), Unit("top", 1))
     sets = [[0], [1], [2, 3]]
-    automatic = ablate(analysis, path, sets)  # tries the shared prefix, meets the size mismatch, stacks
-    stacked = ablate(analysis, path, sets, share_prefix=False)
-    torch.testing.assert_close(automatic[0], stacked[0])
+    automatic = ablation(analysis, path, sets)  # tries the shared prefix, meets the size mismatch, stacks
+    stacked = ablation(analysis, path, sets, share_prefix=False)
+    torch.testing.assert_close(automatic.parent_drop, stacked.parent_drop)
     # The same drops as zeroing by hand in a plain forward pass.
     x = analysis.record.input.detach()
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_size_mismatch_falls_back_to_a_stacked_input():
             top = model.top(torch.cat([early, torch.relu(zeroed)], 1))
             before = model.top(torch.cat([early, torch.relu(mid)], 1))
             drop = float(((before - top).double() * weight.double()).sum())
-            assert float(automatic[0][row]) == pytest.approx(drop, rel=1e-5, abs=1e-8)
+            assert float(automatic.parent_drop[row]) == pytest.approx(drop, rel=1e-5, abs=1e-8)
     assert all_hooks_removed(model)
 
 
@@ -83,7 +83,7 @@ def test_other_runtime_errors_are_raised_once_not_retried():
     analysis = ft.Explainer(model, ["conv", "fc"], preprocess=ft.Preprocess(size=16)).analyze(torch.randn(1, 3, 16, 16))
     calls_before = model.calls
     with pytest.raises(RuntimeError, match="genuine fault"):
-        ablate(analysis, (Unit("fc", 0),), [[0], [1]])
+        ablation(analysis, (Unit("fc", 0),), [[0], [1]])
     assert model.calls == calls_before + 1  # no second, stacked run hiding the fault
     with pytest.raises(RuntimeError, match="genuine fault"):
         integrated_gradients(analysis, (Unit("fc", 0),), steps=4)

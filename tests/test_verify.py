@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import featuretree as ft
-from featuretree.analysis.interventions import ablate
+from featuretree.analysis.interventions import ablation
 from featuretree.core.samples import sample_path
 from featuretree.core.units import Unit
 from featuretree.tree.model import FeatureTree
@@ -39,7 +39,7 @@ def test_root_children_ablation_equals_gradient_x_activation(toy):
 
 def test_joint_ablation_is_additive_where_linear(toy):
     root = toy.resolve_root()
-    parent, _, _, _ = ablate(toy, (root,), [[0], [1], [2], [3], [0, 1, 2, 3]])
+    parent = ablation(toy, (root,), [[0], [1], [2], [3], [0, 1, 2, 3]]).parent_drop
     assert float(parent[-1]) == pytest.approx(float(parent[:4].sum()), rel=1e-5)
 
 
@@ -60,13 +60,13 @@ def test_batched_equals_one_at_a_time(toy, share_prefix):
     root = toy.resolve_root()
     for path in [(root,), (root, Unit("corners", 1))]:
         sets = [[0], [1], [2], [3], [4], [0, 2], [1, 3, 4]]
-        batched = ablate(toy, path, sets, share_prefix=share_prefix)
-        singles = [ablate(toy, path, [s], batch_size=2, share_prefix=share_prefix) for s in sets]
-        torch.testing.assert_close(batched[0], torch.cat([s[0] for s in singles]), rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(batched[1], torch.cat([s[1] for s in singles]), rtol=1e-6, atol=1e-7)
+        batched = ablation(toy, path, sets, share_prefix=share_prefix)
+        singles = [ablation(toy, path, [s], batch_size=2, share_prefix=share_prefix) for s in sets]
+        torch.testing.assert_close(batched.parent_drop, torch.cat([s.parent_drop for s in singles]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(batched.root_drop, torch.cat([s.root_drop for s in singles]), rtol=1e-6, atol=1e-7)
         # Sharing the layers below the child gives the same numbers as stacking the input.
-        stacked = ablate(toy, path, sets, share_prefix=not share_prefix)
-        torch.testing.assert_close(batched[0], stacked[0], rtol=1e-6, atol=1e-7)
+        stacked = ablation(toy, path, sets, share_prefix=not share_prefix)
+        torch.testing.assert_close(batched.parent_drop, stacked.parent_drop, rtol=1e-6, atol=1e-7)
 
 
 def test_verify_tree_fills_json_and_leavesall_hooks_removed(toy):
@@ -119,7 +119,8 @@ def test_lite0_top5_children_drop_parent_more_than_random():
     channels = analysis.layer_info("_blocks.14").channels
     generator = torch.Generator().manual_seed(0)
     randoms = [torch.randperm(channels, generator=generator)[:5].tolist() for _ in range(20)]
-    parent, _, value, _ = ablate(analysis, node, [top, *randoms])
+    measured = ablation(analysis, node, [top, *randoms])
+    parent, value = measured.parent_drop, measured.parent_value
     assert value > 0
     assert float(parent[0]) > float(parent[1:].mean())
     assert float(parent[0]) > float(parent[1:].median())

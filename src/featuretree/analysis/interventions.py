@@ -160,20 +160,6 @@ def ablation(
     )
 
 
-def ablate(
-    analysis: ImageAnalysis,
-    path: Sequence[Unit],
-    channel_sets: Sequence[Sequence[int]],
-    *,
-    seed_mode: str = "sum",
-    batch_size: int = DEFAULT_BATCH,
-    share_prefix: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """``ablation`` as (parent_drop [n], root_drop [n], J_path(x), root objective(x)), float64 on the CPU."""
-    result = ablation(analysis, path, channel_sets, seed_mode=seed_mode, batch_size=batch_size, share_prefix=share_prefix)
-    return result.parent_drop, result.root_drop, result.parent_value, result.root_value
-
-
 def intervene(analysis: ImageAnalysis, units: Sequence[Unit], scale: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The analysed image's output with every unit of ``units`` (any chain layers, several at once)
     multiplied by ``scale``: one no-grad forward pass with a scaling hook on each touched layer.

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..analysis.interventions import ablate, objective
+from ..analysis.interventions import ablation, objective
 from ..capture.forward import resolve_modules
 from ..capture.hooks import watching
 from ..core.errors import ImageInputError, OptionError, check_choice
@@ -239,7 +239,8 @@ def evaluate_children(
     active = [int(i) for i in strength.topk(k).indices]
     randoms = [torch.randperm(channels, generator=generator)[:k].tolist() for _ in range(random_draws)]
     sets = [tops[r] for r in rules] + [active] + randoms
-    drops, _, value, _ = ablate(analysis, path, sets)
+    zeroed = ablation(analysis, path, sets)
+    drops, value = zeroed.parent_drop, zeroed.parent_value
     scale = abs(value) if value else 1.0
     rel = (drops / scale).tolist()
     n = len(rules)

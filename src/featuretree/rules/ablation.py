@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..analysis.interventions import DEFAULT_BATCH, ablate
+from ..analysis.interventions import DEFAULT_BATCH, ablation
 from .memo import memoised_scores
 
 if TYPE_CHECKING:
@@ -22,8 +22,7 @@ def ablation_scores(analysis: ImageAnalysis, path: Sequence[Unit], seed_mode: st
     """Measured drop of J_path when each child channel alone is zeroed, float64 [C]."""
     path = analysis.validate_path(path)
     channels = analysis.layer_info(analysis.layer_below(path[-1])).channels
-    drops, _, _, _ = ablate(analysis, path, [[c] for c in range(channels)], seed_mode=seed_mode, batch_size=batch_size)
-    return drops
+    return ablation(analysis, path, [[c] for c in range(channels)], seed_mode=seed_mode, batch_size=batch_size).parent_drop
 
 
 class AblationRule:

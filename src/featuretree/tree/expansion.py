@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..analysis.bypass_share import bypass_share
-from ..analysis.interventions import ablate
+from ..analysis.interventions import ablation
 from ..core.errors import ModelError, OptionError
 from ..core.units import Path, Unit, path_id
 from ..rules import get_rule, score_children
@@ -92,7 +92,7 @@ def rerank_candidates(analysis: ImageAnalysis, path: Path, scores: torch.Tensor,
         return []
     candidates = [int(i) for i in scores.topk(count).indices]
     with analysis.explainer.forward_lock:
-        drops, _, _, _ = ablate(analysis, path, [[c] for c in candidates], seed_mode=seed_mode)
+        drops = ablation(analysis, path, [[c] for c in candidates], seed_mode=seed_mode).parent_drop
     order = sorted(range(count), key=lambda i: (-float(drops[i]), i))
     return [candidates[i] for i in order if float(drops[i]) > 0]
 

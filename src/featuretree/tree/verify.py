@@ -1,6 +1,6 @@
 """Edge verification by intervention: zero child channels in a real forward pass and measure.
 
-For a node N and a set S of channels of the chain layer below it, ``analysis.interventions.ablate``
+For a node N and a set S of channels of the chain layer below it, ``analysis.interventions.ablation``
 measures parent_drop(S) (of N's path objective, whose first-order estimate is gradient x activation)
 and root_drop(S). Here those measurements are set beside the estimates and written onto trees.
 """
