@@ -97,6 +97,12 @@
     return { leaves, levels: perDepth.filter((v) => v !== undefined) };
   }
 
+  // An edge from the bottom of card a to the top of card b (positions {left, top}), as an SVG path.
+  function curve(a, b, S) {
+    const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top, my = (y1 + y2) / 2;
+    return `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`;
+  }
+
   // ----- number formats: the only ones either page uses ------------------------------------
   // A value: three significant digits; exponent notation outside [0.001, 10000).
   function fmt(x) {
@@ -279,46 +285,60 @@
         if (this.fitScale(compact) > this.fitScale(layout)) layout = compact;
       }
       const { placed, width, height, depthMax, tops, band, indent } = layout;
-      this.size = { width, height };
       this.parents = new Map(placed.map((p) => [p.node.id, p.parent]));
       this.pos = new Map(placed.map((p) => [p.node.id, { left: p.x, top: p.top, width: S.cardW, height: S.cardH, stacked: p.stack !== null }]));
-      const canvas = this.canvas;
-      canvas.replaceChildren();
-      canvas.style.width = `${width}px`;
-      canvas.style.height = `${height}px`;
+      const svg = this.startCanvas(width, height);
+      for (const { node } of placed) {
+        const a = this.pos.get(node.id);
+        for (const kid of this.kids(node)) {
+          const b = this.pos.get(kid.id);
+          let d;
+          if (b.stacked) {
+            // Stacked leaves: a spine down the column's left side, a branch into each card.
+            const xs = a.left + indent / 2, y1 = a.top + S.cardH, yb = b.top + S.cardH / 2, r = Math.min(indent / 2, 12);
+            d = `M${xs},${y1} V${yb - r} Q${xs},${yb} ${xs + r},${yb} H${b.left}`;
+          } else d = curve(a, b, S);
+          this.addEdge(svg, d, kid.id, `${kid.id}: score ${fmt(kid.score)}, ${pct(kid.share || 0)} of the parent's positive total`, kid.share || 0);
+        }
+      }
+      this.canvas.append(svg);
+      for (const p of placed) {
+        const at = this.pos.get(p.node.id);
+        this.canvas.append(this.card(p.node, at, p.parent));
+        if (p.panel) this.canvas.append(this.panelFor(p.node, p.panel, at, S));
+      }
+      this.finishDraw(placed, depthMax, tops, band);
+    }
 
+    // An empty canvas of the drawing's size, and the SVG layer its edges go into (appended by the caller
+    // after the edges, before the cards).
+    startCanvas(width, height) {
+      this.size = { width, height };
+      this.canvas.replaceChildren();
+      this.canvas.style.width = `${width}px`;
+      this.canvas.style.height = `${height}px`;
       const svg = document.createElementNS(SVG, "svg");
       svg.setAttribute("class", "ft-edges");
       svg.setAttribute("width", width);
       svg.setAttribute("height", height);
       this.edges = [];
-      for (const { node } of placed) {
-        const a = this.pos.get(node.id);
-        for (const kid of this.kids(node)) {
-          const b = this.pos.get(kid.id);
-          const path = document.createElementNS(SVG, "path");
-          if (b.stacked) {
-            // Stacked leaves: a spine down the column's left side, a branch into each card.
-            const xs = a.left + indent / 2, y1 = a.top + S.cardH, yb = b.top + S.cardH / 2, r = Math.min(indent / 2, 12);
-            path.setAttribute("d", `M${xs},${y1} V${yb - r} Q${xs},${yb} ${xs + r},${yb} H${b.left}`);
-          } else {
-            const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top, my = (y1 + y2) / 2;
-            path.setAttribute("d", `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`);
-          }
-          path.setAttribute("data-edge", kid.id);
-          const title = document.createElementNS(SVG, "title");
-          title.textContent = `${kid.id}: score ${fmt(kid.score)}, ${pct(kid.share || 0)} of the parent's positive total`;
-          path.append(title);
-          svg.append(path);
-          this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, kid.share || 0)))]);
-        }
-      }
-      canvas.append(svg);
-      for (const p of placed) {
-        const at = this.pos.get(p.node.id);
-        canvas.append(this.card(p.node, at, p.parent));
-        if (p.panel) canvas.append(this.panelFor(p.node, p.panel, at, S));
-      }
+      return svg;
+    }
+
+    // One edge: its path, a tooltip, and a width proportional to its share (set in apply()).
+    addEdge(svg, d, id, tooltip, share) {
+      const path = document.createElementNS(SVG, "path");
+      path.setAttribute("d", d);
+      path.setAttribute("data-edge", id);
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = tooltip;
+      path.append(title);
+      svg.append(path);
+      this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, share)))]);
+    }
+
+    // Row labels, then the view: fitted while the user has not zoomed or panned.
+    finishDraw(placed, depthMax, tops, band) {
       this.drawRowLabels(placed, depthMax, tops, band);
       this._lastEdgeScale = null;
       if (this.auto) this.fit(); else this.apply();
@@ -371,37 +391,17 @@
       const band = lines.map((n) => n * S.cardH + (n - 1) * gapY), tops = [0];
       for (let d = 1; d <= depthMax; d++) tops.push(tops[d - 1] + band[d - 1] + (S.rowH - S.cardH));
       const height = tops[depthMax] + band[depthMax];
-      this.size = { width, height };
       const topOf = (u) => tops[u.depth] + line.get(u.id) * (S.cardH + gapY);
       this.pos = new Map(graph.nodes.map((u) => [u.id, { left: x.get(u.id), top: topOf(u), width: S.cardW, height: S.cardH }]));
-      const canvas = this.canvas;
-      canvas.replaceChildren();
-      canvas.style.width = `${width}px`;
-      canvas.style.height = `${height}px`;
-      const svg = document.createElementNS(SVG, "svg");
-      svg.setAttribute("class", "ft-edges");
-      svg.setAttribute("width", width);
-      svg.setAttribute("height", height);
-      this.edges = [];
+      const svg = this.startCanvas(width, height);
       for (const e of graph.edges) {
-        const a = this.pos.get(e.source), b = this.pos.get(e.target);
-        const x1 = a.left + S.cardW / 2, y1 = a.top + S.cardH, x2 = b.left + S.cardW / 2, y2 = b.top, my = (y1 + y2) / 2;
-        const path = document.createElementNS(SVG, "path");
-        path.setAttribute("d", `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`);
-        path.setAttribute("data-edge", `${e.source}>${e.target}`);
-        const title = document.createElementNS(SVG, "title");
-        title.textContent = `${e.source} → ${e.target}: score ${fmt(e.score)} over ${e.paths} path${e.paths > 1 ? "s" : ""}, ` +
+        const tooltip = `${e.source} → ${e.target}: score ${fmt(e.score)} over ${e.paths} path${e.paths > 1 ? "s" : ""}, ` +
           `${pct(e.share)} of the evidence through ${e.source}`;
-        path.append(title);
-        svg.append(path);
-        this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, e.share)))]);
+        this.addEdge(svg, curve(this.pos.get(e.source), this.pos.get(e.target), S), `${e.source}>${e.target}`, tooltip, e.share);
       }
-      canvas.append(svg);
-      for (const unit of graph.nodes) canvas.append(this.graphCard(unit, incoming.get(unit.id).length, this.pos.get(unit.id)));
-      const placed = graph.nodes.map((u) => ({ node: u, depth: u.depth }));
-      this.drawRowLabels(placed, depthMax, tops, band);
-      this._lastEdgeScale = null;
-      if (this.auto) this.fit(); else this.apply();
+      this.canvas.append(svg);
+      for (const unit of graph.nodes) this.canvas.append(this.graphCard(unit, incoming.get(unit.id).length, this.pos.get(unit.id)));
+      this.finishDraw(graph.nodes.map((u) => ({ node: u, depth: u.depth })), depthMax, tops, band);
     }
 
     // A unit's card in the graph: its picture is that of its strongest path (pictures are path-conditioned).
