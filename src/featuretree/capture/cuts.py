@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import LayerError
+from .autograd_walk import children, postorder
 from .forward import ForwardRecord
 
 INPUT = "the input"
@@ -70,12 +71,11 @@ def _walk(start, below, below_name: str, earlier: dict[object, str], input_leaf)
     through: dict[object, bool] = {}
     around: dict[object, str | None] = {}
     join: str | None = None
-    stack = [start]
-    while stack:
-        node = stack[-1]
-        if node in through:
-            stack.pop()
-            continue
+
+    def is_leaf(node) -> bool:
+        return node is below or node in earlier or type(node).__name__ == "AccumulateGrad"
+
+    for node in postorder(start, through, is_leaf):
         if node is below:
             through[node], around[node] = True, None
         elif node in earlier:
@@ -83,16 +83,11 @@ def _walk(start, below, below_name: str, earlier: dict[object, str], input_leaf)
         elif type(node).__name__ == "AccumulateGrad":
             through[node], around[node] = False, (INPUT if node.variable is input_leaf else None)
         else:
-            children = [child for child, _ in node.next_functions if child is not None]
-            pending = [child for child in children if child not in through]
-            if pending:
-                stack.extend(pending)
-                continue
-            through[node] = any(through[c] for c in children)
-            around[node] = next((around[c] for c in children if around[c] is not None), None)
-            if join is None and through[node] and any(around[c] is not None and not through[c] for c in children):
+            kids = children(node)
+            through[node] = any(through[c] for c in kids)
+            around[node] = next((around[c] for c in kids if around[c] is not None), None)
+            if join is None and through[node] and any(around[c] is not None and not through[c] for c in kids):
                 join = _join_kind(type(node).__name__)
-        stack.pop()
     source = around[start]
     if source is None:
         return None, None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .autograd_walk import children, postorder
 from .linearity import is_inference_affine, is_linear_call
 from .rectifiers import BackwardRule, Rectifier, in_place, rectifier_bounds
 
@@ -54,25 +55,14 @@ class RectifierGates(TorchFunctionMode):
         return value is self.input or (value.grad_fn is not None and self._reaches_input(value.grad_fn))
 
     def _reaches_input(self, node) -> bool:
-        """Iterative walk of the graph below ``node`` (in-place writes and TorchScript outputs included,
-        since they are in the graph), each node decided once."""
-        memo, stack = self._reaches, [node]
-        while stack:
-            top = stack[-1]
-            if top in memo:
-                stack.pop()
-                continue
-            if type(top).__name__ == "AccumulateGrad":
+        """A walk of the graph below ``node`` (in-place writes and TorchScript outputs included, since they
+        are in the graph), each node decided once."""
+        memo = self._reaches
+        for top in postorder(node, memo, _is_accumulator):
+            if _is_accumulator(top):
                 memo[top] = top.variable is self.input
-                stack.pop()
-                continue
-            children = [child for child, _ in top.next_functions if child is not None]
-            pending = [child for child in children if child not in memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            memo[top] = any(memo[child] for child in children)
-            stack.pop()
+            else:
+                memo[top] = any(memo[child] for child in children(top))
         return memo[node]
 
     def _keeps_fixed(self, func, args, kwargs, result) -> bool:
@@ -115,3 +105,8 @@ class RectifierGates(TorchFunctionMode):
         values = (*args, *kwargs.values())
         flat = [v for value in values for v in (value if isinstance(value, (list, tuple)) else (value,))]
         return any(self._depends_on_input(v) for v in flat)
+
+
+def _is_accumulator(node) -> bool:
+    """A leaf of the graph: where a parameter's or the input's gradient accumulates."""
+    return type(node).__name__ == "AccumulateGrad"
