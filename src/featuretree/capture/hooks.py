@@ -16,30 +16,27 @@ ForwardPreHook = Callable[[nn.Module, tuple], object]
 
 
 @contextlib.contextmanager
-def forward_hooks(hooks: Iterable[tuple[nn.Module, ForwardHook]]) -> Iterator[None]:
+def _registered(hooks: Iterable[tuple[nn.Module, Callable]], register: Callable[[nn.Module, Callable], object]) -> Iterator[None]:
+    """Inside: each (module, hook) pair is registered with ``register``; every handle is removed in ``finally``."""
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(register(module, hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_hooks(hooks: Iterable[tuple[nn.Module, ForwardHook]]) -> contextlib.AbstractContextManager[None]:
     """Inside: each (module, hook) pair is registered as a forward hook (a hook returning a value
     replaces the module's output)."""
-    handles = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _registered(hooks, lambda module, hook: module.register_forward_hook(hook))
 
 
-@contextlib.contextmanager
-def forward_pre_hooks(hooks: Iterable[tuple[nn.Module, ForwardPreHook]]) -> Iterator[None]:
+def forward_pre_hooks(hooks: Iterable[tuple[nn.Module, ForwardPreHook]]) -> contextlib.AbstractContextManager[None]:
     """Inside: each (module, hook) pair is registered as a forward pre-hook (run before the module's forward)."""
-    handles = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_pre_hook(hook))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _registered(hooks, lambda module, hook: module.register_forward_pre_hook(hook))
 
 
 def recording_hook(store: dict[str, object], name: str) -> ForwardHook:
