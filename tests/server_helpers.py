@@ -34,6 +34,19 @@ def launched_chromium():
         browser.close()
 
 
+def checked_page(browser, **context_options):
+    """A page in a fresh browser context for a ``page`` fixture (``yield from checked_page(browser, ...)``):
+    any uncaught error in the page fails the test when the context closes."""
+    context = browser.new_context(**context_options)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(TIMEOUT)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
 def shot(page, name: str) -> None:
     """A screenshot of the page's viewport into test-artifacts/."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ from featuretree.models.zoo import load_model
 from featuretree.render.export import render_html
 from featuretree.server import ServerSettings, create_app
 
-from .server_helpers import CHROMIUM, TIMEOUT, launched_chromium, live_server, shot, square_png
+from .server_helpers import CHROMIUM, checked_page, launched_chromium, live_server, shot, square_png
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -35,14 +35,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(TIMEOUT)
-    yield pg
-    context.close()
-    assert not errors, errors
+    yield from checked_page(browser, viewport={"width": 1400, "height": 900})
 
 
 def _same_numbers(a, b) -> None:

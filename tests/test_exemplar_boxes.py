@@ -52,6 +52,17 @@ def index(folder: Path, db: Path, explainer, spec: str, **kw):
     return index_folder(folder, db, explainer, spec, top_n=TOP, batch_size=4, workers=0, progress=False, **kw)
 
 
+def index_squares(tmp_path: Path, count: int):
+    """``count`` generated square images in tmp_path/imgs, indexed with the toy net into tmp_path/ex.db:
+    (folder, database path, the explainer that indexed them)."""
+    folder = tmp_path / "imgs"
+    make_squares(folder, count)
+    db_path = tmp_path / "ex.db"
+    explainer = load_explainer("toy_squares", None, "cpu")
+    index(folder, db_path, explainer, "toy_squares")
+    return folder, db_path, explainer
+
+
 def assert_engine_boxes(db_path: Path, spec: str) -> int:
     """Every stored box equals receptive_fields(analysis of the entry's image, layer, [position]) from a
     fresh explainer (no cache shared with the indexer). Returns the number of entries checked."""
@@ -166,11 +177,7 @@ def downgrade_to_version_1(db_path: Path) -> None:
 
 
 def test_version_1_database_is_upgraded_and_its_boxes_replaced(tmp_path):
-    folder = tmp_path / "imgs"
-    make_squares(folder, 12)
-    db_path = tmp_path / "ex.db"
-    explainer = load_explainer("toy_squares", None, "cpu")
-    index(folder, db_path, explainer, "toy_squares")
+    folder, db_path, explainer = index_squares(tmp_path, 12)
     with ExemplarDB(db_path) as db:
         good = {(e.layer, e.unit, e.image_id): (e.box, db.blob(e.crop)) for rec in db.layers() for e in db.exemplars(rec.name)}
     downgrade_to_version_1(db_path)
@@ -189,10 +196,7 @@ def test_version_1_database_is_upgraded_and_its_boxes_replaced(tmp_path):
 
 
 def test_unknown_schema_version_is_refused_in_one_line(tmp_path, capsys):
-    folder = tmp_path / "imgs"
-    make_squares(folder, 4)
-    db_path = tmp_path / "ex.db"
-    index(folder, db_path, load_explainer("toy_squares", None, "cpu"), "toy_squares")
+    _, db_path, _ = index_squares(tmp_path, 4)
     with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE schema_version SET version = 4")
     with pytest.raises(DatabaseError, match="schema version 4"):
@@ -221,11 +225,7 @@ def test_a_model_without_guided_backprop_gets_no_reconstructions(tmp_path):
 
 
 def test_each_indexed_image_records_the_class_the_model_predicts_and_units_summarise_their_exemplars(tmp_path):
-    folder = tmp_path / "imgs"
-    make_squares(folder, 12)
-    db_path = tmp_path / "ex.db"
-    explainer = load_explainer("toy_squares", None, "cpu")
-    index(folder, db_path, explainer, "toy_squares")
+    folder, db_path, _ = index_squares(tmp_path, 12)
     engine = load_explainer("toy_squares", None, "cpu")
     with ExemplarDB(db_path) as db:
         rows = db.conn.execute("SELECT id, path, top_class, top_probability FROM images WHERE status = 'ok'").fetchall()
@@ -246,10 +246,7 @@ def test_each_indexed_image_records_the_class_the_model_predicts_and_units_summa
 
 
 def test_version_2_database_gains_the_prediction_columns_empty(tmp_path):
-    folder = tmp_path / "imgs"
-    make_squares(folder, 4)
-    db_path = tmp_path / "ex.db"
-    index(folder, db_path, load_explainer("toy_squares", None, "cpu"), "toy_squares")
+    _, db_path, _ = index_squares(tmp_path, 4)
     with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("ALTER TABLE images DROP COLUMN top_class")
         conn.execute("ALTER TABLE images DROP COLUMN top_probability")

@@ -13,7 +13,7 @@ import pytest
 
 from featuretree.server import ServerSettings, create_app
 
-from .server_helpers import ARTIFACTS, CHROMIUM, TIMEOUT, launched_chromium, live_server, shot, square_png
+from .server_helpers import ARTIFACTS, CHROMIUM, TIMEOUT, checked_page, launched_chromium, live_server, shot, square_png
 from .test_server_verify_exemplars import build_exemplar_db
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (install it with: apt-get install chromium)")
@@ -41,14 +41,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(TIMEOUT)
-    yield pg
-    context.close()
-    assert not errors, errors
+    yield from checked_page(browser, viewport={"width": 1280, "height": 800}, accept_downloads=True)
 
 
 def card(page, node_id: str):
