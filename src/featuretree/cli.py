@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .core.errors import FeatureTreeError, OptionError, UnitError
-from .loading import load_explainer, model_options
+from .loading import ModelSpec, load_explainer, model_options
 from .rules import rule_names, rules_help
 
 PROG = "featuretree"
@@ -87,6 +87,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a chain that does not cut the network (evidence reaching a layer around the layer below it): "
         "a warning instead of an error, and each expansion reports the share that goes around",
+    )
+
+
+def _add_engine_args(p: argparse.ArgumentParser, workers_help: str) -> None:
+    p.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="run here, or split into shards on Ray actors (default: %(default)s)"
+    )
+    p.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, or HOST:6379); default: start a local one")
+    p.add_argument("--workers", type=_whole_number, default=None, help=workers_help)
+    p.add_argument(
+        "--threads",
+        type=_whole_number,
+        help="torch threads per worker; results are equal bit for bit only between runs with the same count (default: this process's)",
     )
 
 
@@ -294,6 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ix.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_args(ix)
+
+    ag = sub.add_parser(
+        "aggregate",
+        help="build every image's tree in a folder and merge them into class graphs (resumable; local or on Ray)",
+        description="Build the tree of every image under IMAGES_DIR with the same settings, rooted at one class (--class) or at "
+        "each image's own top class (--predicted, the default), and merge them into one graph per class: in how many images "
+        "each unit and edge appears, their mean share and score, which edges are stable, and how often a random unit would "
+        "appear. Writes OUT/aggregate.db (stop it at any moment and run the same command again to continue; run it on a grown "
+        "folder to add images), OUT/graph.json and OUT/graph.html. Open it in the explorer with `featuretree serve --aggregate OUT`.",
+    )
+    ag.add_argument("images", metavar="IMAGES_DIR", help="folder of images (jpg, png, webp, bmp, tiff), searched recursively")
+    ag.add_argument("--out", default="featuretree-out/aggregate", help="output folder (default: %(default)s)")
+    which = ag.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="root_class", metavar="N", help="root every tree at this class (index or exact name)")
+    which.add_argument("--predicted", action="store_true", help="root each tree at the image's top class, one graph per class (default)")
+    ag.add_argument("--depth", type=_whole_number, default=3, help="levels below the root (default: %(default)s)")
+    ag.add_argument("--k", type=_whole_number, default=5, help="children kept per node (default: %(default)s)")
+    ag.add_argument("--rule", default="gradient", metavar=_RULES_METAVAR, help="child-scoring rule, as for explain (default: %(default)s)")
+    ag.add_argument(
+        "--stable", type=_fraction, default=0.5, help="mark edges that appear in at least this share of the images (default: %(default)s)"
+    )
+    _add_engine_args(ag, "Ray actors, each holding the model (default: the cluster's CPUs)")
+    ag.add_argument(
+        "--shard-size", type=_whole_number, default=8, help="images per shard, the unit of work and of commits (default: %(default)s)"
+    )
+    ag.add_argument("--no-html", action="store_true", help="skip graph.html")
+    ag.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _add_model_args(ag)
 
     un = sub.add_parser("units", help="list a layer's units from an exemplar database and save its contact sheet")
     un.add_argument("db", help="exemplar database made by `featuretree index`")
@@ -548,14 +589,47 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_index(explainer, text: str) -> int:
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from .aggregate.run import aggregate_folder
+    from .aggregate.worker import TreeSettings
+    from .scale.engines import EngineOptions
+
+    spec = ModelSpec.from_args(args)
+    engine = EngineOptions(args.engine, args.workers, args.ray_address, args.threads, 1.0 if args.device.startswith("cuda") else 0.0)
+    engine.checked()
+    explainer = spec.load()
+    root = f"class:{_class_index(explainer, args.root_class, '--class')}" if args.root_class is not None else None
+    settings = TreeSettings(root=root, depth=args.depth, k=args.k, rule=args.rule)
+    try:
+        report = aggregate_folder(
+            args.images,
+            args.out,
+            explainer,
+            spec,
+            settings,
+            engine,
+            shard_size=args.shard_size,
+            stable=args.stable,
+            progress=not args.quiet,
+            html=not args.no_html,
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; every finished shard is saved, run the same command again to continue", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(report.format())
+    print(Path(args.out) / ("graph.html" if not args.no_html else "graph.json"))
+    return 0
+
+
+def _class_index(explainer, text: str, option: str = "--relevance-class") -> int:
 
     if re.fullmatch(r"[0-9]+", text.strip()):
         return int(text)
     names = [name.lower() for name in explainer.class_names or []]
     if text.strip().lower() in names:
         return names.index(text.strip().lower())
-    raise UnitError(f"unknown class {text!r}", "give --relevance-class as a class index, e.g. 285, or an exact class name")
+    raise UnitError(f"unknown class {text!r}", f"give {option} as a class index, e.g. 285, or an exact class name")
 
 
 def cmd_units(args: argparse.Namespace) -> int:
@@ -628,6 +702,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "explain": cmd_explain,
+    "aggregate": cmd_aggregate,
     "ablate": cmd_ablate,
     "layers": cmd_layers,
     "check": cmd_check,

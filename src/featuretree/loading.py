@@ -19,6 +19,53 @@ from .models.library import is_library_spec, load_library_model
 from .models.zoo import MODELS, ZooModel, load_model
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything ``load_explainer`` needs, as plain values: what a worker process (a Ray actor) is sent
+    so that it builds the same explainer as the process that started it."""
+
+    model: str
+    layers: str | None = None
+    device: str = "cpu"
+    layouts: tuple[tuple[str, str], ...] = ()
+    weights: str | None = None
+    random_weights: bool = False
+    allow_bypass: bool = False
+    input_size: int | None = None
+    resize: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> ModelSpec:
+        """From parsed CLI model arguments (--model, --layers, --device, --layout, --weights, ...)."""
+        options = model_options(args)
+        return cls(
+            model=args.model,
+            layers=args.layers,
+            device=args.device,
+            layouts=tuple(sorted(options["layouts"].items())),
+            weights=options["weights"],
+            random_weights=options["random_weights"],
+            allow_bypass=options["allow_bypass"],
+            input_size=getattr(args, "input_size", None),
+            resize=getattr(args, "resize", None),
+        )
+
+    def load(self) -> Explainer:
+        explainer = load_explainer(
+            self.model,
+            self.layers,
+            self.device,
+            dict(self.layouts),
+            self.weights,
+            self.random_weights,
+            self.allow_bypass,
+            self.input_size,
+        )
+        if self.resize:
+            explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=self.resize)
+        return explainer
+
+
 def model_options(args) -> dict:
     """``load_explainer``'s keyword options from parsed CLI model arguments (--layout, --weights, --random-weights)."""
     layouts = {}

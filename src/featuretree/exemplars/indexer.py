@@ -32,6 +32,7 @@ from torch import nn
 from ..capture.forward import resolve_modules
 from ..capture.hooks import forward_hooks
 from ..core.errors import FeatureTreeError, GuidedUndefinedError, ImageInputError, LayerError, OptionError
+from ..core.folders import IMAGE_EXTENSIONS, scan_folder
 from ..core.images import Preprocess, decode_image, load_image
 from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
@@ -40,26 +41,8 @@ from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
 from .db import ACTIVATION, ENGINE_BOXES, Box, BoxFunction, BoxKey, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
 DEFAULT_TOP_N = 16
-
-
-# ----- scanning -----------------------------------------------------------
-def scan_folder(root: Path) -> tuple[list[str], list[str]]:
-    """Image files under ``root`` (relative POSIX paths, sorted) and files skipped for their extension."""
-    if not root.is_dir():
-        raise ImageInputError(f"image folder {root} not found or not a folder", "pass a folder of images")
-    images: list[str] = []
-    ignored: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            (images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else ignored).append(rel)
-    return sorted(images), sorted(ignored)
 
 
 # ----- decoding in workers -----------------------------------------------

@@ -77,11 +77,21 @@ def completeness(tree: FeatureTree) -> dict[str, Any] | None:
         return None
     per_depth: dict[int, float] = {}
     leaves = 0.0
-    frontier = [(child, child.share or 0.0) for child in tree.root.children]
-    while frontier:
-        node, carried = frontier.pop()
+    for node, carried in carried_shares(tree):
+        if node.depth == 0:
+            continue
         per_depth[node.depth] = per_depth.get(node.depth, 0.0) + carried
         if not node.children:
             leaves += carried
-        frontier.extend((child, carried * (child.share or 0.0)) for child in node.children)
     return {"leaves": leaves, "levels": [per_depth[d] for d in sorted(per_depth)]}
+
+
+def carried_shares(tree: FeatureTree) -> list[tuple[Node, float]]:
+    """Every shown node (root first, breadth first) with the fraction of the root's positive evidence it
+    carries: the product of the shares along its path (1 at the root)."""
+    out: list[tuple[Node, float]] = []
+    frontier = [(tree.root, 1.0)]
+    while frontier:
+        out.extend(frontier)
+        frontier = [(child, carried * (child.share or 0.0)) for node, carried in frontier for child in node.children]
+    return out

@@ -1,0 +1,1 @@
+"""Class-level graphs over an image folder (``featuretree aggregate``)."""

@@ -1,0 +1,261 @@
+"""The aggregate database: one SQLite file (WAL) with every image's tree, reduced to its units and edges.
+
+``featuretree aggregate`` writes one transaction per shard: the shard's ``images`` rows and their
+``image_units`` / ``image_edges`` rows. A run killed at any moment (kill -9 included) resumes from
+the last committed shard with nothing lost or counted twice, and a grown folder only adds its new
+files. The class graph (``aggregate.graph``) is computed from these rows, never kept in memory
+image by image. The schema is documented in docs/aggregate.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import FeatureTreeError, OutputError
+
+SCHEMA_VERSION = 1
+DB_NAME = "aggregate.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'skipped')),
+    error TEXT,
+    root TEXT,
+    root_label TEXT,
+    top_class INTEGER,
+    top_probability REAL,
+    completeness REAL
+);
+CREATE TABLE IF NOT EXISTS image_units (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    unit TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    channel INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    share REAL NOT NULL,
+    score REAL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (image_id, unit)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS image_edges (
+    image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_layer TEXT NOT NULL,
+    score REAL NOT NULL,
+    share REAL NOT NULL,
+    PRIMARY KEY (image_id, source, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS image_units_unit ON image_units(unit);
+"""
+
+
+class AggregateError(FeatureTreeError):
+    """The aggregate database is missing, of another version, or built with other settings."""
+
+
+@dataclass
+class UnitRecord:
+    """One distinct unit of one image's tree."""
+
+    unit: str  # "layer:channel"
+    layer: str
+    channel: int
+    depth: int  # its shallowest copy
+    share: float  # the fraction of the root's positive evidence it carries, summed over its copies (1 at the root)
+    score: float | None  # its summed first-order contribution (None at the root)
+    path: str  # the node id of its copy with the largest share: where the explorer draws its map
+
+
+@dataclass
+class EdgeRecord:
+    source: str
+    target: str
+    target_layer: str
+    score: float  # summed over the tree edges it merges
+    share: float  # of the evidence below the source unit (tree.graph)
+
+
+@dataclass
+class ImageRecord:
+    """What a worker returns for one file: its tree reduced to units and edges, or why it was skipped."""
+
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    error: str | None = None
+    root: str | None = None
+    root_label: str | None = None
+    top_class: int | None = None
+    top_probability: float | None = None
+    completeness: float | None = None
+    units: list[UnitRecord] = field(default_factory=list)
+    edges: list[EdgeRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+
+
+class AggregateDB:
+    """A connection to one aggregate database. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise AggregateError(f"aggregate database {self.path} not found", "build it with `featuretree aggregate IMAGES_DIR --out DIR`")
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot create folder {self.path.parent} ({err.strerror})", "choose another --out") from None
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._init_schema(create)
+        except sqlite3.DatabaseError as err:
+            raise AggregateError(f"{self.path} is not a usable SQLite database ({err})", "choose another --out") from None
+
+    def _init_schema(self, create: bool) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" in tables and "image_units" in tables:
+            (version,) = self.conn.execute("SELECT version FROM schema_version").fetchone() or (None,)
+            if version != SCHEMA_VERSION:
+                raise AggregateError(
+                    f"{self.path} has aggregate schema version {version}, this featuretree reads version {SCHEMA_VERSION}",
+                    "aggregate into a new --out",
+                )
+            return
+        if tables:
+            raise AggregateError(f"{self.path} is an SQLite file but not an aggregate database", "choose another --out")
+        if not create:
+            raise AggregateError(f"{self.path} is empty", "build it with `featuretree aggregate IMAGES_DIR --out DIR`")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> AggregateDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ----- settings -----------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.conn.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, conn: sqlite3.Connection, values: dict[str, Any]) -> None:
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
+    # ----- images ---------------------------------------------------------------
+    def known_files(self) -> dict[str, KnownFile]:
+        rows = self.conn.execute("SELECT path, size, mtime_ns, sha256, status FROM images")
+        return {path: KnownFile(size, mtime, sha, status) for path, size, mtime, sha, status in rows}
+
+    def touch(self, conn: sqlite3.Connection, path: str, size: int, mtime_ns: int) -> None:
+        """A file whose stat changed but whose content did not: remember the new stat."""
+        conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+
+    def put(self, conn: sqlite3.Connection, record: ImageRecord) -> None:
+        """Store one image's record, replacing an earlier one of the same path (a changed file)."""
+        conn.execute("DELETE FROM images WHERE path = ?", (record.path,))  # cascades to its units and edges
+        cur = conn.execute(
+            "INSERT INTO images (path, sha256, size, mtime_ns, status, error, root, root_label, top_class, top_probability, completeness) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.path,
+                record.sha256,
+                record.size,
+                record.mtime_ns,
+                "ok" if record.error is None else "skipped",
+                record.error,
+                record.root,
+                record.root_label,
+                record.top_class,
+                record.top_probability,
+                record.completeness,
+            ),
+        )
+        image_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO image_units (image_id, unit, layer, channel, depth, share, score, path) VALUES (?,?,?,?,?,?,?,?)",
+            [(image_id, u.unit, u.layer, u.channel, u.depth, u.share, u.score, u.path) for u in record.units],
+        )
+        conn.executemany(
+            "INSERT INTO image_edges (image_id, source, target, target_layer, score, share) VALUES (?,?,?,?,?,?)",
+            [(image_id, e.source, e.target, e.target_layer, e.score, e.share) for e in record.edges],
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {status: n for status, n in self.conn.execute("SELECT status, COUNT(*) FROM images GROUP BY status")}
+
+    def roots(self) -> list[tuple[str, str | None, int]]:
+        """(root unit, its label, images) for every root with images, most images first."""
+        rows = self.conn.execute(
+            "SELECT root, MAX(root_label), COUNT(*) FROM images WHERE status = 'ok' GROUP BY root ORDER BY COUNT(*) DESC, root"
+        )
+        return [(root, label, n) for root, label, n in rows]
+
+    def unit_images(self, root: str, unit: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The images whose tree (rooted at ``root``) shows ``unit``, largest share first (ties by path)."""
+        rows = self.conn.execute(
+            "SELECT i.path, u.share, u.score, u.path, u.depth FROM image_units u JOIN images i ON i.id = u.image_id "
+            "WHERE i.root = ? AND u.unit = ? ORDER BY u.share DESC, i.path" + (" LIMIT ?" if limit else ""),
+            (root, unit, limit) if limit else (root, unit),
+        )
+        return [{"image": path, "share": share, "score": score, "node": node, "depth": depth} for path, share, score, node, depth in rows]
+
+    def image(self, path: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT path, status, error, root, root_label, top_class, top_probability, completeness FROM images WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("path", "status", "error", "root", "root_label", "top_class", "top_probability", "completeness")
+        return dict(zip(keys, row))
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return list(self.conn.execute("SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path"))
+
+
+def rows_of(db: AggregateDB, tables: Sequence[str] = ("images", "image_units", "image_edges")) -> dict[str, list[tuple]]:
+    """Every row of the data tables in key order: what two databases are compared by."""
+    order = {"images": "id", "image_units": "image_id, unit", "image_edges": "image_id, source, target"}
+    return {table: list(db.conn.execute(f"SELECT * FROM {table} ORDER BY {order[table]}")) for table in tables}

@@ -1,0 +1,173 @@
+"""Running a job's shards in this process or on Ray actors, with results handed back in shard order.
+
+A job is a list of shards (each a list of work items) and a ``WorkerFactory``: a picklable recipe
+that builds the worker (a callable from one shard to its result) wherever it runs. The local engine
+builds one worker here; the Ray engine builds one per actor, each holding its own copy of the model.
+
+Both engines yield ``(shard_index, result)`` in shard order, whatever order the actors finish in, so
+the caller commits shard after shard exactly as the local engine would: the same database rows, row
+ids included. At most ``2 x workers`` shards are out at once (submitted or finished but not yet
+handed back), which keeps memory flat in the number of shards.
+
+Exactly equal results also need the same arithmetic: every worker (and the local engine) runs torch
+with the same number of intra-op threads (``threads``, by default this process's), because CPU
+kernels split their sums by thread and a different split rounds differently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..core.errors import FeatureTreeError, OptionError
+
+ENGINES = ("local", "ray")
+
+
+class WorkerFactory(Protocol):
+    """Picklable; called once per process (or actor) to build that process's worker."""
+
+    def __call__(self) -> Callable[[Sequence[Any]], Any]: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    engine: str = "local"
+    workers: int | None = None  # Ray actors (default: the cluster's CPUs, at least 1)
+    ray_address: str | None = None  # an existing cluster ("auto" or "ray://host:10001"); default: start one here
+    threads: int | None = None  # torch intra-op threads per worker (default: this process's)
+    gpus_per_worker: float = 0.0
+
+    def checked(self) -> EngineOptions:
+        if self.engine not in ENGINES:
+            raise OptionError(f"unknown --engine {self.engine!r}", "use --engine local or --engine ray")
+        if self.workers is not None and self.workers < 1:
+            raise OptionError(f"--workers must be at least 1, got {self.workers}", "use --workers 2")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"--threads must be at least 1, got {self.threads}", "use --threads 1")
+        if self.engine == "local" and self.ray_address:
+            raise OptionError("--ray-address needs --engine ray", "add --engine ray, or drop --ray-address")
+        return self
+
+
+def split_shards(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """Consecutive shards of ``size`` items (the last may be shorter)."""
+    if size < 1:
+        raise OptionError(f"shard size must be at least 1, got {size}", "use a shard size of 1 or more")
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def run_shards(
+    factory: WorkerFactory, shards: Sequence[Sequence[Any]], options: EngineOptions, local_worker: Callable | None = None
+) -> Iterator[tuple[int, Any]]:
+    """``(index, worker(shard))`` for every shard, in shard order. ``local_worker`` (the local engine
+    only) is a worker already built in this process, so its model is not loaded twice."""
+    options = options.checked()
+    threads = options.threads or torch.get_num_threads()
+    if options.engine == "local":
+        yield from _run_local(factory, shards, threads, local_worker)
+    else:
+        yield from _run_ray(factory, shards, options, threads)
+
+
+def _run_local(factory: WorkerFactory, shards, threads: int, worker) -> Iterator[tuple[int, Any]]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        worker = worker or factory()
+        for index, shard in enumerate(shards):
+            yield index, worker(shard)
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----- Ray --------------------------------------------------------------------
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise OptionError("--engine ray needs Ray, which is not installed", "pip install 'featuretree[ray]'") from None
+    return ray
+
+
+class _ShardActor:
+    """One model per actor: built once, then one shard per call."""
+
+    def __init__(self, factory: WorkerFactory, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.worker = factory()
+
+    def run(self, shard: Sequence[Any]) -> Any:
+        return self.worker(shard)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def connect(options: EngineOptions):
+    """The Ray module, connected: to ``ray_address``, to the cluster this process already joined, or to
+    a new local one with ``workers`` CPUs (no dashboard)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        if options.ray_address:
+            ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=options.workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise OptionError(
+            f"could not connect to Ray at {options.ray_address or 'a new local cluster'} ({err})",
+            "start the cluster first (`ray start --head`), then pass --ray-address HOST:6379",
+        ) from None
+    return ray
+
+
+def _run_ray(factory: WorkerFactory, shards, options: EngineOptions, threads: int) -> Iterator[tuple[int, Any]]:
+    if not shards:
+        return
+    ray = connect(options)
+    workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = min(workers, len(shards))
+    actor_class = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_ShardActor)
+    actors = [actor_class.remote(factory, threads) for _ in range(workers)]
+    try:
+        window = 2 * workers
+        pending: dict[Any, tuple[int, int]] = {}  # object ref -> (shard index, actor)
+        finished: dict[int, Any] = {}
+        next_submit = next_yield = 0
+        while next_yield < len(shards):
+            while next_submit < len(shards) and next_submit - next_yield < window:
+                actor = next_submit % workers  # two shards queued per actor keep each one busy
+                pending[actors[actor].run.remote(shards[next_submit])] = (next_submit, actor)
+                next_submit += 1
+            if next_yield not in finished:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    index, _ = pending.pop(ref)
+                    finished[index] = _result(ray, ref)
+            while next_yield in finished:
+                yield next_yield, finished.pop(next_yield)
+                next_yield += 1
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _result(ray, ref) -> Any:
+    """The shard's result; a featuretree error raised in the actor comes back as itself (one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, FeatureTreeError):
+            raise cause from None
+        raise
+    except ray.exceptions.RayActorError as err:
+        raise FeatureTreeError(
+            f"a Ray worker died ({str(err).splitlines()[0]})", "run the same command again: finished shards are kept"
+        ) from None
