@@ -90,12 +90,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_engine_args(p: argparse.ArgumentParser, workers_help: str) -> None:
+def _add_engine_args(p: argparse.ArgumentParser, workers_help: str | None) -> None:
     p.add_argument(
         "--engine", choices=("local", "ray"), default="local", help="run here, or split into shards on Ray actors (default: %(default)s)"
     )
     p.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, or HOST:6379); default: start a local one")
-    p.add_argument("--workers", type=_whole_number, default=None, help=workers_help)
+    if workers_help:
+        p.add_argument("--workers", type=_whole_number, default=None, help=workers_help)
     p.add_argument(
         "--threads",
         type=_whole_number,
@@ -293,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_whole_number,
         default=None,
-        help="decoding worker processes, 0 = decode in the main process (default: CPU cores - 2, at most 4; 0 on 2 cores)",
+        help="decoding worker processes, 0 = decode in the main process (default: CPU cores - 2, at most 4; 0 on 2 cores); "
+        "with --engine ray: Ray actors, each holding the model (default: the cluster's CPUs)",
     )
+    _add_engine_args(ix, None)
     ix.add_argument(
         "--reconstructions", action="store_true", help="also compute every kept entry's reconstruction now (else on first view)"
     )
@@ -567,7 +570,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         build_collection(images)
         if not args.quiet:
             print(f"indexing the default collection in {images} (pass a folder of your own images for real use)")
-    explainer = load_explainer(args.model, args.layers, args.device, **model_options(args))
+    spec = ModelSpec.from_args(args)
+    engine = _engine_options(args, actors=args.workers if args.engine == "ray" else None)
+    explainer = spec.load()
     classes = [_class_index(explainer, text) for text in args.relevance_class]
     try:
         report = index_folder(
@@ -577,7 +582,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             args.model,
             top_n=args.top,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=args.workers if args.engine == "local" else None,
+            engine=engine,
+            spec=spec,
             progress=not args.quiet,
             reconstructions=args.reconstructions,
             relevance_classes=classes,
@@ -589,14 +596,21 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(args: argparse.Namespace, actors: int | None):
+    """--engine, --ray-address, --threads and the Ray actors; checked before any model is loaded. A CUDA
+    --device gives each actor one GPU."""
+    from .scale.engines import EngineOptions
+
+    gpus = 1.0 if args.engine == "ray" and args.device.startswith("cuda") else 0.0
+    return EngineOptions(args.engine, actors, args.ray_address, args.threads, gpus).checked()
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from .aggregate.run import aggregate_folder
     from .aggregate.worker import TreeSettings
-    from .scale.engines import EngineOptions
 
     spec = ModelSpec.from_args(args)
-    engine = EngineOptions(args.engine, args.workers, args.ray_address, args.threads, 1.0 if args.device.startswith("cuda") else 0.0)
-    engine.checked()
+    engine = _engine_options(args, actors=args.workers)
     explainer = spec.load()
     root = f"class:{_class_index(explainer, args.root_class, '--class')}" if args.root_class is not None else None
     settings = TreeSettings(root=root, depth=args.depth, k=args.k, rule=args.rule)

@@ -9,10 +9,8 @@ shards at a time, never all the trees.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ from ..core.errors import OptionError, OutputError
 from ..core.folders import scan_folder
 from ..loading import ModelSpec
 from ..render.aggregate_page import render_aggregate_html
-from ..scale.engines import EngineOptions, run_shards
+from ..scale.engines import EngineOptions, FileShards, run_shards
 from .db import DB_NAME, AggregateDB, AggregateError
 from .graph import DEFAULT_STABLE, aggregate_graph
-from .worker import AggregateWorker, AggregateWorkerFactory, FileItem, TreeSettings, check_settings
+from .worker import AggregateWorker, AggregateWorkerFactory, TreeSettings, check_settings
 
 DEFAULT_SHARD = 8
 
@@ -61,28 +59,6 @@ class AggregateReport:
         if self.gone:
             lines.append(f"  {self.gone} images no longer in the folder are still counted (aggregate into a new --out to drop them)")
         return "\n".join(lines)
-
-
-class _LazyShards(Sequence):
-    """Shards of (path, size, mtime_ns, bytes), each file read only when its shard is handed out."""
-
-    def __init__(self, root: Path, todo: list[tuple[str, int, int]], size: int) -> None:
-        self.root, self.todo, self.size = root, todo, size
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.todo) / self.size)
-
-    def __getitem__(self, index: int) -> list[FileItem]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return [(rel, size, mtime, _read(self.root / rel)) for rel, size, mtime in self.todo[index * self.size : (index + 1) * self.size]]
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""  # recorded as skipped ("is empty") by the worker; a later run tries again if it changes
 
 
 def _meta_for(explainer, spec: ModelSpec, settings: TreeSettings, folder: Path) -> dict[str, Any]:
@@ -168,7 +144,7 @@ def aggregate_folder(
                 report.already += 1
                 continue
             todo.append((rel, st.st_size, st.st_mtime_ns))
-        shards = _LazyShards(root, todo, shard_size)
+        shards = FileShards(root, todo, shard_size)
         factory = AggregateWorkerFactory(spec, settings)
         local = AggregateWorker(explainer, settings) if engine.engine == "local" else None
         start = time.perf_counter()

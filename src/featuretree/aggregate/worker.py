@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from ..core.errors import ImageInputError
 from ..core.images import decode_image
 from ..loading import ModelSpec
+from ..scale.engines import FileItem
 from ..tree.graph import carried_shares, merged_graph
 from ..tree.model import FeatureTree
 from .db import EdgeRecord, ImageRecord, UnitRecord
-
-FileItem = tuple[str, int, int, bytes]  # (relative path, size, mtime_ns, content)
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,10 @@ class AggregateWorker:
     def __call__(self, shard: Sequence[FileItem]) -> list[ImageRecord]:
         return [self.record(*item) for item in shard]
 
-    def record(self, path: str, size: int, mtime_ns: int, data: bytes) -> ImageRecord:
-        sha = hashlib.sha256(data).hexdigest()
-        record = ImageRecord(path, sha, size, mtime_ns)
+    def record(self, path: str, size: int, mtime_ns: int, data: bytes | None) -> ImageRecord:
+        if data is None:  # a later run tries again once the file changes
+            return ImageRecord(path, None, size, mtime_ns, error="unreadable")
+        record = ImageRecord(path, hashlib.sha256(data).hexdigest(), size, mtime_ns)
         try:
             picture = decode_image(data, name=path)
         except ImageInputError as err:

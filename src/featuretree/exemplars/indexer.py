@@ -36,9 +36,10 @@ from ..core.folders import IMAGE_EXTENSIONS, scan_folder
 from ..core.images import Preprocess, decode_image, load_image
 from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
-from ..loading import load_explainer
+from ..loading import ModelSpec, load_explainer
 from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
+from ..scale.engines import EngineOptions, FileItem, FileShards, run_shards
 from .db import ACTIVATION, ENGINE_BOXES, Box, BoxFunction, BoxKey, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
@@ -71,15 +72,20 @@ class _Files(torch.utils.data.Dataset):
             data = path.read_bytes()
         except OSError as err:
             return _Item(index, None, None, f"unreadable ({err.strerror or err})")
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            rgb = load_image(path)
-        except ImageInputError as err:
-            return _Item(index, None, sha, err.problem.replace(str(path), "").strip() or str(err))
-        except Exception as err:  # a decoder bug must not stop a long run
-            return _Item(index, None, sha, f"could not decode ({type(err).__name__}: {err})")
-        picture = self.preprocess.fit(rgb)
-        return _Item(index, self.preprocess.to_tensor(picture)[0], sha, None, rgb.width, rgb.height)
+        return _decode_item(index, data, str(path), self.preprocess)
+
+
+def _decode_item(index: int, data: bytes, name: str, preprocess: Preprocess) -> _Item:
+    """The model input of one file's bytes, or why it cannot be had (the same in every engine)."""
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        rgb = decode_image(data, name=name)
+    except ImageInputError as err:
+        return _Item(index, None, sha, err.problem.replace(name, "").strip() or str(err))
+    except Exception as err:  # a decoder bug must not stop a long run
+        return _Item(index, None, sha, f"could not decode ({type(err).__name__}: {err})")
+    picture = preprocess.fit(rgb)
+    return _Item(index, preprocess.to_tensor(picture)[0], sha, None, rgb.width, rgb.height)
 
 
 def _keep(items: list[_Item]) -> list[_Item]:
@@ -157,6 +163,97 @@ def unit_relevance(
                 totals = layout.channel_totals(terms).float().cpu()
                 found[f"class:{k}", name] = (totals, layout.grid_values(terms).argmax(2).cpu(), width)
     return found
+
+
+# ----- one batch, in every engine ------------------------------------------
+@dataclass
+class _BatchResult:
+    decoded: list[int]  # positions in the batch of the files that decoded, the rows of ``found``
+    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]]
+    predictions: list[tuple[int, float]] | None
+
+
+class _BatchForward:
+    """One batch through the model: every unit's spatial max (and relevance) and each image's predicted class."""
+
+    def __init__(self, explainer, classes: Sequence[int], blank=None) -> None:
+        blank = blank or blank_analysis(explainer)
+        self.model, self.device, self.classes = explainer.model, explainer.device, list(classes)
+        self.layouts = {info.name: info.layout for info in blank.chain}
+        # Each image's predicted class, read off the logits layer's hook (its values are the logits).
+        self.logits_layer = blank.logits_layer if blank.has_classes else None
+
+    def __call__(self, batch: Sequence[_Item]) -> _BatchResult:
+        decoded = [k for k, item in enumerate(batch) if item.tensor is not None]
+        found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        predictions = None
+        if decoded:
+            x = torch.stack([batch[k].tensor for k in decoded]).to(self.device)
+            with unit_maxima(self.model, self.layouts) as maxima:
+                if self.classes:
+                    found.update(unit_relevance(self.model, self.layouts, x, self.classes))
+                else:
+                    with torch.inference_mode():
+                        self.model(x)
+            found.update({(ACTIVATION, name): value for name, value in maxima.items()})
+            if self.logits_layer is not None:
+                best, predicted = maxima[self.logits_layer][0].double().softmax(1).max(1)
+                predictions = list(zip(predicted.tolist(), best.tolist()))
+        return _BatchResult(decoded, found, predictions)
+
+
+class _ShardWorker:
+    """A Ray actor's worker: one shard of files (their bytes) decoded as the local engine decodes them, then one batch."""
+
+    def __init__(self, explainer, classes: Sequence[int]) -> None:
+        self.preprocess = explainer.preprocess
+        self.forward = _BatchForward(explainer, classes)
+
+    def __call__(self, shard: Sequence[FileItem]) -> tuple[list[_Item], _BatchResult]:
+        batch = [
+            _Item(k, None, None, "unreadable") if data is None else _decode_item(k, data, rel, self.preprocess)
+            for k, (rel, _, _, data) in enumerate(shard)
+        ]
+        result = self.forward(batch)
+        for item in batch:
+            item.tensor = None  # sent back without the pixels
+        return batch, result
+
+
+@dataclass(frozen=True)
+class IndexWorkerFactory:
+    spec: ModelSpec
+    classes: tuple[int, ...]
+
+    def __call__(self) -> _ShardWorker:
+        return _ShardWorker(self.spec.load(), self.classes)
+
+
+def _batch_results(explainer, blank, spec, engine: EngineOptions, root: Path, todo, batch_size: int, workers: int, classes):
+    """(batch, result) for consecutive batches of ``todo``; the items' ``index`` is their place in ``todo``."""
+    if engine.engine == "ray":
+        shards = FileShards(root, todo, batch_size)  # one shard per batch: the same batches as the local engine
+        for index, (batch, result) in run_shards(IndexWorkerFactory(spec, tuple(classes)), shards, engine):
+            for item in batch:
+                item.index += index * batch_size
+            yield batch, result
+        return
+    forward = _BatchForward(explainer, classes, blank)
+    loader = torch.utils.data.DataLoader(
+        _Files(root, [t[0] for t in todo], explainer.preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_keep,
+        worker_init_fn=_worker_init if workers else None,
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(engine.threads or before)
+    try:
+        for batch in loader:
+            yield batch, forward(batch)
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----- the report -----------------------------------------------------------
@@ -255,8 +352,14 @@ def index_folder(
     finish: bool = True,
     reconstructions: bool = False,
     relevance_classes: Sequence[int] = (),
+    engine: EngineOptions | None = None,
+    spec: ModelSpec | None = None,
 ) -> IndexReport:
     """Index every image under ``images_dir`` into ``db_path`` (created or resumed/extended).
+
+    The streaming pass runs here (``workers`` decoding processes) or, with ``engine`` Ray, in shards of
+    ``batch_size`` files on Ray actors that each load the model from ``spec``; either way the batches
+    and their commits are the same, so the database is the same.
 
     Every unit gets its top ``top_n`` images by spatial max activation (ranking "activation") and,
     for each class K in ``relevance_classes``, by relevance to logit K (ranking "class:K":
@@ -268,6 +371,9 @@ def index_folder(
         raise OptionError(f"--top must be at least 1, got {top_n}", "use --top 16")
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}", "use --batch-size 16")
+    engine = (engine or EngineOptions()).checked()
+    if engine.engine == "ray" and spec is None:
+        raise OptionError("the Ray engine needs the model's ModelSpec", "pass spec=ModelSpec(...) to index_folder")
     if workers is None:
         workers = default_workers()
     if workers < 0:
@@ -289,11 +395,8 @@ def index_folder(
         if bad:
             raise OptionError(f"class {bad[0]} is out of range", f"the model has classes 0..{n_classes - 1}")
 
-    blank = blank_analysis(explainer)  # the layouts; also checks early that the engine can analyse this model
+    blank = blank_analysis(explainer)  # the chain's layouts; also checks early that the engine can analyse this model
     chain = blank.chain
-    layouts = {info.name: info.layout for info in chain}
-    # Each image's predicted class, read off the logits layer's hook (its values are the logits).
-    logits_layer = blank.logits_layer if blank.has_classes else None
     with ExemplarDB(db_path, create=True) as db:
         _check_meta(db, wanted)
         if not db.layers():
@@ -326,39 +429,15 @@ def index_folder(
             todo.append((rel, st.st_size, st.st_mtime_ns))
 
         state = db.load_topn(layer_recs, top_n, rankings)
-        loader = torch.utils.data.DataLoader(
-            _Files(root, [t[0] for t in todo], preprocess),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=workers,
-            collate_fn=_keep,
-            worker_init_fn=_worker_init if workers else None,
-        )
         start = time.perf_counter()
-        bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=len(todo), unit="img", desc=f"indexing ({engine.engine})", disable=not progress, dynamic_ncols=True)
         try:
-            with unit_maxima(model, layouts) as maxima:
-                for batch in loader:
-                    decoded = [item for item in batch if item.tensor is not None]
-                    found: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
-                    if decoded:
-                        maxima.clear()
-                        x = torch.stack([item.tensor for item in decoded]).to(device)
-                        if classes:
-                            found.update(unit_relevance(model, layouts, x, classes))
-                        else:
-                            with torch.inference_mode():
-                                model(x)
-                        found.update({(ACTIVATION, name): value for name, value in maxima.items()})
-                    predictions = None
-                    if decoded and logits_layer is not None:
-                        probabilities = maxima[logits_layer][0].double().softmax(1)
-                        best, predicted = probabilities.max(1)
-                        predictions = list(zip(predicted.tolist(), best.tolist()))
-                    _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report, predictions)
-                    bar.update(len(batch))
-                    if report.skipped:
-                        bar.set_postfix(skipped=len(report.skipped), refresh=False)
+            for batch, result in _batch_results(explainer, blank, spec, engine, root, todo, batch_size, workers, classes):
+                decoded = [batch[k] for k in result.decoded]
+                _commit_batch(db, root_id, todo, known, batch, decoded, result.found, state, report, result.predictions)
+                bar.update(len(batch))
+                if report.skipped:
+                    bar.set_postfix(skipped=len(report.skipped), refresh=False)
         finally:
             bar.close()
             report.stream_seconds = time.perf_counter() - start

@@ -16,9 +16,11 @@ kernels split their sums by thread and a different split rounds differently.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -54,11 +56,34 @@ class EngineOptions:
         return self
 
 
-def split_shards(items: Sequence[Any], size: int) -> list[list[Any]]:
-    """Consecutive shards of ``size`` items (the last may be shorter)."""
-    if size < 1:
-        raise OptionError(f"shard size must be at least 1, got {size}", "use a shard size of 1 or more")
-    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+FileItem = tuple[str, int, int, "bytes | None"]  # (relative path, size, mtime_ns, content or None when unreadable)
+
+
+class FileShards(Sequence):
+    """Shards of ``FileItem`` from (relative path, size, mtime_ns) entries under ``root``, each file read
+    only when its shard is handed out: workers get the bytes, so they need no shared file system."""
+
+    def __init__(self, root: Path, entries: Sequence[tuple[str, int, int]], size: int) -> None:
+        if size < 1:
+            raise OptionError(f"shard size must be at least 1, got {size}", "use a shard size of 1 or more")
+        self.root, self.entries, self.size = root, list(entries), size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.entries) / self.size)
+
+    def __getitem__(self, index: int) -> list[FileItem]:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return [
+            (rel, size, mtime, _read(self.root / rel)) for rel, size, mtime in self.entries[index * self.size : (index + 1) * self.size]
+        ]
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def run_shards(
