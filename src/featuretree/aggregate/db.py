@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +255,18 @@ class AggregateDB:
         return list(self.conn.execute("SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path"))
 
 
-def rows_of(db: AggregateDB, tables: Sequence[str] = ("images", "image_units", "image_edges")) -> dict[str, list[tuple]]:
-    """Every row of the data tables in key order: what two databases are compared by."""
-    order = {"images": "id", "image_units": "image_id, unit", "image_edges": "image_id, source, target"}
-    return {table: list(db.conn.execute(f"SELECT * FROM {table} ORDER BY {order[table]}")) for table in tables}
+def rows_of(db: AggregateDB) -> dict[str, list[tuple]]:
+    """Every stored fact, keyed by image path rather than row id: what two databases are compared by."""
+    images = db.conn.execute(
+        "SELECT path, sha256, size, mtime_ns, status, error, root, root_label, top_class, top_probability, completeness "
+        "FROM images ORDER BY path"
+    )
+    units = db.conn.execute(
+        "SELECT i.path, u.unit, u.layer, u.channel, u.depth, u.share, u.score, u.path "
+        "FROM image_units u JOIN images i ON i.id = u.image_id ORDER BY i.path, u.unit"
+    )
+    edges = db.conn.execute(
+        "SELECT i.path, e.source, e.target, e.target_layer, e.score, e.share "
+        "FROM image_edges e JOIN images i ON i.id = e.image_id ORDER BY i.path, e.source, e.target"
+    )
+    return {"images": list(images), "image_units": list(units), "image_edges": list(edges)}

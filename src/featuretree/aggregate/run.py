@@ -142,6 +142,8 @@ def aggregate_folder(
             prev = known.get(rel)
             if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
                 report.already += 1
+                if prev.status == "skipped":
+                    report.skipped.append((rel, "skipped before (unchanged)"))
                 continue
             todo.append((rel, st.st_size, st.st_mtime_ns))
         shards = FileShards(root, todo, shard_size)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,5 +195,12 @@ def _result(ray, ref) -> Any:
         raise
     except ray.exceptions.RayActorError as err:
         raise FeatureTreeError(
-            f"a Ray worker died ({str(err).splitlines()[0]})", "run the same command again: finished shards are kept"
+            f"a Ray worker died: {_last_error_line(str(err))}", "fix that (the worker's environment must import the model), then run again"
         ) from None
+
+
+def _last_error_line(text: str) -> str:
+    """The innermost ``SomeError: message`` line of a Ray error's text (which carries the remote traceback)."""
+    lines = [line.strip() for line in text.splitlines()]
+    found = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit): ", line)]
+    return found[-1] if found else (lines[0] if lines else "no reason given")
