@@ -197,6 +197,7 @@ def test_bad_input_gets_one_line_and_no_output(tmp_path, capsys):
     cases = [
         (["--depth", "3"], "was built with other settings (depth: 2, not 3)"),  # other settings into the same --out
         (["--depth", "2", "--ray-address", "auto"], "--ray-address needs --engine ray"),
+        (["--depth", "2", "--workers", "2"], "--workers (Ray actors) needs --engine ray"),
         (["--depth", "2", "--class", "7"], "class 7"),  # out of range: refused before any image is read
         (["--depth", "9"], "deeper than the chain"),
     ]

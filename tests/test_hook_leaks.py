@@ -8,7 +8,10 @@ from fastapi.testclient import TestClient
 import featuretree as ft
 from featuretree.cli import main
 from featuretree.core.errors import FeatureTreeError
+from featuretree.aggregate.run import aggregate_folder
+from featuretree.aggregate.worker import TreeSettings
 from featuretree.exemplars.indexer import index_folder
+from featuretree.loading import ModelSpec
 from featuretree.reports.evaluate import evaluate_folder
 from featuretree.reports.layers import list_layers
 from featuretree.reports.sanity import sanity_check
@@ -47,6 +50,12 @@ def test_reports_and_index(toy, folder, tmp_path):
     list_layers(toy.model, toy.preprocess.size)
     assert all_hooks_removed(toy.model)
     index_folder(folder, tmp_path / "ex.db", toy, "toy_squares", top_n=2, batch_size=2, workers=0, progress=False)
+    assert all_hooks_removed(toy.model)
+    spec = ModelSpec("toy_squares")
+    aggregate_folder(folder, tmp_path / "agg", toy, spec, TreeSettings(root="class:0", depth=2, k=2), progress=False)
+    assert all_hooks_removed(toy.model)
+    with pytest.raises(FeatureTreeError):  # a bad setting fails on the blank check, hooks gone too
+        aggregate_folder(folder, tmp_path / "agg2", toy, spec, TreeSettings(root="corners:99", depth=1), progress=False)
     assert all_hooks_removed(toy.model)
 
 

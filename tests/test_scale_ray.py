@@ -93,3 +93,22 @@ def test_index_through_ray_equals_local(tmp_path):
     remote = index_folder(folder, tmp_path / "ray.db", spec.load(), "toy_squares", engine=RAY, spec=spec, **options)
     assert local.indexed == remote.indexed == 22 and local.skipped == remote.skipped
     assert dump_tables(tmp_path / "local.db") == dump_tables(tmp_path / "ray.db")  # every table, row ids included
+
+
+def test_cli_engine_ray_for_aggregate_and_index(tmp_path, capsys):
+    from featuretree.cli import main
+
+    folder = tmp_path / "imgs"
+    make_noise(folder, 4)
+    common = ["--model", VARIED, "--quiet"]
+    assert (
+        main(["aggregate", str(folder), "--out", str(tmp_path / "agg"), "--depth", "2", "--engine", "ray", "--workers", "2", *common]) == 0
+    )
+    assert main(["aggregate", str(folder), "--out", str(tmp_path / "agg-local"), "--depth", "2", *common]) == 0
+    assert (tmp_path / "agg" / "graph.json").read_bytes() == (tmp_path / "agg-local" / "graph.json").read_bytes()
+    assert main(["index", str(folder), "--out", str(tmp_path / "ix.db"), "--engine", "ray", "--workers", "2", *common]) == 0
+    assert main(["index", str(folder), "--out", str(tmp_path / "ix-local.db"), "--workers", "0", *common]) == 0
+    assert dump_tables(tmp_path / "ix.db") == dump_tables(tmp_path / "ix-local.db")
+    capsys.readouterr()
+    assert main(["index", str(folder), "--out", str(tmp_path / "ix2.db"), "--engine", "ray", "--workers", "0", *common]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err

@@ -54,6 +54,8 @@ class EngineOptions:
             raise OptionError(f"--threads must be at least 1, got {self.threads}", "use --threads 1")
         if self.engine == "local" and self.ray_address:
             raise OptionError("--ray-address needs --engine ray", "add --engine ray, or drop --ray-address")
+        if self.engine == "local" and self.workers is not None:
+            raise OptionError("--workers (Ray actors) needs --engine ray", "add --engine ray, or drop --workers")
         return self
 
 
