@@ -6,10 +6,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 import featuretree as ft
-from featuretree.cli import main
-from featuretree.core.errors import FeatureTreeError
 from featuretree.aggregate.run import aggregate_folder
 from featuretree.aggregate.worker import TreeSettings
+from featuretree.cli import main
+from featuretree.core.errors import FeatureTreeError
 from featuretree.exemplars.indexer import index_folder
 from featuretree.loading import ModelSpec
 from featuretree.reports.evaluate import evaluate_folder

@@ -112,3 +112,13 @@ def test_cli_engine_ray_for_aggregate_and_index(tmp_path, capsys):
     capsys.readouterr()
     assert main(["index", str(folder), "--out", str(tmp_path / "ix2.db"), "--engine", "ray", "--workers", "0", *common]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_a_worker_whose_model_differs_is_refused(tmp_path):
+    from featuretree.core.errors import ModelError
+
+    folder = tmp_path / "imgs"
+    make_noise(folder, 2)
+    explainer = ModelSpec(VARIED, layers="mid,deep,fc").load()  # not what the spec the workers get loads
+    with pytest.raises(ModelError, match="differs from the starting process"):
+        aggregate_folder(folder, tmp_path / "out", explainer, ModelSpec(VARIED), TreeSettings(None, depth=2), RAY, progress=False)

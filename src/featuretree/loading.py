@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 
 from torch import nn
@@ -64,6 +65,26 @@ class ModelSpec:
         if self.resize:
             explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=self.resize)
         return explainer
+
+    def load_matching(self, identity: str | None) -> Explainer:
+        """``load()``, refused in one line unless the result has ``identity`` (the starting process's
+        ``explainer_identity``): a worker elsewhere may see another file at a path, or the starting
+        process may have changed its explainer after loading it."""
+        explainer = self.load()
+        if identity is not None and explainer_identity(explainer) != identity:
+            raise ModelError(
+                f"a worker's {self.model} differs from the starting process's (weights, chain or preprocessing)",
+                "give every worker the same model code and --weights file, and pass the spec the explainer was loaded from",
+            )
+        return explainer
+
+
+def explainer_identity(explainer: Explainer) -> str:
+    """What must agree between processes that share work: weights, chain and preprocessing."""
+    return json.dumps(
+        {"weights": explainer.weights_fingerprint(), "layers": list(explainer.layers), "preprocess": explainer.preprocess.to_dict()},
+        sort_keys=True,
+    )
 
 
 def model_options(args) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.errors import OptionError, OutputError
 from ..core.folders import scan_folder
-from ..loading import ModelSpec
+from ..loading import ModelSpec, explainer_identity
 from ..render.aggregate_page import render_aggregate_html
 from ..scale.engines import EngineOptions, FileShards, run_shards
 from .db import DB_NAME, AggregateDB, AggregateError
@@ -147,7 +147,7 @@ def aggregate_folder(
                 continue
             todo.append((rel, st.st_size, st.st_mtime_ns))
         shards = FileShards(root, todo, shard_size)
-        factory = AggregateWorkerFactory(spec, settings)
+        factory = AggregateWorkerFactory(spec, settings, explainer_identity(explainer))
         local = AggregateWorker(explainer, settings) if engine.engine == "local" else None
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", desc=f"aggregate ({engine.engine})", disable=not progress, dynamic_ncols=True)

@@ -36,7 +36,7 @@ from ..core.folders import IMAGE_EXTENSIONS, scan_folder
 from ..core.images import Preprocess, decode_image, load_image
 from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
-from ..loading import ModelSpec, load_explainer
+from ..loading import ModelSpec, explainer_identity, load_explainer
 from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
 from ..scale.engines import EngineOptions, FileItem, FileShards, run_shards
@@ -224,16 +224,17 @@ class _ShardWorker:
 class IndexWorkerFactory:
     spec: ModelSpec
     classes: tuple[int, ...]
+    identity: str | None = None  # the starting process's explainer_identity, checked in every worker
 
     def __call__(self) -> _ShardWorker:
-        return _ShardWorker(self.spec.load(), self.classes)
+        return _ShardWorker(self.spec.load_matching(self.identity), self.classes)
 
 
 def _batch_results(explainer, blank, spec, engine: EngineOptions, root: Path, todo, batch_size: int, workers: int, classes):
     """(batch, result) for consecutive batches of ``todo``; the items' ``index`` is their place in ``todo``."""
     if engine.engine == "ray":
         shards = FileShards(root, todo, batch_size)  # one shard per batch: the same batches as the local engine
-        for index, (batch, result) in run_shards(IndexWorkerFactory(spec, tuple(classes)), shards, engine):
+        for index, (batch, result) in run_shards(IndexWorkerFactory(spec, tuple(classes), explainer_identity(explainer)), shards, engine):
             for item in batch:
                 item.index += index * batch_size
             yield batch, result

@@ -127,9 +127,15 @@ class _ShardActor:
 
     def __init__(self, factory: WorkerFactory, threads: int) -> None:
         torch.set_num_threads(threads)
-        self.worker = factory()
+        self.worker, self.problem = None, None
+        try:
+            self.worker = factory()
+        except FeatureTreeError as err:  # raised again by the first call, where Ray hands it back as itself
+            self.problem = err
 
     def run(self, shard: Sequence[Any]) -> Any:
+        if self.problem is not None:
+            raise self.problem
         return self.worker(shard)
 
     def pid(self) -> int:
@@ -197,7 +203,7 @@ def _result(ray, ref) -> Any:
         raise
     except ray.exceptions.RayActorError as err:
         raise FeatureTreeError(
-            f"a Ray worker died: {_last_error_line(str(err))}", "fix that (the worker's environment must import the model), then run again"
+            f"a Ray worker died: {_last_error_line(str(err))}", "fix that (every worker must be able to import the model), then run again"
         ) from None
 
 
