@@ -35,10 +35,17 @@
   // The smallest image count at which at most DEFAULT_UNITS units are drawn (1 for small graphs), but never
   // one that empties a level: the most frequent unit of every depth stays.
   function defaultMin(graph) {
-    const top = new Map();
-    for (const n of graph.nodes) top.set(n.depth, Math.max(top.get(n.depth) || 0, n.images));
+    const top = new Map(), count = new Array(graph.images + 2).fill(0);
+    for (const n of graph.nodes) {
+      top.set(n.depth, Math.max(top.get(n.depth) || 0, n.images));
+      if (n.depth > 0) count[Math.min(n.images, graph.images)] += 1;
+    }
     const keepsRows = Math.max(1, Math.min(...top.values()));
-    for (let m = 1; m < keepsRows; m++) if (graph.nodes.filter((n) => n.depth === 0 || n.images >= m).length <= DEFAULT_UNITS) return m;
+    let shown = graph.nodes.length; // units drawn at m = 1; each step drops those seen in m - 1 images
+    for (let m = 1; m < keepsRows; m++) {
+      if (shown <= DEFAULT_UNITS) return m;
+      shown -= count[m];
+    }
     return keepsRows;
   }
 
@@ -86,7 +93,7 @@
         const tooltip = `${e.source} → ${e.target}: in ${e.images} of ${n} images (${rate(e.frequency)}), ` +
           `mean share ${pct(e.mean_share)} of the evidence through ${e.source}, mean score ${fmt(e.mean_score)}; ` +
           `a random unit of its layer would be a child of ${e.source} in ${rate(e.chance)} of the trees (p ${fmt(e.p_value)})`;
-        const path = this.addEdge(svg, curve(pos.get(e.source), pos.get(e.target), S), `${e.source}>${e.target}`, tooltip, 0, 1 + 7 * e.frequency);
+        const path = this.addEdge(svg, curve(pos.get(e.source), pos.get(e.target), S), `${e.source}>${e.target}`, tooltip, 0, 0.75 + 4.5 * e.frequency);
         path.setAttribute("class", e.stable ? "fa-stable" : "fa-weak");
         path.dataset.stable = String(e.stable);
         path.dataset.images = String(e.images);
@@ -108,7 +115,7 @@
       Object.assign(box.style, { left: `${at.left}px`, top: `${at.top}px`, width: `${S.cardW}px`, height: `${at.height}px` });
       box.append(el("div", { class: "ft-title" },
         el("span", { class: "ft-unit", title: node.id }, root && node.label ? node.label : node.id),
-        el("span", { class: "fa-freq", title: `in ${node.images} of the ${n} images' trees` }, `${node.images}/${n}`)));
+        el("span", { class: "fa-freq", title: `in ${node.images} of the ${n} images' trees` }, rate(node.frequency))));
       const bar = el("div", { class: "fa-bar-freq", title: `in ${rate(node.frequency)} of the trees; a random unit of ${node.layer}: ${rate(node.chance)}` });
       const fill = el("span", { class: "fa-fill" });
       fill.style.width = `${100 * node.frequency}%`;
@@ -220,7 +227,7 @@
       this.legendText = el("span", {});
       const legend = el("span", { class: "fa-legend", title: "edge width: in how many images the edge appears; the bar on each card: in how many " +
         "images the unit appears, the tick: how often a random unit of its layer would" },
-        line("fa-stable"), this.legendText, line("fa-weak"), " less often · ",
+        line("fa-stable"), this.legendText, line("fa-weak"), " less often ",
         el("span", { class: "fa-bar-freq fa-key-bar" }, el("span", { class: "fa-fill" }), el("span", { class: "fa-chance-tick" })),
         " images vs chance");
       this.bar.append(rootField,
@@ -264,7 +271,7 @@
       this.stableText.textContent = `${Math.round(100 * stable)}%`;
       this.minInput.max = String(g.images);
       this.minInput.value = String(min);
-      this.legendText.textContent = ` stable (≥ ${Math.round(100 * stable)}% of images) `;
+      this.legendText.textContent = ` stable: in ≥ ${Math.round(100 * stable)}% `;
       const view = (this.view = visibleGraph(g, min, stable));
       this.canvas.opt.layers = g.layers;
       this.canvas.opt.rootLayer = (g.nodes.find((n) => n.depth === 0) || {}).layer;
@@ -302,9 +309,10 @@
         }, `${e[other]} · ${e.images}/${n}`)), list.length > 8 ? el("span", { class: "ft-muted" }, ` +${list.length - 8}`) : null);
       };
       const byImages = (a, b) => b.images - a.images || b.mean_share - a.mean_share;
-      this.panel.append(
+      this.panel.append(...[
         links(g.edges.filter((e) => e.target === node.id).sort(byImages), "source", "from "),
-        links(g.edges.filter((e) => e.source === node.id).sort(byImages), "target", "to "));
+        links(g.edges.filter((e) => e.source === node.id).sort(byImages), "target", "to "),
+      ].filter(Boolean));
       const list = el("ol", { class: "fa-images" });
       const more = el("button", { type: "button", class: "fa-more", "data-action": "more", hidden: true }, "more images");
       const note = el("div", { class: "fa-note ft-muted" });
@@ -363,7 +371,8 @@
       noThumbs: pictures ? "no pictures in this page (only the most frequent units have them)" : "no pictures (graph.html written without a model)",
       thumbs: (graphRoot, node) => (listed(graphRoot, node) || []).filter((item) => item.src || item.error).slice(0, THUMBS),
       images: (graphRoot, node) => {
-        const items = listed(graphRoot, node) || [];
+        // Only the first images of each unit have their picture in this page; the rest are listed by name.
+        const items = (listed(graphRoot, node) || []).map((item) => (item.src || item.error ? item : { ...item, error: "picture not in this page" }));
         return Promise.resolve({ total: node.images, items, more: false, why: "open the aggregate in `featuretree serve --aggregate DIR` for all of them" });
       },
     });
