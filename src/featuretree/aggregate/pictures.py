@@ -100,6 +100,7 @@ def graph_pictures(
     max_units: int = MAX_UNITS,
     max_pictures: int = MAX_PICTURES,
     size: int = THUMB,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """graph.html's pictures: for each graph, for its ``max_units`` most frequent units, the top ``listed``
     images (largest share first, as ``unit_images``) and, for the first ``per_unit`` of them, the unit's map on
@@ -120,8 +121,10 @@ def graph_pictures(
             for item in items[: min(per_unit, budget)]:
                 jobs.setdefault(item["image"], []).append(item)
                 budget -= 1
-    for rel in sorted(jobs):  # one image at a time: one analysis in memory
-        items = jobs[rel]
+    from tqdm.auto import tqdm
+
+    for rel in tqdm(sorted(jobs), desc="graph.html pictures", unit="img", disable=not progress, dynamic_ncols=True):
+        items = jobs[rel]  # one image at a time: one analysis in memory
         try:
             picture = read_image(db, rel)
         except ImageInputError as err:

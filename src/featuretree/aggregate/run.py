@@ -191,17 +191,19 @@ def aggregate_folder(
             bar.close()
             report.seconds = time.perf_counter() - start
         report.roots = db.roots()
-        write_outputs(db, out, stable, html=html, explainer=explainer)
+        write_outputs(db, out, stable, html=html, explainer=explainer, progress=progress)
     return report
 
 
-def write_outputs(db: AggregateDB, out: Path, stable: float = DEFAULT_STABLE, html: bool = True, explainer=None) -> dict[str, Any]:
+def write_outputs(
+    db: AggregateDB, out: Path, stable: float = DEFAULT_STABLE, html: bool = True, explainer=None, progress: bool = False
+) -> dict[str, Any]:
     """graph.json and graph.html from the database, each written whole or not at all. With ``explainer``
     (the model the database was built with), graph.html shows each unit's maps on its top images."""
     graph = aggregate_graph(db, stable)
     _write_atomic(out / "graph.json", json.dumps(graph, indent=1))
     if html:
-        pictures = graph_pictures(db, graph, explainer) if explainer is not None else None
+        pictures = graph_pictures(db, graph, explainer, progress=progress) if explainer is not None else None
         _write_atomic(out / "graph.html", render_aggregate_html(graph, pictures))
     return graph
 
