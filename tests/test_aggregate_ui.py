@@ -11,6 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import featuretree as ft
@@ -256,3 +258,23 @@ def test_serve_refuses_a_mismatching_model_or_folder_in_one_line(agg, tmp_path, 
     assert main(["serve", "--aggregate", str(tmp_path), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not found" in err
+
+
+# ----- fuzzing the aggregate endpoints: no input may cause a 5xx -----------------------------------------------
+roots = st.sampled_from(["classifier:0", "classifier:1"]) | st.text(max_size=40)
+units = st.sampled_from(["corners:0", "edges:1", "classifier:0", "corners:-1", "corners:1-corners:2"]) | st.text(max_size=40)
+images = st.sampled_from(["sq_a.png", "sub/sq_c.png", "broken.png", "../images/sq_a.png", "/etc/passwd"]) | st.text(max_size=60)
+
+
+@given(root=roots, unit=units, image=images, offset=st.integers(-3, 10**9), limit=st.integers(-3, 300))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_aggregate_endpoints_answer_any_input_without_a_server_error(client, root, unit, image, offset, limit):
+    for path, params in (
+        ("/api/aggregate/images", {"root": root, "unit": unit, "offset": offset, "limit": limit}),
+        ("/api/aggregate/picture.jpg", {"root": root, "unit": unit, "image": image}),
+        ("/api/analysis", {"model": "toy_squares", "image": "aggregate:" + image}),
+    ):
+        r = client.get(path, params=params)
+        assert r.status_code < 500, (path, params, r.text)
+        if r.status_code >= 400:
+            assert "\n" not in r.json()["error"]

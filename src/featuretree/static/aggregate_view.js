@@ -158,6 +158,7 @@
   //   images(root, node, offset) -> Promise<{total, items: [{image, share, depth, node, src, error}]}>: the side panel's list
   //   imageActions(root, node, item) -> [elements] beside each listed image (the explorer's "open image tree")
   //   noThumbs: the card's text when thumbs gives none; zoom: hover zoom on the pictures (default true)
+  //   caption: a line above the controls (the explorer says which folder and settings)
   class AggregateView {
     constructor(host, data, options = {}) {
       this.data = data;
@@ -173,6 +174,7 @@
       this.bar = el("div", { class: "fa-bar", role: "group", "aria-label": "class graph controls" });
       this.stage = el("div", { class: "fa-stage" });
       this.panel = el("aside", { class: "fa-panel", hidden: true, "aria-label": "the selected unit" });
+      if (options.caption) host.append(el("div", { class: "fa-caption" }, options.caption));
       host.append(this.bar, el("div", { class: "fa-body" }, this.stage, this.panel));
       this.canvas = new ClassGraphCanvas(this.stage, {
         keys: options.keys !== false, zoom: options.zoom, thumbs: options.thumbs, noThumbs: options.noThumbs,
@@ -353,7 +355,10 @@
     const units = (pictures && pictures.units) || {};
     const model = data.model || {}, s = data.settings || {};
     const one = data.graphs.length === 1 ? data.graphs[0] : null;
-    const title = one && one.label ? `Why does ${model.spec} call these images “${one.label}”?`
+    // --class N roots every tree at N whatever the image shows; --predicted at each image's own top class.
+    const fixed = String(s.root || "").startsWith("class:");
+    const title = one && one.label
+      ? (fixed ? `What drives ${model.spec}'s “${one.label}” across these images?` : `Why does ${model.spec} call these images “${one.label}”?`)
       : `What ${model.spec} relies on, class by class`;
     const head = el("header", { class: "fa-head" },
       el("h1", {}, title),

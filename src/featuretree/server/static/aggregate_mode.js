@@ -21,7 +21,11 @@ export async function showAggregate(host, api, qs, state, onState) {
   const data = await api("/api/aggregate/graph");
   const settings = data.graph.settings;
   const picture = (root, unit, image) => `/api/aggregate/picture.jpg?${qs({ root, unit, image })}`;
-  return new AggregateView(host, data.graph, {
+  const g = data.graph;
+  return new AggregateView(host, g, {
+    caption: `${g.images.ok} image${g.images.ok === 1 ? "" : "s"} aggregated from ${g.folder}${g.images.skipped ? ` (${g.images.skipped} skipped)` : ""}` +
+      ` with ${data.model} · root ${settings.root} · depth ${settings.depth} · k ${settings.k} · rule ${settings.rule}` +
+      ` · pictures: the unit's contribution map on each image`,
     state,
     onState,
     noThumbs: "no images",
