@@ -14,7 +14,7 @@ from featuretree.aggregate.worker import TreeSettings
 from featuretree.loading import ModelSpec
 
 # White shapes on black (the toy net calls them "square"), at places that cut off different corners so that
-# the trees differ; two noise images it calls "line" (a second class graph); one file that is no image.
+# the trees differ (13 of them: one unit is in more images than the explorer lists at once); two noise images it calls "line" (a second class graph); one file that is no image.
 SHAPES = {
     "sq_a.png": (8, 8, 23, 23),
     "sq_b.png": (4, 4, 27, 27),
@@ -24,6 +24,11 @@ SHAPES = {
     "cut_tl.png": (-8, -8, 15, 15),
     "cut_br.png": (16, 16, 40, 40),
     "half_r.png": (16, 0, 31, 31),
+    "sq_d.png": (6, 6, 25, 25),
+    "sq_e.png": (3, 8, 20, 28),
+    "sq_f.png": (9, 3, 28, 22),
+    "sq_g.png": (5, 12, 26, 24),
+    "sq_h.png": (12, 4, 22, 27),
 }
 NOISE = {"noise_1.png": 0, "noise_2.png": 7}
 

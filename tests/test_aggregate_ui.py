@@ -157,7 +157,7 @@ def test_check_model_refuses_other_weights_chain_or_preprocessing(agg):
 def test_api_info_and_graph_are_the_databases(client, agg):
     _, out, graph = agg
     info = client.get("/api/info").json()["aggregate"]
-    assert info["model"] == "toy_squares" and info["images"] == 10
+    assert info["model"] == "toy_squares" and info["images"] == graph["images"]["ok"] == 15
     assert info["roots"] == ["classifier:0", "classifier:1"]
     body = client.get("/api/aggregate/graph").json()
     assert body["model"] == "toy_squares" and body["graph"] == graph
