@@ -27,6 +27,7 @@ from featuretree.render.pictures import contribution_image, jpeg_bytes
 from featuretree.server import ServerSettings, create_app
 
 from .aggregate_helpers import toy_aggregate
+from .conftest import all_hooks_removed
 from .server_helpers import assert_error
 
 pytest.importorskip("fastapi")
@@ -241,6 +242,22 @@ def test_a_model_with_other_weights_gets_no_pictures(agg):
     assert_error(client.get(item["picture"]), 400, "other weights")
     with pytest.raises(ft.FeatureTreeError, match="does not offer"):
         create_app(ServerSettings(models=("efficientnet_lite0",), aggregate=str(agg[1])))
+
+
+def test_pictures_and_endpoints_leave_no_hooks(agg):
+    toy = ft.Explainer.from_zoo("toy_squares")
+    with AggregateDB(agg[1] / "aggregate.db") as db:
+        graph_pictures(db, agg[2], toy, max_units=2)
+    assert all_hooks_removed(toy.model)
+    client = TestClient(create_app(ServerSettings(models=("toy_squares",), aggregate=str(agg[1])), loader=lambda name, device: toy))
+    item = client.get("/api/aggregate/images", params={"root": "classifier:0", "unit": "edges:1"}).json()["images"][0]
+    assert client.get(item["picture"]).status_code == 200
+    assert all_hooks_removed(toy.model)
+    assert (
+        client.get("/api/aggregate/picture.jpg", params={"root": "classifier:0", "unit": "edges:1", "image": "noise_1.png"}).status_code
+        == 404
+    )
+    assert all_hooks_removed(toy.model)
 
 
 def test_serve_refuses_a_mismatching_model_or_folder_in_one_line(agg, tmp_path, capsys):
