@@ -277,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         help="exemplar database from `featuretree index`: show each unit's top image patches and reconstructions beside its node",
     )
+    sv.add_argument(
+        "--aggregate",
+        metavar="DIR",
+        help="the --out folder of `featuretree aggregate`: show its class graphs, each unit's images with its maps, and open any "
+        "of them as an image tree (the model is the aggregate's own, or --model with the same weights)",
+    )
     _add_model_args(sv)
     sv.set_defaults(model=None)
     ix = sub.add_parser(

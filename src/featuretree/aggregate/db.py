@@ -254,6 +254,49 @@ class AggregateDB:
     def skipped(self) -> list[tuple[str, str]]:
         return list(self.conn.execute("SELECT path, error FROM images WHERE status = 'skipped' ORDER BY path"))
 
+    # ----- reads for the class graph's pages (graph.html, the explorer) ---------------------
+    def unit_images_page(self, root: str, unit: str, offset: int = 0, limit: int = 20) -> list[dict[str, Any]]:
+        """One page of ``unit_images``: the same rows in the same order (largest share first, ties by path)."""
+        rows = self.conn.execute(
+            "SELECT i.path, u.share, u.score, u.path, u.depth FROM image_units u JOIN images i ON i.id = u.image_id "
+            "WHERE i.root = ? AND u.unit = ? ORDER BY u.share DESC, i.path LIMIT ? OFFSET ?",
+            (root, unit, int(limit), int(offset)),
+        )
+        return [{"image": path, "share": share, "score": score, "node": node, "depth": depth} for path, share, score, node, depth in rows]
+
+    def top_images(self, per_unit: int) -> dict[str, dict[str, list[tuple[str, float]]]]:
+        """For every root and unit, its first ``per_unit`` images in ``unit_images``' order, as (image, share),
+        in one query: ``{root: {unit: [(image, share), ...]}}``."""
+        rows = self.conn.execute(
+            "SELECT root, unit, path, share FROM (SELECT i.root AS root, u.unit AS unit, i.path AS path, u.share AS share, "
+            "ROW_NUMBER() OVER (PARTITION BY i.root, u.unit ORDER BY u.share DESC, i.path) AS rank "
+            "FROM image_units u JOIN images i ON i.id = u.image_id) WHERE rank <= ? ORDER BY root, unit, rank",
+            (int(per_unit),),
+        )
+        out: dict[str, dict[str, list[tuple[str, float]]]] = {}
+        for root, unit, path, share in rows:
+            out.setdefault(root, {}).setdefault(unit, []).append((path, share))
+        return out
+
+    def unit_image_count(self, root: str, unit: str) -> int:
+        """In how many images rooted at ``root`` the tree shows ``unit``."""
+        sql = "SELECT COUNT(*) FROM image_units u JOIN images i ON i.id = u.image_id WHERE i.root = ? AND u.unit = ?"
+        return int(self.conn.execute(sql, (root, unit)).fetchone()[0])
+
+    def image_unit(self, path: str, root: str, unit: str) -> dict[str, Any] | None:
+        """``unit``'s row in the tree of image ``path`` (rooted at ``root``), or None where that tree does not show it."""
+        row = self.conn.execute(
+            "SELECT u.share, u.score, u.path, u.depth FROM image_units u JOIN images i ON i.id = u.image_id "
+            "WHERE i.path = ? AND i.root = ? AND u.unit = ?",
+            (path, root, unit),
+        ).fetchone()
+        return None if row is None else dict(zip(("share", "score", "node", "depth"), row))
+
+    def image_file(self, path: str) -> dict[str, Any] | None:
+        """What the database knows of one file: status, content hash and root; None if it holds no such path."""
+        row = self.conn.execute("SELECT status, sha256, root FROM images WHERE path = ?", (path,)).fetchone()
+        return None if row is None else dict(zip(("status", "sha256", "root"), row))
+
 
 def rows_of(db: AggregateDB) -> dict[str, list[tuple]]:
     """Every stored fact, keyed by image path rather than row id: what two databases are compared by."""

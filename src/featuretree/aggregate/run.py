@@ -22,6 +22,7 @@ from ..render.aggregate_page import render_aggregate_html
 from ..scale.engines import EngineOptions, FileShards, run_shards
 from .db import DB_NAME, AggregateDB, AggregateError
 from .graph import DEFAULT_STABLE, aggregate_graph
+from .pictures import graph_pictures
 from .worker import AggregateWorker, AggregateWorkerFactory, TreeSettings, check_settings
 
 DEFAULT_SHARD = 8
@@ -168,16 +169,20 @@ def aggregate_folder(
             bar.close()
             report.seconds = time.perf_counter() - start
         report.roots = db.roots()
-        write_outputs(db, out, stable, html=html)
+        write_outputs(db, out, stable, html=html, explainer=explainer, progress=progress)
     return report
 
 
-def write_outputs(db: AggregateDB, out: Path, stable: float = DEFAULT_STABLE, html: bool = True) -> dict[str, Any]:
-    """graph.json and graph.html from the database, each written whole or not at all."""
+def write_outputs(
+    db: AggregateDB, out: Path, stable: float = DEFAULT_STABLE, html: bool = True, explainer=None, progress: bool = False
+) -> dict[str, Any]:
+    """graph.json and graph.html from the database, each written whole or not at all. With ``explainer``
+    (the model the database was built with), graph.html shows each unit's maps on its top images."""
     graph = aggregate_graph(db, stable)
     _write_atomic(out / "graph.json", json.dumps(graph, indent=1))
     if html:
-        _write_atomic(out / "graph.html", render_aggregate_html(graph))
+        pictures = graph_pictures(db, graph, explainer, progress=progress) if explainer is not None else None
+        _write_atomic(out / "graph.html", render_aggregate_html(graph, pictures))
     return graph
 
 

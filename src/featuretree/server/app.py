@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -22,13 +23,14 @@ from pydantic import BaseModel, Field
 
 from ..analysis.image_analysis import SEED_MODES
 from ..analysis.interventions import intervention_result
-from ..core.errors import FeatureTreeError, UnitError
+from ..core.errors import FeatureTreeError, OptionError, UnitError
 from ..core.samples import available_samples
 from ..core.units import Unit, path_id
 from ..explainer import Analysis
 from ..render.export import render_html, render_images
 from ..render.pictures import picture_mime
 from ..rules import rule_names, rules_help
+from .aggregate_view import AggregateSource
 from .checks import ModelChecks
 from .session import VIEWS, Limits, NotFoundError, TooLargeError, Workspace, exemplar_classes, unavailable_views
 from .view import add_exemplar_grids, build_view_tree
@@ -39,7 +41,14 @@ SeedMode = Literal[SEED_MODES]  # type: ignore[valid-type]
 View = Literal[VIEWS]  # type: ignore[valid-type]
 
 ModelQ = Annotated[str, Query(min_length=1, max_length=200, description="model name, see /api/info")]
-ImageQ = Annotated[str, Query(min_length=1, max_length=200, description="a sample name or the id returned by POST /api/images")]
+ImageQ = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=1100,
+        description="a sample name, the id returned by POST /api/images, or aggregate:PATH for an image of the server's --aggregate",
+    ),
+]
 PathQ = Annotated[
     str,
     Query(
@@ -55,9 +64,9 @@ CoverageQ = Annotated[
 SeedQ = Annotated[SeedMode, Query(description="root objective: sum of the unit's map or its max pixel")]
 
 PNG_CACHE = "public, max-age=86400, immutable"
-STATIC_FILES = ("index.html", "app.js", "model_panel.js", "style.css")
-# The tree renderer, shared with the HTML export: served from featuretree/static/.
-SHARED_STATIC_FILES = ("tree_view.js", "tree_view.css")
+STATIC_FILES = ("index.html", "app.js", "model_panel.js", "aggregate_mode.js", "style.css")
+# The tree and class-graph renderers, shared with the HTML exports: served from featuretree/static/.
+SHARED_STATIC_FILES = ("tree_view.js", "tree_view.css", "aggregate_view.js", "aggregate_view.css")
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     exemplar_db: str | None = None  # `featuretree serve --db DB`: show each unit's exemplar grid
     prefetch: bool = True  # expand the children /api/expand returned in the background (`serve --no-prefetch`)
+    aggregate: str | None = None  # `featuretree serve --aggregate DIR`: the class graphs of an aggregate run
+    aggregate_model: str | None = None  # the model (one of models) that serves it; default: the one the database names
 
 
 # ----- response models (documented in the OpenAPI schema) ---------------------
@@ -92,6 +103,14 @@ class ExemplarsOut(BaseModel):
     grid_height: int
 
 
+class AggregateInfoOut(BaseModel):
+    model: str = Field(description="the server's model the aggregate was built with")
+    folder: str
+    images: int = Field(description="images aggregated")
+    roots: list[str] = Field(description="one class graph per root, most images first")
+    settings: dict[str, Any]
+
+
 class InfoOut(BaseModel):
     models: list[str]
     default_model: str
@@ -102,6 +121,7 @@ class InfoOut(BaseModel):
     seed_modes: list[str]
     max_upload_bytes: int
     exemplars: ExemplarsOut | None = None
+    aggregate: AggregateInfoOut | None = None
 
 
 class UploadOut(BaseModel):
@@ -253,6 +273,36 @@ class ExpandOut(ChildrenOut):
     children: list[PictureChildOut]
 
 
+class AggregateImageRef(BaseModel):
+    image: str
+    share: float
+
+
+class AggregateGraphOut(BaseModel):
+    model: str = Field(description="the server's model the aggregate was built with: the one its pictures and image trees use")
+    graph: dict[str, Any] = Field(description="graph.json's content (format featuretree-aggregate), computed from the database")
+    thumbs: dict[str, dict[str, list[AggregateImageRef]]] = Field(
+        description="per root, per unit: its first images in /api/aggregate/images order (up to 3), for its card"
+    )
+
+
+class AggregateImageOut(BaseModel):
+    image: str = Field(description="path relative to the aggregated folder; the explorer's image id is aggregate:PATH")
+    share: float
+    score: float | None
+    node: str = Field(description="the unit's strongest copy in this image's tree: its path from the root")
+    depth: int
+    picture: str = Field(description="URL of the unit's map on this image")
+
+
+class AggregateImagesOut(BaseModel):
+    root: str
+    unit: str
+    total: int
+    offset: int
+    images: list[AggregateImageOut]
+
+
 class ExemplarClassCount(BaseModel):
     index: int
     name: str
@@ -317,13 +367,13 @@ def _error_json(status: int, problem: str, fix: str | None) -> JSONResponse:
     return JSONResponse({"error": text, "problem": problem, "fix": fix}, status_code=status)
 
 
-def png_response(request: Request, data: bytes, cache_control: str) -> Response:
-    """A PNG with a content ETag; 304 when the client already holds these bytes."""
+def png_response(request: Request, data: bytes, cache_control: str, media_type: str = "image/png") -> Response:
+    """A PNG (or ``media_type``) with a content ETag; 304 when the client already holds these bytes."""
     etag = '"' + hashlib.sha256(data).hexdigest()[:24] + '"'
     headers = {"Cache-Control": cache_control, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return Response(data, media_type="image/png", headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
@@ -336,6 +386,14 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     Rule = Literal[rule_names()]  # type: ignore[valid-type]
     RuleQ = Annotated[Rule, Query(description=f"how children are scored: {rules_help()}")]
     workspace = Workspace(settings.models, settings.device, settings.limits, loader, settings.exemplar_db, settings.prefetch)
+    if settings.aggregate is not None:
+        source = AggregateSource(settings.aggregate, settings.aggregate_model)
+        if source.model not in settings.models:
+            raise OptionError(
+                f"the aggregate {settings.aggregate} was built with model {source.model!r}, which this server does not offer",
+                f"add --model {source.model}",
+            )
+        workspace.aggregate = source
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -403,6 +461,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             seed_modes=list(SEED_MODES),
             max_upload_bytes=settings.limits.max_upload_bytes,
             exemplars=exemplars_out(),
+            aggregate=AggregateInfoOut(**workspace.aggregate.info()) if workspace.aggregate is not None else None,
         )
 
     def exemplars_out() -> ExemplarsOut | None:
@@ -677,6 +736,62 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         an = workspace.analysis(model, image)
         units = parse_node_path(an, path)
         return png_response(request, workspace.picture(model, image, units, view, rule, seed_mode), PNG_CACHE)
+
+    # ----- the class graphs of `serve --aggregate DIR` -------------------------------------
+    def aggregate_source() -> AggregateSource:
+        if workspace.aggregate is None:
+            raise NotFoundError(
+                "this server has no aggregate", "start it with `featuretree serve --aggregate DIR` (DIR from `featuretree aggregate`)"
+            )
+        return workspace.aggregate
+
+    RootQ = Annotated[str, Query(min_length=1, max_length=400, description="a class graph's root unit, e.g. _fc:285")]
+    UnitQ = Annotated[str, Query(min_length=1, max_length=400, description="a unit of that graph, LAYER:CH")]
+
+    @app.get(
+        "/api/aggregate/graph",
+        response_model=AggregateGraphOut,
+        responses=ERRORS,
+        summary="The class graphs of the server's --aggregate (graph.json), with each unit's first images",
+    )
+    def aggregate_graph_route() -> AggregateGraphOut:
+        source = aggregate_source()
+        graph, thumbs = source.graph()
+        return AggregateGraphOut(model=source.model, graph=graph, thumbs=thumbs)
+
+    @app.get(
+        "/api/aggregate/images",
+        response_model=AggregateImagesOut,
+        responses=ERRORS,
+        summary="The images whose tree shows a unit of a class graph, largest share first, one page at a time",
+        description="The rows of AggregateDB.unit_images in its order (share, then path), from offset; each with the URL of "
+        "the unit's map on that image.",
+    )
+    def aggregate_images(
+        root: RootQ,
+        unit: UnitQ,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100)] = 12,
+    ) -> AggregateImagesOut:
+        page = aggregate_source().unit_images(root, unit, offset, limit)
+        for row in page["images"]:
+            row["picture"] = "/api/aggregate/picture.jpg?" + urlencode({"root": root, "unit": page["unit"], "image": row["image"]})
+        return AggregateImagesOut(**page)
+
+    @app.get(
+        "/api/aggregate/picture.jpg",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+        summary="A unit's map (contribution view) on one image of the aggregate: its strongest node in that image's tree",
+    )
+    def aggregate_picture(
+        request: Request,
+        root: RootQ,
+        unit: UnitQ,
+        image: Annotated[str, Query(min_length=1, max_length=1000, description="an image path the unit's list gives")],
+    ) -> Response:
+        # Revalidated after an hour: a new aggregate run may change the image's tree.
+        return png_response(request, aggregate_source().picture(workspace, root, unit, image), "public, max-age=3600", "image/jpeg")
 
     @app.get(
         "/api/export",

@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..core.errors import OptionError
+from ..aggregate.pictures import check_model
+from ..core.errors import FeatureTreeError, OptionError
 from ..core.samples import SAMPLES, sample_path
 from ..loading import load_explainer, model_options
 from ..models.zoo import MODELS
+from .aggregate_view import AggregateSource
 from .app import ServerSettings, create_app
 from .session import Limits, read_exemplar_info
 
@@ -45,7 +47,12 @@ def serve(args: argparse.Namespace) -> int:
     if not (args.max_upload_mb > 0 and math.isfinite(args.max_upload_mb)):
         raise OptionError(f"--max-upload-mb must be positive, got {args.max_upload_mb}", "use e.g. --max-upload-mb 20")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20))
-    models = ("efficientnet_lite0", "toy_squares") if args.model is None else (args.model,)
+    aggregate = getattr(args, "aggregate", None)
+    source = AggregateSource(aggregate, args.model) if aggregate is not None else None  # a missing or foreign folder fails now
+    if args.model is not None:
+        models: tuple[str, ...] = (args.model,)
+    else:
+        models = (source.model,) if source is not None else ("efficientnet_lite0", "toy_squares")
     db = getattr(args, "db", None)
     if db is not None:
         info = read_exemplar_info(db)  # a missing or foreign file fails now, in one line
@@ -54,10 +61,16 @@ def serve(args: argparse.Namespace) -> int:
                 f"the exemplar database {db} was built with model {info.model!r}, which this server does not offer",
                 f"add --model {info.model}",
             )
-    if args.model is None:
+    if args.model is None and source is None:
         loader = None
     else:
-        loaded = load_explainer(args.model, args.layers, args.device, **model_options(args))  # fail now, not on the first request
+        if args.model is None:
+            loaded = _aggregate_model(source, args.device)
+        else:
+            loaded = load_explainer(args.model, args.layers, args.device, **model_options(args))  # fail now, not on the first request
+        if source is not None:
+            # Another model's maps would show trees that were never built: refused in one line, before serving.
+            check_model(loaded, source.meta["model"], f"the aggregate {aggregate}")
         # A chain that does not cut the network is refused now, with the reason (unless --allow-bypass).
         loaded.analyze(sample_path(args.image))
 
@@ -74,6 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         limits=limits,
         exemplar_db=db,
         prefetch=args.prefetch,
+        aggregate=aggregate,
+        aggregate_model=source.model if source is not None else None,
     )
     app = create_app(settings, loader=loader)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
@@ -93,6 +108,17 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _aggregate_model(source: AggregateSource, device: str):
+    """The aggregate's own model, from the spec, chain and layouts its database records."""
+    try:
+        return source.load_explainer(device)
+    except FeatureTreeError as err:
+        raise OptionError(
+            f"cannot load the aggregate's model {source.model!r} ({err.problem})",
+            "pass --model (and --weights, --layers) as given to `featuretree aggregate`",
+        ) from None
 
 
 @contextmanager

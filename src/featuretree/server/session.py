@@ -50,6 +50,7 @@ from ..tree.verify import EdgeCheck, verify_children
 from .prefetch import Prefetcher
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
+AGGREGATE_PREFIX = "aggregate:"  # image ids of `serve --aggregate DIR`: "aggregate:" + a path the database holds
 VIEWS: tuple[str, ...] = ("guided", "guided_original", "heatmap", "contribution", "rf_crop", "rf_box")
 # The evidence each picture view needs (see Analysis.evidence_many).
 VIEW_KINDS: dict[str, tuple[str, ...]] = {
@@ -245,6 +246,7 @@ class Workspace:
         self.evidence_batches = 0  # evidence_many calls made for pictures (tests read it)
         # Children of the nodes the explorer just showed, expanded in the background (see prefetch_children).
         self.prefetcher: Prefetcher | None = Prefetcher() if prefetch else None
+        self.aggregate = None  # the AggregateSource of `serve --aggregate DIR` (server/aggregate_view.py)
 
     def close(self) -> None:
         """Stop background work (the app calls this when it shuts down)."""
@@ -279,7 +281,9 @@ class Workspace:
         return digest, picture
 
     def load_picture(self, image: str) -> tuple[Image.Image, str]:
-        """The RGB photo for an image id (a sample name or an upload digest) and its display name."""
+        """The RGB photo for an image id (a sample name, an upload digest, or an aggregated image) and its display name."""
+        if image.startswith(AGGREGATE_PREFIX) and self.aggregate is not None:
+            return self.aggregate.load_picture(image[len(AGGREGATE_PREFIX) :], self.limits.max_pixels)
         if image in SAMPLES:
             path = sample_path(image)
             return load_image(path), path.name
@@ -515,6 +519,7 @@ def _file_state(path: Path) -> tuple[int, int] | None:
 
 
 __all__ = [
+    "AGGREGATE_PREFIX",
     "VIEWS",
     "ExemplarInfo",
     "Limits",

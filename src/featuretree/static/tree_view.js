@@ -103,6 +103,48 @@
     return `M${x1},${y1} C${x1},${my} ${x2},${my} ${x2},${y2}`;
   }
 
+  // A graph's layout (the merged graph of a tree, the class graph of an aggregate): one row per depth
+  // present, each unit under the mean position of its parents in the rows above (weighted by weight(edge));
+  // units without a drawn parent go to the row's right end. A long row is staggered over several lines
+  // (unit i on line i mod lines), keeping its left-to-right order while the graph stays about as wide as it
+  // is tall; perLine overrides how many units a line holds. Returns each unit's box (pos) and the rows' tops.
+  function graphLayout(nodes, edges, S, { weight = (e) => e.score, perLine = null, tiebreak = (a, b) => (b.score || 0) - (a.score || 0) } = {}) {
+    const depths = [...new Set(nodes.map((u) => u.depth))].sort((a, b) => a - b);
+    const rowOf = new Map(depths.map((d, i) => [d, i]));
+    const rows = depths.map(() => []);
+    for (const unit of nodes) rows[rowOf.get(unit.depth)].push(unit);
+    const incoming = new Map(nodes.map((u) => [u.id, []]));
+    for (const e of edges) if (incoming.has(e.target)) incoming.get(e.target).push(e);
+    const step = S.cardW + S.gapX, gapY = Math.round(S.pic * 0.1);
+    const per = perLine || Math.max(10, Math.ceil(2.5 * Math.sqrt(nodes.length)));
+    const lines = rows.map((r) => Math.max(1, Math.ceil(r.length / per)));
+    const rowWidth = (r, i) => (r.length - 1) * (step / lines[i]) + S.cardW;
+    const width = Math.max(S.cardW, ...rows.map(rowWidth));
+    const x = new Map(), line = new Map();
+    rows.forEach((row, i) => {
+      if (i > 0) {
+        const centre = (u) => {
+          const ins = incoming.get(u.id).filter((e) => x.has(e.source));
+          if (!ins.length) return Infinity;
+          const w = ins.reduce((s, e) => s + Math.max(weight(e), 1e-12), 0);
+          return ins.reduce((s, e) => s + x.get(e.source) * Math.max(weight(e), 1e-12), 0) / w;
+        };
+        const key = new Map(row.map((u) => [u.id, centre(u)]));
+        row.sort((a, b) => key.get(a.id) - key.get(b.id) || tiebreak(a, b)); // Infinity - Infinity is NaN: the tiebreak decides
+      }
+      const left = (width - rowWidth(row, i)) / 2;
+      row.forEach((u, j) => { x.set(u.id, left + (j * step) / lines[i]); line.set(u.id, j % lines[i]); });
+    });
+    const depthMax = rows.length - 1;
+    const band = lines.map((n) => n * S.cardH + (n - 1) * gapY), tops = [0];
+    for (let d = 1; d <= depthMax; d++) tops.push(tops[d - 1] + band[d - 1] + (S.rowH - S.cardH));
+    const height = depthMax >= 0 ? tops[depthMax] + band[depthMax] : S.cardH;
+    const pos = new Map(nodes.map((u) => [u.id, {
+      left: x.get(u.id), top: tops[rowOf.get(u.depth)] + line.get(u.id) * (S.cardH + gapY), width: S.cardW, height: S.cardH,
+    }]));
+    return { pos, rowOf, rows, width, height, tops, band, depthMax };
+  }
+
   // ----- number formats: the only ones either page uses ------------------------------------
   // A value: three significant digits; exponent notation outside [0.001, 10000).
   function fmt(x) {
@@ -325,8 +367,9 @@
       return svg;
     }
 
-    // One edge: its path, a tooltip, and a width proportional to its share (set in apply()).
-    addEdge(svg, d, id, tooltip, share) {
+    // One edge: its path, a tooltip, and a width proportional to its share (or the given one, in px at 100%;
+    // set in apply()). Returns the path element.
+    addEdge(svg, d, id, tooltip, share, width = null) {
       const path = document.createElementNS(SVG, "path");
       path.setAttribute("d", d);
       path.setAttribute("data-edge", id);
@@ -334,7 +377,8 @@
       title.textContent = tooltip;
       path.append(title);
       svg.append(path);
-      this.edges.push([path, Math.max(1.5, Math.min(18, 24 * Math.max(0, share)))]);
+      this.edges.push([path, width ?? Math.max(1.5, Math.min(18, 24 * Math.max(0, share)))]);
+      return path;
     }
 
     // Row labels, then the view: fitted while the user has not zoomed or panned.
@@ -350,49 +394,28 @@
       this.rowLabels = [];
       this.rows.replaceChildren();
       for (let d = 0; d <= depthMax; d++) {
-        const layer = placed.find((p) => p.depth === d).node.layer;
-        const info = byName.get(layer);
+        const first = placed.find((p) => p.depth === d);
+        if (!first) continue;
+        const layer = first.node.layer;
+        const text = this.rowText(layer, byName.get(layer));
         const label = el("div", { class: "ft-rowlabel", "data-row": String(d), title: layer },
-          el("strong", {}, layer), info ? el("span", {}, `${info.type} · ${info.shape.join("×")}`) : null);
+          el("strong", {}, layer), text ? el("span", {}, text) : null);
         this.rows.append(label);
         this.rowLabels.push([label, tops[d], band[d]]);
       }
     }
 
+    // The second line of a row's label: the layer's type and shape (a host's subclass may say more).
+    rowText(layer, info) { return info && info.shape ? `${info.type} · ${info.shape.join("×")}` : null; }
+
     // The merged graph: one row per layer, units ordered under the mean position of their parents
     // (weighted by edge score), edges as wide as their share; a unit reached by several parents is a hub.
     drawGraph(root, S) {
       const graph = (this.graphModel = mergeGraph(root, (n) => this.kids(n)));
-      const rows = [];
-      for (const unit of graph.nodes) (rows[unit.depth] = rows[unit.depth] || []).push(unit);
       const incoming = new Map(graph.nodes.map((u) => [u.id, []]));
       for (const e of graph.edges) incoming.get(e.target).push(e);
-      const step = S.cardW + S.gapX, gapY = Math.round(S.pic * 0.1);
-      // A long row is staggered over several lines (unit i on line i mod lines), keeping its left-to-right
-      // order while the graph stays about as wide as it is tall.
-      const perLine = Math.max(10, Math.ceil(2.5 * Math.sqrt(graph.nodes.length)));
-      const lines = rows.map((r) => Math.ceil(r.length / perLine));
-      const rowWidth = (r, d) => (r.length - 1) * (step / lines[d]) + S.cardW;
-      const width = Math.max(...rows.map(rowWidth));
-      const x = new Map(), line = new Map();
-      rows.forEach((row, d) => {
-        if (d > 0) {
-          const centre = (u) => {
-            const ins = incoming.get(u.id), w = ins.reduce((s, e) => s + Math.max(e.score, 1e-12), 0);
-            return ins.reduce((s, e) => s + x.get(e.source) * Math.max(e.score, 1e-12), 0) / w;
-          };
-          const key = new Map(row.map((u) => [u.id, centre(u)]));
-          row.sort((a, b) => key.get(a.id) - key.get(b.id) || (b.score || 0) - (a.score || 0));
-        }
-        const left = (width - rowWidth(row, d)) / 2;
-        row.forEach((u, i) => { x.set(u.id, left + (i * step) / lines[d]); line.set(u.id, i % lines[d]); });
-      });
-      const depthMax = rows.length - 1;
-      const band = lines.map((n) => n * S.cardH + (n - 1) * gapY), tops = [0];
-      for (let d = 1; d <= depthMax; d++) tops.push(tops[d - 1] + band[d - 1] + (S.rowH - S.cardH));
-      const height = tops[depthMax] + band[depthMax];
-      const topOf = (u) => tops[u.depth] + line.get(u.id) * (S.cardH + gapY);
-      this.pos = new Map(graph.nodes.map((u) => [u.id, { left: x.get(u.id), top: topOf(u), width: S.cardW, height: S.cardH }]));
+      const { pos, rowOf, width, height, tops, band, depthMax } = graphLayout(graph.nodes, graph.edges, S);
+      this.pos = pos;
       const svg = this.startCanvas(width, height);
       for (const e of graph.edges) {
         const tooltip = `${e.source} → ${e.target}: score ${fmt(e.score)} over ${e.paths} path${e.paths > 1 ? "s" : ""}, ` +
@@ -401,7 +424,7 @@
       }
       this.canvas.append(svg);
       for (const unit of graph.nodes) this.canvas.append(this.graphCard(unit, incoming.get(unit.id).length, this.pos.get(unit.id)));
-      this.finishDraw(graph.nodes.map((u) => ({ node: u, depth: u.depth })), depthMax, tops, band);
+      this.finishDraw(graph.nodes.map((u) => ({ node: u, depth: rowOf.get(u.depth) })), depthMax, tops, band);
     }
 
     // A unit's card in the graph: its picture is that of its strongest path (pictures are path-conditioned).
@@ -826,7 +849,8 @@
 
     _bindKeys() {
       document.addEventListener("keydown", (e) => {
-        if (e.ctrlKey || e.metaKey || e.altKey || !this.root) return;
+        // Not while hidden: a page may keep a second view in the DOM (the explorer's class graph).
+        if (e.ctrlKey || e.metaKey || e.altKey || !this.root || !this.host.getClientRects().length) return;
         if (e.target.closest && e.target.closest("input, select, textarea")) return;
         const step = 80;
         const act = {
@@ -846,5 +870,7 @@
     }
   }
 
-  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, { TreeView, VIEWS, VIEW_LABELS, DEFAULT_VIEW, el, fmt, pct, ablationBadge, mergeGraph, completeness });
+  window.FeatureTreeView = Object.assign(window.FeatureTreeView || {}, {
+    TreeView, VIEWS, VIEW_LABELS, DEFAULT_VIEW, el, fmt, pct, ablationBadge, mergeGraph, completeness, curve, graphLayout,
+  });
 })();

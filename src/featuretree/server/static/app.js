@@ -1,13 +1,15 @@
 // featuretree explorer: the page's state lives in the URL; the server computes everything.
 // State: model, image, root (one unit), the set of expanded node paths, the set of removed
 // node paths, k, rule, seed mode, the picture view and the nodes whose exemplar grids are
-// pinned open. Reloading the URL restores the view.
+// pinned open. Reloading the URL restores the view. With `serve --aggregate DIR` the page has a second
+// mode, the class graph (agg=ROOT, unit, stable, min in the URL; see aggregate_mode.js).
 //
 // The tree itself (cards, edges, badges, number formats, zoom / pan / fit) is drawn by the shared
 // renderer /static/tree_view.js, the same file the HTML export inlines; this file adds the
 // explorer's parts: fetching children on demand, expand, remove, re-root, exemplar pins, upload.
 
 import { showModelCheck } from "./model_panel.js";
+import { showAggregate } from "./aggregate_mode.js";
 
 const { TreeView, VIEW_LABELS, DEFAULT_VIEW, el, completeness } = window.FeatureTreeView; // DEFAULT_VIEW: chosen by the numbers (README)
 const $ = (id) => document.getElementById(id);
@@ -78,6 +80,11 @@ function readUrl() {
   state.intervene = new Set(q.getAll("iv")); // units (LAYER:CH) selected for the intervention panel
   const scale = parseFloat(q.get("scale"));
   state.scale = Number.isFinite(scale) ? scale : 0;
+  state.focus = q.get("focus"); // a node to mark (an image tree opened from the class graph)
+  // The class graph is the first thing a server with an aggregate shows, unless the URL asks for an image tree.
+  state.mode = info.aggregate && (q.has("agg") || !q.toString()) ? "aggregate" : "tree";
+  const min = parseInt(q.get("min"), 10);
+  state.agg = { root: q.get("agg") || null, unit: q.get("unit"), stable: q.get("stable"), min: min >= 1 ? min : null };
   return !q.has("open") && !q.has("root");
 }
 
@@ -86,13 +93,19 @@ function viewParams() {
     model: state.model, image: state.image, root: state.root ?? "",
     k: state.k, coverage: state.coverage, rule: state.rule, seed: state.seed, view: state.view, graph: state.graph ? "1" : null,
     iv: [...state.intervene], scale: state.intervene.size && state.scale !== 0 ? state.scale : null,
-    open: [...state.open], removed: [...state.removed], ex: [...state.pinned],
+    open: [...state.open], removed: [...state.removed], ex: [...state.pinned], focus: state.focus,
   };
 }
 
+function aggregateParams() {
+  const a = state.agg;
+  return { agg: a.root || "", unit: a.unit, stable: a.stable, min: a.min };
+}
+
 function writeUrl() {
-  const url = `${location.pathname}?${qs(viewParams())}`;
+  const url = `${location.pathname}?${qs(state.mode === "aggregate" ? aggregateParams() : viewParams())}`;
   if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+  if (state.mode === "aggregate") return;
   const exportParams = {
     model: state.model, image: state.image, root: state.root, k: state.k, coverage: state.coverage, rule: state.rule,
     seed_mode: state.seed, open: [...state.open], removed: [...state.removed],
@@ -298,7 +311,7 @@ function viewTree() {
 // ----- drawing -------------------------------------------------------------------------
 function draw() {
   writeUrl();
-  if (!analysis) return;
+  if (!analysis || state.mode === "aggregate") return;
   const root = rootNode();
   if (!root) {
     document.body.dataset.busy = "false";
@@ -398,6 +411,7 @@ function remove(path) {
 
 function setRoot(unit) {
   state.root = unit;
+  state.focus = null;
   state.open = new Set([unit]);
   state.removed = new Set();
   state.pinned = new Set();
@@ -552,6 +566,7 @@ async function loadAnalysis(useDefaultRoot) {
 
 function setImage(image) {
   state.image = image;
+  state.focus = null;
   state.root = undefined;
   loadAnalysis(true);
 }
@@ -599,7 +614,8 @@ function setupControls() {
     pictureTitle: (node) => isExpandable(node)
       ? (state.open.has(node.id) ? "collapse" : "expand: compute this node's children") : "first layer of the chain: nothing below",
     buttons: cardButtons,
-    cardClass: (node) => (node.contrast == null && state.intervene.has(unitOf(node.id)) ? "ft-marked" : ""),
+    cardClass: (node) => [node.contrast == null && state.intervene.has(unitOf(node.id)) ? "ft-marked" : "", node.id === state.focus ? "ft-focus" : ""]
+      .filter(Boolean).join(" "),
     panel: (node) => state.pinned.has(node.id) && hasExemplars(node)
       ? {
         src: exemplarUrl(node), alt: `exemplars of ${node.layer}:${node.unit}: top image patches and their reconstructions`,
@@ -685,6 +701,30 @@ function setupControls() {
   });
 }
 
+// ----- the class-graph mode (serve --aggregate DIR) --------------------------------------
+let aggregateView = null;
+async function setMode(mode) {
+  state.mode = mode;
+  document.body.classList.toggle("agg-mode", mode === "aggregate");
+  $("agg").hidden = mode !== "aggregate";
+  for (const b of $("mode").children) b.setAttribute("aria-pressed", String(b.dataset.mode === mode));
+  writeUrl();
+  if (mode === "aggregate") {
+    if (!aggregateView) {
+      try {
+        aggregateView = await showAggregate($("agg"), api, qs, state.agg, (s) => { state.agg = s; writeUrl(); });
+        state.agg = { ...aggregateView.state };
+        writeUrl();
+      } catch (err) {
+        toast(err.message);
+        $("agg").replaceChildren(el("div", { class: "status" }, err.message));
+      }
+    }
+  } else if (!analysis) {
+    await loadAnalysis(state.root === undefined);
+  } else draw();
+}
+
 async function main() {
   try {
     info = await api("/api/info");
@@ -695,7 +735,13 @@ async function main() {
   const fresh = readUrl();
   if (!info.models.includes(state.model)) { toast(`unknown model ${state.model}; using ${info.default_model}`); state.model = info.default_model; }
   setupControls();
-  await loadAnalysis(fresh);
+  $("mode").hidden = !info.aggregate;
+  for (const b of $("mode").children) b.addEventListener("click", () => setMode(b.dataset.mode));
+  if (state.mode === "aggregate") await setMode("aggregate");
+  else {
+    document.body.classList.remove("agg-mode");
+    await loadAnalysis(fresh);
+  }
   document.body.dataset.ready = "true";
 }
 
