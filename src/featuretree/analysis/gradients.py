@@ -8,6 +8,7 @@ Each expansion costs one backward step from the parent's layer: the step below i
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,9 @@ class PathGradients:
     """delta(path) and the gradient one chain layer below it, memoised in the analysis's memo."""
 
     def __init__(self, analysis: ImageAnalysis) -> None:
-        self.analysis = analysis
+        # A proxy, not a reference: the analysis owns this object, and a cycle would keep each image's
+        # activations and graph alive until the garbage collector runs (memory grew with every image).
+        self.analysis = weakref.proxy(analysis)
 
     def delta(self, path: Path, backward: str, seed_mode: str) -> torch.Tensor:
         """Path-conditioned gradient at the last unit's layer, masked to its channel."""
