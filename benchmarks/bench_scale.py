@@ -9,7 +9,7 @@ process, torch's default threads. Ray: ``--workers`` actors of ``--threads`` tor
 default, so 2 actors fill 2 cores), started by the run and included in its time (loading the model in
 every actor is part of what Ray costs). Without ``--ray-address`` a local cluster is started here with
 ``--workers`` CPUs. Peak memory: each run in a fresh process (``featuretree aggregate`` / ``index``
-through the CLI), its maximum resident set size. Medians over ``--repeats``.
+through the CLI), its peak resident set size (VmHWM). Medians over ``--repeats``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from featuretree.exemplars.indexer import index_folder
 from featuretree.loading import ModelSpec
 from featuretree.scale.engines import EngineOptions, connect
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries the forking parent's peak over into a child's ru_maxrss.
 PEAK = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from featuretree.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
     "sys.exit(code)\n"
 )
 
