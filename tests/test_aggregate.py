@@ -198,6 +198,7 @@ def test_bad_input_gets_one_line_and_no_output(tmp_path, capsys):
         (["--depth", "3"], "was built with other settings (depth: 2, not 3)"),  # other settings into the same --out
         (["--depth", "2", "--ray-address", "auto"], "--ray-address needs --engine ray"),
         (["--depth", "2", "--workers", "2"], "--workers (Ray actors) needs --engine ray"),
+        (["--depth", "2", "--engine", "ray", "--ray-address", "127.0.0.1:1"], "nothing answers at --ray-address 127.0.0.1:1"),
         (["--depth", "2", "--class", "7"], "class 7"),  # out of range: refused before any image is read
         (["--depth", "9"], "deeper than the chain"),
     ]

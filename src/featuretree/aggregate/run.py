@@ -19,7 +19,7 @@ from ..core.errors import OptionError, OutputError
 from ..core.folders import scan_folder
 from ..loading import ModelSpec, explainer_identity
 from ..render.aggregate_page import render_aggregate_html
-from ..scale.engines import EngineOptions, FileShards, run_shards
+from ..scale.engines import EngineOptions, FileShards, connect, run_shards
 from .db import DB_NAME, AggregateDB, AggregateError
 from .graph import DEFAULT_STABLE, aggregate_graph
 from .pictures import graph_pictures
@@ -117,6 +117,8 @@ def aggregate_folder(
     if shard_size < 1:
         raise OptionError(f"--shard-size must be at least 1, got {shard_size}", "use --shard-size 8")
     engine = (engine or EngineOptions()).checked()
+    if engine.engine == "ray":
+        connect(engine)  # a cluster that cannot be reached fails here, before anything is written
     root = Path(images_dir).resolve()
     files, ignored = scan_folder(root)
     out = Path(out_dir)

@@ -39,7 +39,7 @@ from ..evidence.receptive_field import receptive_fields
 from ..loading import ModelSpec, explainer_identity, load_explainer
 from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
-from ..scale.engines import EngineOptions, FileItem, FileShards, run_shards
+from ..scale.engines import EngineOptions, FileItem, FileShards, connect, run_shards
 from .db import ACTIVATION, ENGINE_BOXES, Box, BoxFunction, BoxKey, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
@@ -375,6 +375,8 @@ def index_folder(
     engine = (engine or EngineOptions()).checked()
     if engine.engine == "ray" and spec is None:
         raise OptionError("the Ray engine needs the model's ModelSpec", "pass spec=ModelSpec(...) to index_folder")
+    if engine.engine == "ray":
+        connect(engine)  # a cluster that cannot be reached fails here, before anything is written
     if workers is None:
         workers = default_workers()
     if workers < 0:

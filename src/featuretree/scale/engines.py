@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ class WorkerFactory(Protocol):
 class EngineOptions:
     engine: str = "local"
     workers: int | None = None  # Ray actors (default: the cluster's CPUs, at least 1)
-    ray_address: str | None = None  # an existing cluster ("auto" or "ray://host:10001"); default: start one here
+    ray_address: str | None = None  # an existing cluster ("auto" or HOST:6379); default: start one here
     threads: int | None = None  # torch intra-op threads per worker (default: this process's)
     gpus_per_worker: float = 0.0
 
@@ -148,6 +149,8 @@ def connect(options: EngineOptions):
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    if options.ray_address:
+        _check_reachable(options.ray_address)
     try:
         if options.ray_address:
             ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False)
@@ -156,9 +159,25 @@ def connect(options: EngineOptions):
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise OptionError(
             f"could not connect to Ray at {options.ray_address or 'a new local cluster'} ({err})",
-            "start the cluster first (`ray start --head`), then pass --ray-address HOST:6379",
+            "start it first (`ray start --head` on the head node) and pass --ray-address HOST:6379; a cluster with token "
+            "authentication (Ray's default for clusters it starts) needs RAY_AUTH_MODE=token here too, and its token "
+            "(`ray get-auth-token` there, as RAY_AUTH_TOKEN or in ~/.ray/auth_token)",
         ) from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing listens on at once (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise OptionError(
+            f"nothing answers at --ray-address {address} ({err.strerror or err})",
+            "start the cluster there (`ray start --head`), or fix the address (HOST:6379)",
+        ) from None
 
 
 def _run_ray(factory: WorkerFactory, shards, options: EngineOptions, threads: int) -> Iterator[tuple[int, Any]]:
