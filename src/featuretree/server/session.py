@@ -345,6 +345,13 @@ class Workspace:
         self.pictures.put(key, data)
         return data
 
+    def cached_picture(
+        self, model: str, image: str, path: tuple[Unit, ...], view: str, rule: str, seed_mode: str, encoding: str = "png"
+    ) -> bytes | None:
+        """``picture`` if it is already drawn, else None, without touching the image's analysis."""
+        device = str(self.explainer(model).device)
+        return self.pictures.get((encoding, model, image, device, path, view, rule, seed_mode))
+
     def pictures_many(
         self,
         model: str,
