@@ -3,15 +3,11 @@ kill -9, a grown or changed folder, and bad input."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,8 @@ from featuretree.aggregate.run import aggregate_folder
 from featuretree.aggregate.worker import TreeSettings
 from featuretree.cli import main
 from featuretree.loading import ModelSpec
+
+from .kill_helpers import kill_after
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIED = f"{ROOT / 'tests' / 'exemplar_models.py'}:varied_classes"  # its images predict different classes
@@ -150,26 +148,7 @@ def test_kill9_then_resume_equals_one_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "featuretree.cli", "aggregate", str(folder), "--model", SLOW_TOY, "--out", str(out)]
     command += ["--class", "0", "--depth", "2", "--k", "3", "--shard-size", "2", "--quiet"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    done = 0
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(sqlite3.Error):  # not created yet
-                if db_path.exists():
-                    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-                        done = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            if done >= 6:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        committed = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    committed = kill_after(command, env, db_path, 6)
     assert 6 <= committed < 25 and committed % 2 == 0  # whole shards only
     assert not (out / "graph.json").exists()  # written at the end, never half
 

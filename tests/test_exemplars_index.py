@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,8 @@ from featuretree.exemplars import exemplar_grid_png
 from featuretree.exemplars.db import DatabaseError, ExemplarDB
 from featuretree.exemplars.indexer import index_folder
 from featuretree.loading import load_explainer
+
+from .kill_helpers import kill_after
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_MODEL = f"{ROOT / 'tests' / 'exemplar_models.py'}:slow_toy"
@@ -117,28 +115,7 @@ def test_index_kill_and_resume_equals_single_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "featuretree.cli", "index", str(folder), "--model", SLOW_MODEL, "--out", str(db_path)]
     command += ["--top", str(TOP), "--batch-size", "4", "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    done = 0
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if db_path.exists():
-                    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-                        done = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            except sqlite3.Error:  # not created yet
-                done = 0
-            if done >= 12:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the orphaned decoding workers of the killed run
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        committed = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    committed = kill_after(command, env, db_path, 12)
     assert 12 <= committed < 45  # killed part-way
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -9,16 +9,13 @@ image by image. The schema is documented in docs/aggregate.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..core.errors import FeatureTreeError, OutputError
+from ..core.errors import FeatureTreeError
+from ..core.sqlite_store import SQLiteStore
 
 SCHEMA_VERSION = 1
 DB_NAME = "aggregate.db"
@@ -116,29 +113,15 @@ class KnownFile:
     status: str
 
 
-class AggregateDB:
+class AggregateDB(SQLiteStore):
     """A connection to one aggregate database. Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise AggregateError(f"aggregate database {self.path} not found", "build it with `featuretree aggregate IMAGES_DIR --out DIR`")
-        if create:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise OutputError(f"cannot create folder {self.path.parent} ({err.strerror})", "choose another --out") from None
-        try:
-            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self._init_schema(create)
-        except sqlite3.DatabaseError as err:
-            raise AggregateError(f"{self.path} is not a usable SQLite database ({err})", "choose another --out") from None
+    error = AggregateError
+    kind = "aggregate database"
+    build_hint = "build it with `featuretree aggregate IMAGES_DIR --out DIR`"
 
     def _init_schema(self, create: bool) -> None:
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = self.tables()
         if "schema_version" in tables and "image_units" in tables:
             (version,) = self.conn.execute("SELECT version FROM schema_version").fetchone() or (None,)
             if version != SCHEMA_VERSION:
@@ -149,33 +132,7 @@ class AggregateDB:
             return
         if tables:
             raise AggregateError(f"{self.path} is an SQLite file but not an aggregate database", "choose another --out")
-        if not create:
-            raise AggregateError(f"{self.path} is empty", "build it with `featuretree aggregate IMAGES_DIR --out DIR`")
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
-            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> AggregateDB:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        self.create_schema(create, _SCHEMA, SCHEMA_VERSION)
 
     # ----- settings -----------------------------------------------------------
     def meta(self) -> dict[str, Any]:

@@ -17,19 +17,18 @@ place when opened; their old boxes are marked as estimates and replaced by the n
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import FeatureTreeError, LayerError, OutputError, UnitError, did_you_mean
+from ..core.errors import FeatureTreeError, LayerError, UnitError, did_you_mean
+from ..core.sqlite_store import SQLiteStore
 
 SCHEMA_VERSION = 3
 ENGINE_BOXES = "engine"  # layers.rf "boxes": the layer's stored boxes are the engine's receptive fields
@@ -198,31 +197,16 @@ class Exemplar:
         return Path(self.root) / self.path
 
 
-class ExemplarDB:
+class ExemplarDB(SQLiteStore):
     """A connection to one exemplar database file. Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
-        self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise DatabaseError(f"exemplar database {self.path} not found", "build it with `featuretree index IMAGES_DIR --out DB`")
-        if create:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise OutputError(f"cannot create folder {self.path.parent} ({err.strerror})", "choose another --out") from None
-        try:
-            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self._init_schema(create)
-        except sqlite3.DatabaseError as err:
-            raise DatabaseError(
-                f"{self.path} is not a usable SQLite database ({err})", "point at a file made by `featuretree index`"
-            ) from None
+    error = DatabaseError
+    kind = "exemplar database"
+    build_hint = "build it with `featuretree index IMAGES_DIR --out DB`"
+    unusable_hint = "point at a file made by `featuretree index`"
 
     def _init_schema(self, create: bool) -> None:
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = self.tables()
         if "schema_version" in tables:
             row = self.conn.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
@@ -240,34 +224,7 @@ class ExemplarDB:
             return
         if tables:
             raise DatabaseError(f"{self.path} is an SQLite file but not an exemplar database", "choose another --out")
-        if not create:
-            raise DatabaseError(f"{self.path} is empty", "build it with `featuretree index IMAGES_DIR --out DB`")
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
-            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-
-    # ----- plumbing ------------------------------------------------------
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> ExemplarDB:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        self.create_schema(create, _SCHEMA, SCHEMA_VERSION)
 
     # ----- meta and layers -----------------------------------------------
     def meta(self) -> dict:
