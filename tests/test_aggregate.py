@@ -3,9 +3,11 @@ kill -9, a grown or changed folder, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +192,72 @@ def test_bad_input_gets_one_line_and_no_output(tmp_path, capsys):
             assert not target.exists()
     missing = main(["aggregate", str(tmp_path / "nope"), "--model", VARIED, "--out", str(tmp_path / "x"), "--quiet"])
     assert missing == 2 and "not found" in capsys.readouterr().err
+
+
+def failing_reads(monkeypatch, name: str) -> None:
+    """Reading ``name`` fails as on a file without read permission (root reads every file, so no chmod)."""
+    real = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path.name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+
+def test_an_unreadable_file_is_listed_and_tried_again_next_run(tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    make_noise(folder, 4)
+    with monkeypatch.context() as patch:
+        failing_reads(patch, "img001.png")
+        first = run(folder, tmp_path / "out", depth=2)
+    assert first.aggregated == 3 and first.skipped == [("img001.png", "unreadable (Permission denied)")]
+    with AggregateDB(tmp_path / "out" / "aggregate.db") as db:
+        assert db.image("img001.png") is None  # not remembered as skipped
+    second = run(folder, tmp_path / "out", depth=2)
+    assert second.aggregated == 1 and second.already == 3 and not second.skipped
+    run(folder, tmp_path / "fresh", depth=2)
+    with AggregateDB(tmp_path / "out" / "aggregate.db") as a, AggregateDB(tmp_path / "fresh" / "aggregate.db") as b:
+        assert rows_of(a) == rows_of(b)
+
+
+def test_a_graph_read_while_a_run_commits_sees_one_snapshot(tmp_path, monkeypatch):
+    from featuretree.aggregate import graph as graph_module
+
+    make_noise(tmp_path / "imgs", 3)
+    out = tmp_path / "out"
+    run(tmp_path / "imgs", out, root="class:1", depth=2)
+    before = graph_of(out)
+
+    def commit_a_copy() -> None:  # what a run does from another process: one more image with the same tree
+        with contextlib.closing(sqlite3.connect(out / "aggregate.db", isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            new = conn.execute(
+                "INSERT INTO images (path, sha256, size, mtime_ns, status, error, root, root_label, top_class, top_probability, "
+                "completeness) SELECT 'copy.png', sha256, size, mtime_ns, status, error, root, root_label, top_class, "
+                "top_probability, completeness FROM images WHERE id = 1"
+            ).lastrowid
+            conn.execute(
+                f"INSERT INTO image_units SELECT {new}, unit, layer, channel, depth, share, score, path FROM image_units WHERE image_id = 1"
+            )
+            conn.execute(
+                f"INSERT INTO image_edges SELECT {new}, source, target, target_layer, score, share FROM image_edges WHERE image_id = 1"
+            )
+            conn.execute("COMMIT")
+
+    real_roots = AggregateDB.roots
+
+    def roots_then_commit(self):
+        found = real_roots(self)
+        commit_a_copy()  # between the first query and the rest
+        return found
+
+    monkeypatch.setattr(AggregateDB, "roots", roots_then_commit)
+    with AggregateDB(out / "aggregate.db") as db:
+        during = graph_module.aggregate_graph(db)
+    assert during["graphs"] == before["graphs"]  # n, counts and means all from before the commit
+    monkeypatch.setattr(AggregateDB, "roots", real_roots)
+    with AggregateDB(out / "aggregate.db") as db:
+        after = graph_module.aggregate_graph(db)
+    assert after["graphs"][0]["images"] == 4

@@ -19,7 +19,7 @@ from featuretree.exemplars.indexer import index_folder
 from featuretree.loading import ModelSpec
 from featuretree.scale.engines import EngineOptions, run_shards
 from tests.scale_workers import Failing, SlowEarlyShards
-from tests.test_aggregate import VARIED, make_noise
+from tests.test_aggregate import VARIED, failing_reads, make_noise
 
 RAY = EngineOptions("ray", workers=2)
 
@@ -89,9 +89,12 @@ def test_index_through_ray_equals_local(tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     spec = ModelSpec("toy_squares")
     options = {"top_n": 5, "batch_size": 4, "workers": 0, "progress": False, "relevance_classes": [0]}
-    local = index_folder(folder, tmp_path / "local.db", spec.load(), "toy_squares", **options)
-    remote = index_folder(folder, tmp_path / "ray.db", spec.load(), "toy_squares", engine=RAY, spec=spec, **options)
-    assert local.indexed == remote.indexed == 22 and local.skipped == remote.skipped
+    with pytest.MonkeyPatch.context() as patch:
+        failing_reads(patch, "sq007.png")  # an unreadable file: both engines record the same reason
+        local = index_folder(folder, tmp_path / "local.db", spec.load(), "toy_squares", **options)
+        remote = index_folder(folder, tmp_path / "ray.db", spec.load(), "toy_squares", engine=RAY, spec=spec, **options)
+    assert ("sub1/sq007.png", "unreadable (Permission denied)") in local.skipped
+    assert local.indexed == remote.indexed == 21 and local.skipped == remote.skipped
     assert dump_tables(tmp_path / "local.db") == dump_tables(tmp_path / "ray.db")  # every table, row ids included
 
 
@@ -122,3 +125,10 @@ def test_a_worker_whose_model_differs_is_refused(tmp_path):
     explainer = ModelSpec(VARIED, layers="mid,deep,fc").load()  # not what the spec the workers get loads
     with pytest.raises(ModelError, match="differs from the starting process"):
         aggregate_folder(folder, tmp_path / "out", explainer, ModelSpec(VARIED), TreeSettings(None, depth=2), RAY, progress=False)
+
+
+def test_more_workers_than_the_cluster_can_host_is_refused(tmp_path):
+    from featuretree.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="--workers 5 is more than the Ray cluster can host"):
+        list(run_shards(SlowEarlyShards(2, step=0.0), [[0], [1]], EngineOptions("ray", workers=5)))

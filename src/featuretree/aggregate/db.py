@@ -146,10 +146,6 @@ class AggregateDB(SQLiteStore):
         rows = self.conn.execute("SELECT path, size, mtime_ns, sha256, status FROM images")
         return {path: KnownFile(size, mtime, sha, status) for path, size, mtime, sha, status in rows}
 
-    def touch(self, conn: sqlite3.Connection, path: str, size: int, mtime_ns: int) -> None:
-        """A file whose stat changed but whose content did not: remember the new stat."""
-        conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
-
     def put(self, conn: sqlite3.Connection, record: ImageRecord) -> None:
         """Store one image's record, replacing an earlier one of the same path (a changed file)."""
         conn.execute("DELETE FROM images WHERE path = ?", (record.path,))  # cascades to its units and edges

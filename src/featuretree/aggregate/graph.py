@@ -103,7 +103,13 @@ def class_graph(db: AggregateDB, root: str, label: str | None, n: int, channels:
 
 
 def aggregate_graph(db: AggregateDB, stable: float = DEFAULT_STABLE) -> dict[str, Any]:
-    """graph.json: the settings the trees were built with and one class graph per root."""
+    """graph.json: the settings the trees were built with and one class graph per root, all read from one
+    snapshot of the database (a run committing meanwhile cannot make the counts disagree)."""
+    with db.snapshot():
+        return _aggregate_graph(db, stable)
+
+
+def _aggregate_graph(db: AggregateDB, stable: float) -> dict[str, Any]:
     meta = db.meta()
     channels = {layer["name"]: layer["channels"] for layer in meta["chain"]}
     counts = db.counts()

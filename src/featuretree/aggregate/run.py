@@ -158,7 +158,8 @@ def aggregate_folder(
             for _, records in run_shards(factory, shards, engine, local_worker=local):
                 with db.transaction() as conn:
                     for record in records:
-                        db.put(conn, record)
+                        if record.sha256 is not None:  # an unreadable file is not remembered: the next run tries again
+                            db.put(conn, record)
                 for record in records:
                     if record.error is None:
                         report.aggregated += 1

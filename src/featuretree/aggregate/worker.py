@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..core.errors import ImageInputError
+from ..core.errors import FeatureTreeError, ImageInputError
 from ..core.images import decode_image
 from ..loading import ModelSpec
 from ..scale.engines import FileItem
@@ -64,9 +64,9 @@ class AggregateWorker:
     def __call__(self, shard: Sequence[FileItem]) -> list[ImageRecord]:
         return [self.record(*item) for item in shard]
 
-    def record(self, path: str, size: int, mtime_ns: int, data: bytes | None) -> ImageRecord:
-        if data is None:  # a later run tries again once the file changes
-            return ImageRecord(path, None, size, mtime_ns, error="unreadable")
+    def record(self, path: str, size: int, mtime_ns: int, data: bytes | None, problem: str | None = None) -> ImageRecord:
+        if data is None:  # not stored (no sha256): the next run tries it again
+            return ImageRecord(path, None, size, mtime_ns, error=problem or "unreadable")
         record = ImageRecord(path, hashlib.sha256(data).hexdigest(), size, mtime_ns)
         try:
             picture = decode_image(data, name=path)
@@ -78,7 +78,11 @@ class AggregateWorker:
             return record
         s = self.settings
         analysis = self.explainer.analyze(picture)
-        tree = analysis.tree(root=s.root, k=s.k, depth=s.depth, rule=s.rule, seed_mode=s.seed_mode, images=False)
+        try:
+            tree = analysis.tree(root=s.root, k=s.k, depth=s.depth, rule=s.rule, seed_mode=s.seed_mode, images=False)
+        except FeatureTreeError as err:  # this image only (e.g. non-finite scores): skipped and listed, the run goes on
+            record.error = err.problem
+            return record
         top = analysis.top_classes(1)
         if top:
             record.top_class, record.top_probability = top[0].index, top[0].probability

@@ -71,6 +71,19 @@ class SQLiteStore:
         self.close()
 
     @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the database as it was at the first one, even while
+        another process commits (WAL), so figures read in several queries agree with each other."""
+        if self.conn.in_transaction:  # already inside one (a transaction or an outer snapshot)
+            yield self.conn
+            return
+        self.conn.execute("BEGIN DEFERRED")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
         self.conn.execute("BEGIN IMMEDIATE")

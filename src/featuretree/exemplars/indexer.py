@@ -211,8 +211,8 @@ class _ShardWorker:
 
     def __call__(self, shard: Sequence[FileItem]) -> tuple[list[_Item], _BatchResult]:
         batch = [
-            _Item(k, None, None, "unreadable") if data is None else _decode_item(k, data, rel, self.preprocess)
-            for k, (rel, _, _, data) in enumerate(shard)
+            _Item(k, None, None, problem) if data is None else _decode_item(k, data, rel, self.preprocess)
+            for k, (rel, _, _, data, problem) in enumerate(shard)
         ]
         result = self.forward(batch)
         for item in batch:

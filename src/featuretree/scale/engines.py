@@ -60,7 +60,8 @@ class EngineOptions:
         return self
 
 
-FileItem = tuple[str, int, int, "bytes | None"]  # (relative path, size, mtime_ns, content or None when unreadable)
+# (relative path, size, mtime_ns, content or None when it could not be read, and then why)
+FileItem = tuple[str, int, int, "bytes | None", "str | None"]
 
 
 class FileShards(Sequence):
@@ -78,16 +79,15 @@ class FileShards(Sequence):
     def __getitem__(self, index: int) -> list[FileItem]:  # type: ignore[override]
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return [
-            (rel, size, mtime, _read(self.root / rel)) for rel, size, mtime in self.entries[index * self.size : (index + 1) * self.size]
-        ]
+        entries = self.entries[index * self.size : (index + 1) * self.size]
+        return [(rel, size, mtime, *_read(self.root / rel)) for rel, size, mtime in entries]
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path) -> tuple[bytes | None, str | None]:
     try:
-        return path.read_bytes()
-    except OSError:
-        return None
+        return path.read_bytes(), None
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"  # the text the local indexer records
 
 
 def run_shards(
@@ -169,8 +169,9 @@ def connect(options: EngineOptions):
 def _check_reachable(address: str) -> None:
     """Refuse an address nothing listens on at once (Ray itself retries for minutes)."""
     host, sep, port = address.rpartition(":")
-    if address == "auto" or not sep or not port.isdigit():
-        return  # "auto" and other forms are Ray's to resolve
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray://HOST:PORT (Ray Client) and other forms are Ray's to resolve
+    host = host.strip("[]")  # [::1]:6379
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as err:
@@ -180,28 +181,55 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+ACTOR_START_SECONDS = 900.0  # loading a large model in every actor may take minutes; never hang for good
+
+
+def _actor_count(ray, options: EngineOptions, shards: int) -> int:
+    """The actors to start: ``--workers`` (default: the cluster's CPUs), refused in one line when the cluster
+    cannot host that many (an actor that is never scheduled would leave its shards waiting for ever)."""
+    resources = ray.cluster_resources()
+    room = int(resources.get("CPU", 1))
+    if options.gpus_per_worker:
+        room = min(room, int(resources.get("GPU", 0) // options.gpus_per_worker))
+    if room < 1:
+        raise OptionError("the Ray cluster has no room for a worker (no GPU for --device cuda)", "add GPU nodes, or use --device cpu")
+    if options.workers is not None and options.workers > room:
+        raise OptionError(
+            f"--workers {options.workers} is more than the Ray cluster can host ({room}: one CPU"
+            f"{' and one GPU' if options.gpus_per_worker else ''} per worker)",
+            f"use --workers {room} or fewer, or add nodes",
+        )
+    return max(1, min(options.workers or room, shards))
+
+
 def _run_ray(factory: WorkerFactory, shards, options: EngineOptions, threads: int) -> Iterator[tuple[int, Any]]:
     if not shards:
         return
     ray = connect(options)
-    workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = min(workers, len(shards))
+    workers = _actor_count(ray, options, len(shards))
     actor_class = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_ShardActor)
     actors = [actor_class.remote(factory, threads) for _ in range(workers)]
     try:
+        started, _ = ray.wait([actor.pid.remote() for actor in actors], num_returns=workers, timeout=ACTOR_START_SECONDS)
+        if len(started) < workers:
+            raise OptionError(
+                f"only {len(started)} of {workers} Ray workers started within {ACTOR_START_SECONDS:.0f}s", "use fewer --workers"
+            )
         window = 2 * workers
+        idle = [k for _ in range(2) for k in range(workers)]  # two shards queued per actor keep each one busy
         pending: dict[Any, tuple[int, int]] = {}  # object ref -> (shard index, actor)
         finished: dict[int, Any] = {}
         next_submit = next_yield = 0
         while next_yield < len(shards):
-            while next_submit < len(shards) and next_submit - next_yield < window:
-                actor = next_submit % workers  # two shards queued per actor keep each one busy
+            while idle and next_submit < len(shards) and next_submit - next_yield < window:
+                actor = idle.pop(0)  # the next shard goes to an actor with a free slot, not in strict rotation
                 pending[actors[actor].run.remote(shards[next_submit])] = (next_submit, actor)
                 next_submit += 1
             if next_yield not in finished:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    index, _ = pending.pop(ref)
+                    index, actor = pending.pop(ref)
+                    idle.append(actor)
                     finished[index] = _result(ray, ref)
             while next_yield in finished:
                 yield next_yield, finished.pop(next_yield)

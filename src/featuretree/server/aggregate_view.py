@@ -93,8 +93,9 @@ class AggregateSource:
             stamp = self._watch.conn.execute("PRAGMA data_version").fetchone()[0]
             if self._graph is None or self._graph[0] != stamp:
                 db = self._watch
-                graph = aggregate_graph(db, self.stable)
-                top = db.top_images(THUMBS)
+                with db.snapshot():  # the graphs and their cards' images from the same rows
+                    graph = aggregate_graph(db, self.stable)
+                    top = db.top_images(THUMBS)
                 thumbs = {
                     root: {unit: [{"image": p, "share": s} for p, s in rows] for unit, rows in units.items()} for root, units in top.items()
                 }
