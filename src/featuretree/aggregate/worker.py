@@ -1,7 +1,7 @@
 """One image's tree, reduced to what the class graph counts: its distinct units and edges.
 
 A worker (in this process, or one per Ray actor) gets a shard of files as (path, size, mtime_ns,
-bytes): the driver reads the bytes, so workers need no shared file system. Each image is analysed
+bytes, why they could not be read): the driver reads the bytes, so workers need no shared file system. Each image is analysed
 on its own (a batch of one), so its record does not depend on which shard or worker it landed in.
 """
 
