@@ -66,7 +66,7 @@ class ModelSpec:
             explainer.preprocess = dataclasses.replace(explainer.preprocess, resize=self.resize)
         return explainer
 
-    def load_matching(self, identity: str | None) -> Explainer:
+    def load_matching(self, identity: dict | None) -> Explainer:
         """``load()``, refused in one line unless the result has ``identity`` (the starting process's
         ``explainer_identity``): a worker elsewhere may see another file at a path, or the starting
         process may have changed its explainer after loading it."""
@@ -79,12 +79,11 @@ class ModelSpec:
         return explainer
 
 
-def explainer_identity(explainer: Explainer) -> str:
-    """What must agree between processes that share work: weights, chain and preprocessing."""
-    return json.dumps(
-        {"weights": explainer.weights_fingerprint(), "layers": list(explainer.layers), "preprocess": explainer.preprocess.to_dict()},
-        sort_keys=True,
-    )
+def explainer_identity(explainer: Explainer) -> dict:
+    """What must agree between processes that share work, and between a database and the model that reads it:
+    the chain, the preprocessing and the weights, in the form JSON stores them (tuples become lists)."""
+    identity = {"layers": list(explainer.layers), "preprocess": explainer.preprocess.to_dict(), "weights": explainer.weights_fingerprint()}
+    return json.loads(json.dumps(identity))
 
 
 def model_options(args) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +23,7 @@ from PIL import Image
 from ..core.errors import ImageInputError
 from ..core.images import DEFAULT_MAX_PIXELS, decode_image
 from ..core.units import parse_path
+from ..loading import explainer_identity
 from ..render.pictures import contribution_image, jpeg_bytes
 from .db import AggregateDB, AggregateError
 
@@ -38,13 +38,7 @@ THUMB = 96  # thumbnail side in pixels
 def check_model(explainer, model: dict[str, Any], where: str = "the aggregate") -> None:
     """Refuse an explainer other than the one the aggregate was built with: another chain, other
     preprocessing or other weights would draw maps of trees that were never built."""
-    have = {
-        "layers": list(explainer.layers),
-        "preprocess": explainer.preprocess.to_dict(),
-        "weights": explainer.weights_fingerprint(),
-    }
-    have = json.loads(json.dumps(have))  # the stored form (tuples become lists)
-    for key, value in have.items():
+    for key, value in explainer_identity(explainer).items():
         wanted = model.get(key)
         if wanted != value:
             shown = (lambda v: f"{v[:12]}...") if key == "weights" else repr

@@ -62,15 +62,9 @@ class AggregateReport:
         return "\n".join(lines)
 
 
-def _meta_for(explainer, spec: ModelSpec, settings: TreeSettings, folder: Path) -> dict[str, Any]:
+def _meta_for(explainer, identity: dict, spec: ModelSpec, settings: TreeSettings, folder: Path) -> dict[str, Any]:
     meta = {
-        "model": {
-            "spec": spec.model,
-            "layers": list(explainer.layers),
-            "weights": explainer.weights_fingerprint(),
-            "preprocess": explainer.preprocess.to_dict(),
-            "layouts": dict(sorted(explainer.layouts.items())),
-        },
+        "model": {"spec": spec.model, **identity, "layouts": dict(sorted(explainer.layouts.items()))},
         "settings": {"root": settings.root or "predicted", **{k: v for k, v in asdict(settings).items() if k != "root"}},
         "folder": str(folder),
     }
@@ -125,7 +119,8 @@ def aggregate_folder(
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     blank = check_settings(explainer, settings)  # a bad root, depth or rule fails here, before the database is touched
-    wanted = _meta_for(explainer, spec, settings, root)
+    identity = explainer_identity(explainer)  # what the database records and every worker must match
+    wanted = _meta_for(explainer, identity, spec, settings, root)
     chain = [{"name": info.name, "channels": info.channels} for info in blank.chain]
     report = AggregateReport(out=str(out), total=len(files), ignored=ignored)
     with AggregateDB(out / DB_NAME, create=True) as db:
@@ -150,7 +145,7 @@ def aggregate_folder(
                 continue
             todo.append((rel, st.st_size, st.st_mtime_ns))
         shards = FileShards(root, todo, shard_size)
-        factory = AggregateWorkerFactory(spec, settings, explainer_identity(explainer))
+        factory = AggregateWorkerFactory(spec, settings, identity)
         local = AggregateWorker(explainer, settings) if engine.engine == "local" else None
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", desc=f"aggregate ({engine.engine})", disable=not progress, dynamic_ncols=True)

@@ -100,7 +100,7 @@ class AggregateWorkerFactory:
 
     spec: ModelSpec
     settings: TreeSettings
-    identity: str | None = None  # the starting process's explainer_identity, checked in every worker
+    identity: dict | None = None  # the starting process's explainer_identity, checked in every worker
 
     def __call__(self) -> AggregateWorker:
         return AggregateWorker(self.spec.load_matching(self.identity), self.settings)

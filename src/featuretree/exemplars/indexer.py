@@ -224,7 +224,7 @@ class _ShardWorker:
 class IndexWorkerFactory:
     spec: ModelSpec
     classes: tuple[int, ...]
-    identity: str | None = None  # the starting process's explainer_identity, checked in every worker
+    identity: dict | None = None  # the starting process's explainer_identity, checked in every worker
 
     def __call__(self) -> _ShardWorker:
         return _ShardWorker(self.spec.load_matching(self.identity), self.classes)
@@ -303,16 +303,9 @@ class IndexReport:
 
 # ----- the streaming pass ---------------------------------------------------
 def _meta_for(explainer, model_spec: str, top_n: int, rankings: Sequence[str]) -> dict:
-    meta = {
-        "model": model_spec,
-        "layers": list(explainer.layers),
-        "preprocess": explainer.preprocess.to_dict(),
-        "top_n": top_n,
-        "rankings": list(rankings),
-        # Which weights and layouts: the same spec can name other weights (--weights, --random-weights).
-        "weights": explainer.weights_fingerprint(),
-        "layouts": dict(sorted(explainer.layouts.items())),
-    }
+    # Layers, preprocessing and the weights (the same spec can name other weights: --weights, --random-weights).
+    identity = explainer_identity(explainer)
+    meta = {"model": model_spec, **identity, "top_n": top_n, "rankings": list(rankings), "layouts": dict(sorted(explainer.layouts.items()))}
     return json.loads(json.dumps(meta))  # the form it is stored in (tuples become lists)
 
 
