@@ -25,6 +25,13 @@ def slow_toy() -> ZooModel:
     return zoo
 
 
+def draw_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Every parameter drawn from N(0, 0.5^2), in parameter order: the random test nets' weights."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
 class SiluMaxPoolNet(torch.nn.Module):
     """Random weights, SiLU and max-pool: its linearised backward (so a receptive field) depends on the image."""
 
@@ -35,10 +42,7 @@ class SiluMaxPoolNet(torch.nn.Module):
         self.pooled = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.deep = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.SiLU())
         self.fc = nn.Linear(8, 3)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for param in self.parameters():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        draw_weights(self, torch.Generator().manual_seed(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.deep(self.pooled(self.stem(x))).mean((2, 3)))
@@ -68,9 +72,8 @@ class VariedClassNet(torch.nn.Module):
         self.deep = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
         self.fc = nn.Linear(8, 3)
         generator = torch.Generator().manual_seed(2)
+        draw_weights(self, generator)
         with torch.no_grad():
-            for param in self.parameters():
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
             blocks = torch.rand(64, 3, 4, 4, generator=generator).repeat_interleave(8, 2).repeat_interleave(8, 3)
             centre = self.deep(self.mid(self.stem(blocks))).mean((2, 3)).mean(0)
             self.fc.bias.copy_(-self.fc.weight @ centre)
