@@ -39,7 +39,7 @@ from ..evidence.receptive_field import receptive_fields
 from ..loading import ModelSpec, explainer_identity, load_explainer
 from ..models.zoo import MODELS
 from ..render.pictures import png_bytes
-from ..scale.engines import EngineOptions, FileItem, FileShards, connect, run_shards
+from ..scale.engines import EngineOptions, FileItem, FileShards, connect, run_shards, torch_threads
 from .db import ACTIVATION, ENGINE_BOXES, Box, BoxFunction, BoxKey, DatabaseError, Exemplar, ExemplarDB, LayerRecord, tie_key
 
 CROP_MAX_SIDE = 80  # stored crops are downscaled to at most this many pixels on the longer side (grids show 64 px tiles)
@@ -248,13 +248,9 @@ def _batch_results(explainer, blank, spec, engine: EngineOptions, root: Path, to
         collate_fn=_keep,
         worker_init_fn=_worker_init if workers else None,
     )
-    before = torch.get_num_threads()
-    torch.set_num_threads(engine.threads or before)
-    try:
+    with torch_threads(engine.threads):
         for batch in loader:
             yield batch, forward(batch)
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----- the report -----------------------------------------------------------

@@ -16,6 +16,7 @@ kernels split their sums by thread and a different split rounds differently.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -103,15 +104,22 @@ def run_shards(
         yield from _run_ray(factory, shards, options, threads)
 
 
-def _run_local(factory: WorkerFactory, shards, threads: int, worker) -> Iterator[tuple[int, Any]]:
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (None: left as it is) while active, then restored."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or before)
     try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_local(factory: WorkerFactory, shards, threads: int, worker) -> Iterator[tuple[int, Any]]:
+    with torch_threads(threads):
         worker = worker or factory()
         for index, shard in enumerate(shards):
             yield index, worker(shard)
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----- Ray --------------------------------------------------------------------
