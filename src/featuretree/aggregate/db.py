@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import FeatureTreeError
+from ..core.folders import KnownFile
 from ..core.sqlite_store import SQLiteStore
 
 SCHEMA_VERSION = 1
@@ -105,14 +106,6 @@ class ImageRecord:
     edges: list[EdgeRecord] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class KnownFile:
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    status: str
-
-
 class AggregateDB(SQLiteStore):
     """A connection to one aggregate database. Use as a context manager."""
 
@@ -144,7 +137,7 @@ class AggregateDB(SQLiteStore):
     # ----- images ---------------------------------------------------------------
     def known_files(self) -> dict[str, KnownFile]:
         rows = self.conn.execute("SELECT path, size, mtime_ns, sha256, status FROM images")
-        return {path: KnownFile(size, mtime, sha, status) for path, size, mtime, sha, status in rows}
+        return {path: KnownFile(size, mtime, status, sha) for path, size, mtime, sha, status in rows}
 
     def put(self, conn: sqlite3.Connection, record: ImageRecord) -> None:
         """Store one image's record, replacing an earlier one of the same path (a changed file)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import OptionError, OutputError
-from ..core.folders import scan_folder
+from ..core.folders import files_to_read, scan_folder
 from ..loading import ModelSpec, explainer_identity
 from ..render.aggregate_page import render_aggregate_html
 from ..scale.engines import EngineOptions, FileShards, connect, run_shards
@@ -130,20 +130,9 @@ def aggregate_folder(
                 db.set_meta(conn, {**wanted, "chain": chain})
         known = db.known_files()
         report.gone = len(set(known) - set(files))
-        todo: list[tuple[str, int, int]] = []
-        for rel in files:
-            try:
-                st = (root / rel).stat()
-            except OSError as err:
-                report.skipped.append((rel, f"unreadable ({err.strerror})"))
-                continue
-            prev = known.get(rel)
-            if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
-                report.already += 1
-                if prev.status == "skipped":
-                    report.skipped.append((rel, "skipped before (unchanged)"))
-                continue
-            todo.append((rel, st.st_size, st.st_mtime_ns))
+        scan = files_to_read(root, files, known)
+        report.already, report.skipped = scan.already, scan.skipped
+        todo = scan.todo
         shards = FileShards(root, todo, shard_size)
         factory = AggregateWorkerFactory(spec, settings, identity)
         local = AggregateWorker(explainer, settings) if engine.engine == "local" else None

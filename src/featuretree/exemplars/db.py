@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import FeatureTreeError, LayerError, UnitError, did_you_mean
+from ..core.folders import KnownFile
 from ..core.sqlite_store import SQLiteStore
 
 SCHEMA_VERSION = 3
@@ -266,13 +267,13 @@ class ExemplarDB(SQLiteStore):
         conn.execute("INSERT OR IGNORE INTO roots (path) VALUES (?)", (root,))
         return conn.execute("SELECT id FROM roots WHERE path = ?", (root,)).fetchone()[0]
 
-    def known_files(self, root: str) -> dict[str, tuple[int, int, str, str | None]]:
-        """rel path -> (size, mtime_ns, status, sha256) for files already recorded under ``root``."""
+    def known_files(self, root: str) -> dict[str, KnownFile]:
+        """rel path -> its size, mtime_ns, status and sha256, for files already recorded under ``root``."""
         rows = self.conn.execute(
             "SELECT i.path, i.size, i.mtime_ns, i.status, i.sha256 FROM images i JOIN roots r ON r.id = i.root_id WHERE r.path = ?",
             (root,),
         )
-        return {p: (s, m, st, sha) for p, s, m, st, sha in rows}
+        return {p: KnownFile(s, m, st, sha) for p, s, m, st, sha in rows}
 
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM images GROUP BY status")

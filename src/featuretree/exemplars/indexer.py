@@ -32,7 +32,7 @@ from torch import nn
 from ..capture.forward import resolve_modules
 from ..capture.hooks import forward_hooks
 from ..core.errors import FeatureTreeError, GuidedUndefinedError, ImageInputError, LayerError, OptionError
-from ..core.folders import IMAGE_EXTENSIONS, scan_folder
+from ..core.folders import IMAGE_EXTENSIONS, files_to_read, scan_folder
 from ..core.images import Preprocess, decode_image, load_image
 from ..core.layouts import Layout
 from ..evidence.receptive_field import receptive_fields
@@ -405,20 +405,10 @@ def index_folder(
         with db.transaction() as conn:
             root_id = db.root_id(conn, str(root))
         known = db.known_files(str(root))
-        todo: list[tuple[str, int, int]] = []
-        for rel in files:
-            try:
-                st = (root / rel).stat()
-            except OSError as err:
-                report.skipped.append((rel, f"unreadable ({err.strerror})"))
-                continue
-            prev = known.get(rel)
-            if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns:
-                report.already += 1
-                if prev[2] == "skipped":
-                    report.skipped.append((rel, "skipped before (unchanged)"))
-                continue
-            todo.append((rel, st.st_size, st.st_mtime_ns))
+        scan = files_to_read(root, files, known)
+        todo = scan.todo
+        report.already += scan.already
+        report.skipped.extend(scan.skipped)
 
         state = db.load_topn(layer_recs, top_n, rankings)
         start = time.perf_counter()
@@ -453,8 +443,8 @@ def _commit_batch(db, root_id, todo, known, batch, decoded, found, state, report
         for item in batch:
             rel, size, mtime = todo[item.index]
             prev = known.get(rel)
-            if prev is not None and prev[2] == "ok":
-                if item.sha256 == prev[3]:  # touched but identical: just remember the new stat
+            if prev is not None and prev.status == "ok":
+                if item.sha256 == prev.sha256:  # touched but identical: just remember the new stat
                     conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE root_id = ? AND path = ?", (size, mtime, root_id, rel))
                 else:
                     report.changed.append(rel)
